@@ -1,0 +1,30 @@
+# The two commands that matter: `make run` and `make test`. Both create .venv on first use.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW := ignore
+
+.PHONY: run test lint bench clean
+
+$(BIN)/leadflow: pyproject.toml
+	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "leadflow needs Python 3.11, found " + sys.version'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+run: $(BIN)/leadflow
+	$(BIN)/leadflow demo
+
+test: $(BIN)/leadflow
+	$(BIN)/python -m pytest -q
+
+lint: $(BIN)/leadflow
+	$(BIN)/ruff check .
+
+bench: $(BIN)/leadflow
+	$(BIN)/python bench/ingest.py --leads 100000
+
+clean:
+	rm -rf var .pytest_cache

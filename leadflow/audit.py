@@ -1,0 +1,210 @@
+"""The ledger audit: proof that nothing received was dropped.
+
+For every capture batch: received = inserted + merged + quarantined, and each of those
+numbers is backed by rows: raw records with that outcome, ledger events, quarantine rows.
+Every lead was admitted by exactly one ledger event, and its current status is the one its
+last ledger transition says.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, func, select
+
+from leadflow import tables as t
+
+
+@dataclass
+class AuditReport:
+    batches: int = 0
+    received: int = 0
+    inserted: int = 0
+    merged: int = 0
+    quarantined: int = 0
+    leads: int = 0
+    ledger_events: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "batches": self.batches,
+            "received": self.received,
+            "inserted": self.inserted,
+            "merged": self.merged,
+            "quarantined": self.quarantined,
+            "leads": self.leads,
+            "ledger_events": self.ledger_events,
+            "problems": self.problems,
+        }
+
+
+def _count_by_batch(conn: Connection, statement: Any) -> dict[int, int]:
+    return {int(row[0]): int(row[1]) for row in conn.execute(statement)}
+
+
+def run_audit(conn: Connection, *, max_listed: int = 20) -> AuditReport:
+    """Check the ledger invariants over the whole database."""
+    report = AuditReport()
+    b = t.capture_batches
+    rows = conn.execute(
+        select(
+            b.c.id, b.c.target, b.c.status, b.c.received, b.c.inserted, b.c.merged, b.c.quarantined
+        )
+        .where(b.c.status != "duplicate")
+        .order_by(b.c.id)
+    ).all()
+    problems = report.problems
+
+    def problem(text: str) -> None:
+        if len(problems) < max_listed:
+            problems.append(text)
+        elif len(problems) == max_listed:
+            problems.append("... more problems not listed")
+
+    raw = t.raw_captures
+    outcome_counts: dict[tuple[int, str], int] = {
+        (int(batch), outcome): int(n)
+        for batch, outcome, n in conn.execute(
+            select(raw.c.batch_id, raw.c.outcome, func.count()).group_by(
+                raw.c.batch_id, raw.c.outcome
+            )
+        )
+    }
+    chunk = t.capture_chunks
+    chunk_sums = {
+        int(r.batch_id): r
+        for r in conn.execute(
+            select(
+                chunk.c.batch_id,
+                func.sum(chunk.c.received).label("received"),
+                func.sum(chunk.c.inserted).label("inserted"),
+                func.sum(chunk.c.merged).label("merged"),
+                func.sum(chunk.c.quarantined).label("quarantined"),
+            ).group_by(chunk.c.batch_id)
+        )
+    }
+    q = t.quarantine
+    quarantine_rows = _count_by_batch(
+        conn, select(q.c.batch_id, func.count()).where(q.c.hop == "capture").group_by(q.c.batch_id)
+    )
+    e = t.lead_events
+    admitted = _count_by_batch(
+        conn,
+        select(e.c.batch_id, func.count())
+        .where(e.c.kind == "transition", e.c.from_status.is_(None))
+        .group_by(e.c.batch_id),
+    )
+    merges = _count_by_batch(
+        conn, select(e.c.batch_id, func.count()).where(e.c.kind == "merge").group_by(e.c.batch_id)
+    )
+    for row in rows:
+        report.batches += 1
+        report.received += row.received
+        report.inserted += row.inserted
+        report.merged += row.merged
+        report.quarantined += row.quarantined
+        batch = int(row.id)
+        if row.received != row.inserted + row.merged + row.quarantined:
+            problem(
+                f"batch {batch}: received {row.received} != inserted {row.inserted} + merged "
+                f"{row.merged} + quarantined {row.quarantined}"
+            )
+        if row.status == "running":
+            continue  # still being written (or died mid-way): its chunks are checked below
+        sums = chunk_sums.get(batch)
+        for name in ("received", "inserted", "merged", "quarantined"):
+            chunk_total = int(getattr(sums, name) or 0) if sums is not None else 0
+            if chunk_total != getattr(row, name):
+                problem(
+                    f"batch {batch}: {name} {getattr(row, name)} but its chunks say {chunk_total}"
+                )
+        stored = sum(n for (bid, _), n in outcome_counts.items() if bid == batch)
+        if stored != row.received:
+            problem(f"batch {batch}: received {row.received} but {stored} raw records are stored")
+        for outcome in ("inserted", "merged", "quarantined"):
+            have = outcome_counts.get((batch, outcome), 0)
+            if have != getattr(row, outcome):
+                problem(
+                    f"batch {batch}: {getattr(row, outcome)} {outcome} but {have} raw records say so"
+                )
+        if quarantine_rows.get(batch, 0) != row.quarantined:
+            problem(
+                f"batch {batch}: {row.quarantined} quarantined but {quarantine_rows.get(batch, 0)} quarantine rows"
+            )
+        if row.target == "leads":
+            if admitted.get(batch, 0) != row.inserted:
+                problem(
+                    f"batch {batch}: {row.inserted} inserted but {admitted.get(batch, 0)} admission events"
+                )
+            if merges.get(batch, 0) != row.merged:
+                problem(
+                    f"batch {batch}: {row.merged} merged but {merges.get(batch, 0)} merge events"
+                )
+
+    leads = t.leads
+    report.leads = conn.execute(select(func.count()).select_from(leads)).scalar_one()
+    report.ledger_events = conn.execute(select(func.count()).select_from(e)).scalar_one()
+    lead_batches = sum(r.inserted for r in rows if r.target == "leads")
+    if report.leads != lead_batches:
+        problem(f"{report.leads} leads stored but lead batches inserted {lead_batches}")
+
+    # Records said to be inserted or merged must point at a lead that exists.
+    orphans = conn.execute(
+        select(func.count())
+        .select_from(raw.outerjoin(leads, raw.c.lead_id == leads.c.id))
+        .where(raw.c.outcome.in_(["inserted", "merged"]))
+        .where(leads.c.id.is_(None))
+        .where(raw.c.batch_id.in_(select(b.c.id).where(b.c.target == "leads")))
+    ).scalar_one()
+    if orphans:
+        problem(f"{orphans} raw records point at leads that do not exist")
+
+    # Each lead: exactly one admission, and its status is its last transition's.
+    admissions = (
+        select(e.c.lead_id, func.count().label("n"))
+        .where(e.c.kind == "transition", e.c.from_status.is_(None))
+        .group_by(e.c.lead_id)
+        .subquery()
+    )
+    unadmitted = conn.execute(
+        select(func.count())
+        .select_from(leads.outerjoin(admissions, admissions.c.lead_id == leads.c.id))
+        .where((admissions.c.n.is_(None)) | (admissions.c.n != 1))
+    ).scalar_one()
+    if unadmitted:
+        problem(f"{unadmitted} leads without exactly one admission event in the ledger")
+    ranked = (
+        select(
+            e.c.lead_id,
+            e.c.to_status,
+            func.row_number().over(partition_by=e.c.lead_id, order_by=e.c.id.desc()).label("rn"),
+        )
+        .where(e.c.kind == "transition")
+        .subquery()
+    )
+    last = select(ranked.c.lead_id, ranked.c.to_status).where(ranked.c.rn == 1).subquery()
+    drifted = conn.execute(
+        select(func.count())
+        .select_from(leads.join(last, last.c.lead_id == leads.c.id))
+        .where(leads.c.status != last.c.to_status)
+    ).scalar_one()
+    if drifted:
+        problem(f"{drifted} leads whose status differs from their last ledger transition")
+    return report
+
+
+def status_counts(conn: Connection) -> dict[str, int]:
+    leads = t.leads
+    return {
+        status: int(n)
+        for status, n in conn.execute(
+            select(leads.c.status, func.count()).group_by(leads.c.status).order_by(leads.c.status)
+        )
+    }

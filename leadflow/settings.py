@@ -1,0 +1,81 @@
+"""Runtime settings, read from the environment once per call site.
+
+Every setting has a default that makes the demo run with no configuration: a SQLite file
+under the project's ``var/`` folder, batch sizes that fit a laptop, a 5% quarantine limit.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def project_home() -> Path:
+    """The folder that holds ``var/`` (database, Data Docs, sample data).
+
+    ``LEADFLOW_HOME`` wins; otherwise the source checkout this package lives in (an editable
+    install), otherwise the current directory.
+    """
+    if env := os.environ.get("LEADFLOW_HOME"):
+        return Path(env).expanduser().resolve()
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").exists():
+        return checkout
+    return Path.cwd()
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name}={raw!r} is not a number") from exc
+
+
+def _int(name: str, default: int) -> int:
+    value = _float(name, default)
+    if value != int(value) or value <= 0:
+        raise ValueError(f"environment variable {name}={value!r} must be a positive integer")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    database_url: str
+    batch_size: int
+    max_quarantine_rate: float
+    claim_ttl_seconds: int
+    var_dir: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "var_dir", self.home / "var")
+
+    @property
+    def gx_dir(self) -> Path:
+        """GX file context: validation results and Data Docs live here."""
+        return Path(os.environ.get("LEADFLOW_GX_DIR") or self.var_dir / "gx")
+
+    @property
+    def data_docs_dir(self) -> Path:
+        return Path(os.environ.get("LEADFLOW_DATA_DOCS_DIR") or self.var_dir / "data_docs")
+
+    @property
+    def rules_dir(self) -> Path:
+        return Path(os.environ.get("LEADFLOW_RULES_DIR") or self.home / "rules")
+
+
+def get_settings() -> Settings:
+    """Read the settings from the environment (cheap; call it where you need it)."""
+    home = project_home()
+    default_db = f"sqlite:///{home / 'var' / 'leadflow.db'}"
+    return Settings(
+        home=home,
+        database_url=os.environ.get("LEADFLOW_DATABASE_URL") or default_db,
+        batch_size=_int("LEADFLOW_BATCH_SIZE", 50_000),
+        max_quarantine_rate=_float("LEADFLOW_MAX_QUARANTINE_RATE", 0.05),
+        claim_ttl_seconds=_int("LEADFLOW_CLAIM_TTL_SECONDS", 1800),
+    )

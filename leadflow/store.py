@@ -1,0 +1,378 @@
+"""The lead store: engines, migrations, bulk reads and writes, batch claims.
+
+Hot paths move DataFrames, never rows one at a time: COPY on PostgreSQL, ``executemany`` on
+SQLite, and set-based ``UPDATE … FROM`` a staged temporary table for updates.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+from sqlalchemy import (
+    JSON,
+    Column,
+    Connection,
+    DateTime,
+    Engine,
+    MetaData,
+    Select,
+    Table,
+    Text,
+    create_engine,
+    event,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import make_url
+
+from leadflow import tables as t
+from leadflow.settings import get_settings
+
+SQLITE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# --------------------------------------------------------------------------- engines
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Autocommit in the driver so that SQLAlchemy's "begin" below is the only BEGIN.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # One writer at a time, decided at BEGIN rather than at the first write, so a
+        # read-then-write transaction cannot deadlock against another writer.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def with_driver(url: str) -> str:
+    """A bare ``postgresql://`` URL means psycopg2 (SQLAlchemy 2.1 would pick psycopg 3)."""
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg2")
+    return parsed.render_as_string(hide_password=False)
+
+
+@lru_cache(maxsize=8)
+def engine_for(url: str) -> Engine:
+    """One engine per database URL for the life of the process."""
+    url = with_driver(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 60})
+        _configure_sqlite(engine)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def get_engine(url: str | None = None) -> Engine:
+    return engine_for(url or get_settings().database_url)
+
+
+def is_postgres(conn: Connection | Engine) -> bool:
+    return conn.dialect.name == "postgresql"
+
+
+def upgrade(url: str | None = None, revision: str = "head") -> str:
+    """Apply the Alembic migrations under ``sql/`` and return the revision now current."""
+    from alembic import command
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+
+    import sql
+
+    engine = get_engine(url)
+    config = Config()
+    config.set_main_option("script_location", str(Path(sql.__file__).parent))
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, revision)
+    with engine.connect() as conn:
+        current = MigrationContext.configure(conn).get_current_revision()
+    return current or ""
+
+
+def current_revision(url: str | None = None) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with get_engine(url).connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+# --------------------------------------------------------------------------- frames in
+
+
+def json_column(values: Iterable[Any]) -> list[str | None]:
+    """Serialise dicts/lists for a JSON column (None stays NULL)."""
+    return [None if v is None else json.dumps(v, ensure_ascii=False, default=str) for v in values]
+
+
+def _is_json(column: Column) -> bool:
+    return isinstance(column.type, JSON) or isinstance(getattr(column.type, "impl", None), JSON)
+
+
+def _prepare(frame: pd.DataFrame, table: Table) -> pd.DataFrame:
+    """Coerce a frame to what the bulk paths expect: JSON serialised, times in UTC."""
+    out = frame.copy(deep=False)
+    for name in out.columns:
+        column = table.c[name]
+        series = out[name]
+        if _is_json(column) and series.dtype == object:
+            sample = series.dropna()
+            if len(sample) and not isinstance(sample.iloc[0], str):
+                out[name] = pd.Series(
+                    json_column(series.where(series.notna(), None)), index=out.index, dtype=object
+                )
+        elif isinstance(column.type, DateTime):
+            if not pd.api.types.is_datetime64_any_dtype(series):
+                series = pd.to_datetime(series, utc=True, format="ISO8601")
+            elif series.dt.tz is None:
+                series = series.dt.tz_localize("UTC")
+            else:
+                series = series.dt.tz_convert("UTC")
+            out[name] = series
+    return out
+
+
+def _copy_in(conn: Connection, table_name: str, frame: pd.DataFrame) -> None:
+    arrow = pa.Table.from_pandas(frame, preserve_index=False)
+    buffer = io.BytesIO()
+    pa_csv.write_csv(arrow, buffer, pa_csv.WriteOptions(include_header=False))
+    buffer.seek(0)
+    columns = ", ".join(f'"{c}"' for c in frame.columns)
+    statement = f'COPY "{table_name}" ({columns}) FROM STDIN WITH (FORMAT csv)'
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        if hasattr(cursor, "copy_expert"):  # psycopg2
+            cursor.copy_expert(statement, buffer)
+        else:  # psycopg 3
+            with cursor.copy(statement) as copy:
+                copy.write(buffer.getvalue())
+    finally:
+        cursor.close()
+
+
+def _sqlite_rows(frame: pd.DataFrame) -> list[tuple]:
+    columns = []
+    for name in frame.columns:
+        series = frame[name]
+        if pd.api.types.is_datetime64_any_dtype(series):
+            as_text = (
+                series.dt.tz_convert("UTC").dt.strftime(SQLITE_TIME_FORMAT)
+                if series.dt.tz
+                else series.dt.strftime(SQLITE_TIME_FORMAT)
+            )
+            columns.append([None if pd.isna(v) else v for v in as_text])
+        elif pd.api.types.is_bool_dtype(series) or pd.api.types.is_integer_dtype(series):
+            columns.append([None if pd.isna(v) else int(v) for v in series.astype(object)])
+        elif pd.api.types.is_float_dtype(series):
+            columns.append(
+                [None if (v is None or math.isnan(v)) else float(v) for v in series.tolist()]
+            )
+        else:
+            columns.append(
+                [
+                    None
+                    if (v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)))
+                    else v
+                    for v in series.astype(object).tolist()
+                ]
+            )
+    return list(zip(*columns, strict=True)) if columns else []
+
+
+def bulk_insert(conn: Connection, table: Table, frame: pd.DataFrame) -> int:
+    """Insert every row of ``frame`` (columns named as in ``table``); returns the count."""
+    if frame.empty:
+        return 0
+    prepared = _prepare(frame, table)
+    if is_postgres(conn):
+        _copy_in(conn, table.name, prepared)
+    else:
+        columns = ", ".join(f'"{c}"' for c in prepared.columns)
+        marks = ", ".join("?" for _ in prepared.columns)
+        conn.exec_driver_sql(
+            f'INSERT INTO "{table.name}" ({columns}) VALUES ({marks})', _sqlite_rows(prepared)
+        )
+    return len(prepared)
+
+
+def allocate_ids(conn: Connection, table: Table, count: int) -> np.ndarray:
+    """Reserve ``count`` primary keys for rows this transaction is about to insert."""
+    if count == 0:
+        return np.empty(0, dtype=np.int64)
+    if is_postgres(conn):
+        rows = conn.execute(
+            text(
+                "SELECT nextval(pg_get_serial_sequence(:table, 'id')) FROM generate_series(1, :n)"
+            ),
+            {"table": table.name, "n": count},
+        ).scalars()
+        return np.fromiter(rows, dtype=np.int64, count=count)
+    # SQLite: the transaction began IMMEDIATE, so nobody else can insert meanwhile.
+    start = conn.execute(select(func.coalesce(func.max(table.c.id), 0))).scalar_one()
+    return np.arange(start + 1, start + 1 + count, dtype=np.int64)
+
+
+def serialize_writers(conn: Connection, name: str) -> None:
+    """Make writers of ``name`` take turns for the rest of this transaction."""
+    if is_postgres(conn):
+        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": name})
+    # SQLite transactions begin IMMEDIATE: there is only ever one writer.
+
+
+@contextmanager
+def staged(
+    conn: Connection, like: Table, frame: pd.DataFrame, extra_types: dict[str, Any] | None = None
+) -> Iterator[Table]:
+    """A temporary table holding ``frame`` for set-based SQL.
+
+    Columns named like ``like``'s are typed like them; others take ``extra_types`` or TEXT.
+    """
+    name = f"_stage_{like.name}_{uuid.uuid4().hex[:8]}"
+    stage_meta = MetaData()
+    extra_types = extra_types or {}
+    columns = [
+        Column(c, like.c[c].type if c in like.c else extra_types.get(c, Text()))
+        for c in frame.columns
+    ]
+    stage = Table(name, stage_meta, *columns, prefixes=["TEMPORARY"])
+    stage.create(conn)
+    try:
+        bulk_insert(conn, stage, frame)
+        yield stage
+    finally:
+        stage.drop(conn)
+
+
+def update_from_frame(
+    conn: Connection,
+    table: Table,
+    frame: pd.DataFrame,
+    *,
+    key: str = "id",
+    where: Any = None,
+) -> int:
+    """``UPDATE table SET <frame columns> FROM frame WHERE key matches``; returns rows hit."""
+    if frame.empty:
+        return 0
+    columns = [c for c in frame.columns if c != key]
+    with staged(conn, table, frame) as stage:
+        statement = (
+            update(table)
+            .values({c: stage.c[c] for c in columns})
+            .where(table.c[key] == stage.c[key])
+        )
+        if where is not None:
+            statement = statement.where(where)
+        return conn.execute(statement).rowcount
+
+
+# --------------------------------------------------------------------------- frames out
+
+
+def read_frame(
+    conn: Connection, statement: Select | Any, params: dict | None = None
+) -> pd.DataFrame:
+    """Run a query and return a DataFrame with UTC-aware times."""
+    result = conn.execute(statement, params or {})
+    frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+    for name in frame.columns:
+        series = frame[name]
+        if pd.api.types.is_datetime64_any_dtype(series):
+            frame[name] = (
+                series.dt.tz_localize("UTC")
+                if series.dt.tz is None
+                else series.dt.tz_convert("UTC")
+            )
+        elif (
+            series.dtype == object
+            and len(series.dropna())
+            and isinstance(series.dropna().iloc[0], datetime)
+        ):
+            frame[name] = pd.to_datetime(series, utc=True)
+    return frame
+
+
+# --------------------------------------------------------------------------- claims
+
+
+def new_claim_token(hop: str) -> str:
+    return f"{hop}:{uuid.uuid4().hex}"
+
+
+def claim_leads(
+    engine: Engine,
+    statuses: Sequence[str],
+    limit: int,
+    token: str,
+    *,
+    ttl_seconds: int | None = None,
+    extra_where: Any = None,
+) -> int:
+    """Claim up to ``limit`` unclaimed leads in ``statuses`` for ``token``; returns how many.
+
+    A claim is a lease: if the claimant dies, the lease expires and another run may take
+    the leads. On PostgreSQL concurrent claimants skip each other's rows
+    (``FOR UPDATE SKIP LOCKED``); on SQLite writers are serialised.
+    """
+    leads = t.leads
+    ttl = ttl_seconds or get_settings().claim_ttl_seconds
+    now = utcnow()
+    candidates = (
+        select(leads.c.id)
+        .where(leads.c.status.in_(list(statuses)))
+        .where((leads.c.claim_expires_at.is_(None)) | (leads.c.claim_expires_at < now))
+        .order_by(leads.c.id)
+        .limit(limit)
+    )
+    if extra_where is not None:
+        candidates = candidates.where(extra_where)
+    with engine.begin() as conn:
+        if is_postgres(conn):
+            candidates = candidates.with_for_update(skip_locked=True)
+        statement = (
+            update(leads)
+            .where(leads.c.id.in_(candidates.scalar_subquery()))
+            .values(claimed_by=token, claim_expires_at=now + timedelta(seconds=ttl))
+        )
+        return conn.execute(statement).rowcount
+
+
+def release_claims(conn: Connection, token: str) -> int:
+    leads = t.leads
+    statement = (
+        update(leads)
+        .where(leads.c.claimed_by == token)
+        .values(claimed_by=None, claim_expires_at=None)
+    )
+    return conn.execute(statement).rowcount

@@ -1,0 +1,245 @@
+"""The lead store's schema as SQLAlchemy Core tables.
+
+Migrations under ``sql/versions`` create exactly this schema (a test compares the two);
+change both together. Times are UTC everywhere (``timestamptz`` on PostgreSQL, naive UTC
+text on SQLite).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData()
+
+# BIGINT on PostgreSQL; INTEGER on SQLite so the column aliases the rowid.
+ID = BigInteger().with_variant(Integer(), "sqlite")
+JSONDoc = JSON().with_variant(JSONB(), "postgresql")
+UTC = DateTime(timezone=True)
+
+
+def _id() -> Column:
+    return Column("id", ID, Identity(), primary_key=True)
+
+
+reps = Table(
+    "reps",
+    metadata,
+    _id(),
+    Column("email", Text, nullable=False, unique=True),
+    Column("name", Text, nullable=False),
+    Column("team", Text),
+    Column("region", Text),
+    Column("countries", JSONDoc),  # ISO-2 codes the rep covers; null = any
+    Column("capacity", Integer, nullable=False, server_default=text("50")),
+    Column("active", Boolean, nullable=False, server_default=text("true")),
+    Column("timezone", Text),
+    Column("created_at", UTC, nullable=False),
+)
+
+accounts = Table(
+    "accounts",
+    metadata,
+    _id(),
+    Column("name", Text, nullable=False),
+    Column("domain", Text, unique=True),
+    Column("aliases", JSONDoc),  # other domains that belong to the account
+    Column("owner_rep_id", ID, ForeignKey("reps.id")),
+    Column("industry", Text),
+    Column("employees", Integer),
+    Column("revenue", Float),
+    Column("country", Text),
+    Column("created_at", UTC, nullable=False),
+)
+
+capture_batches = Table(
+    # One received input: a file, or one page of an API. The unit of the ledger invariant
+    # received = inserted + merged + quarantined, and of "same content twice is a no-op".
+    "capture_batches",
+    metadata,
+    _id(),
+    Column("source", Text, nullable=False),
+    Column("target", Text, nullable=False),  # leads | events: what the records are
+    Column("kind", Text, nullable=False),  # file | api
+    Column("uri", Text, nullable=False),
+    Column("content_hash", Text, nullable=False),
+    Column("size_bytes", BigInteger),
+    Column("header", JSONDoc),  # CSV header as received
+    Column("mapping_version", Text),
+    Column("status", Text, nullable=False),  # running | complete | failed | duplicate
+    Column("message", Text),
+    Column("received", Integer, nullable=False, server_default=text("0")),
+    Column("inserted", Integer, nullable=False, server_default=text("0")),
+    Column("merged", Integer, nullable=False, server_default=text("0")),
+    Column("quarantined", Integer, nullable=False, server_default=text("0")),
+    Column("flow_run_id", Text),
+    Column("started_at", UTC, nullable=False),
+    Column("finished_at", UTC),
+    Index("ix_capture_batches_source_hash", "source", "target", "content_hash"),
+)
+
+capture_chunks = Table(
+    # A bounded slice of a batch, gated and written in one transaction.
+    "capture_chunks",
+    metadata,
+    _id(),
+    Column("batch_id", ID, ForeignKey("capture_batches.id"), nullable=False),
+    Column("chunk_no", Integer, nullable=False),
+    Column("status", Text, nullable=False),  # accepted | rejected
+    Column("received", Integer, nullable=False),
+    Column("inserted", Integer, nullable=False),
+    Column("merged", Integer, nullable=False),
+    Column("quarantined", Integer, nullable=False),
+    Column("created_at", UTC, nullable=False),
+    UniqueConstraint("batch_id", "chunk_no", name="uq_capture_chunks_batch_chunk"),
+)
+
+raw_captures = Table(
+    "raw_captures",
+    metadata,
+    _id(),
+    Column("batch_id", ID, ForeignKey("capture_batches.id"), nullable=False),
+    Column("chunk_no", Integer, nullable=False),
+    Column("record_no", Integer, nullable=False),  # line (CSV/JSONL) or position (API page)
+    Column("raw", Text, nullable=False),  # the record's text as received
+    Column("outcome", Text, nullable=False),  # inserted | merged | quarantined
+    Column("lead_id", ID),
+    UniqueConstraint("batch_id", "record_no", name="uq_raw_captures_batch_record"),
+)
+
+leads = Table(
+    "leads",
+    metadata,
+    _id(),
+    Column("email", Text),
+    Column("external_id", Text),
+    Column("first_name", Text),
+    Column("last_name", Text),
+    Column("company", Text),
+    Column("title", Text),
+    Column("phone", Text),
+    Column("country", Text),
+    Column("website", Text),
+    Column("source", Text),
+    Column("created_at", UTC),  # when the lead was created at its source
+    Column("captured_at", UTC, nullable=False),  # first capture
+    Column("last_seen_at", UTC, nullable=False),  # newest record merged in
+    Column("updated_at", UTC, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("status_changed_at", UTC, nullable=False),
+    Column("temperature", Text),
+    Column("score", Float),
+    Column("score_version", Text),
+    Column("outcome", Text),  # won | lost: a known historical outcome, for backtests
+    Column("attributes", JSONDoc),
+    Column("account_id", ID, ForeignKey("accounts.id")),
+    Column("owner_rep_id", ID, ForeignKey("reps.id")),
+    Column("claimed_by", Text),
+    Column("claim_expires_at", UTC),
+    Index(
+        "uq_leads_email",
+        "email",
+        unique=True,
+        postgresql_where=text("email IS NOT NULL"),
+        sqlite_where=text("email IS NOT NULL"),
+    ),
+    Index(
+        "uq_leads_external_id",
+        "external_id",
+        unique=True,
+        postgresql_where=text("external_id IS NOT NULL"),
+        sqlite_where=text("external_id IS NOT NULL"),
+    ),
+    Index("ix_leads_status", "status"),
+    Index("ix_leads_account_id", "account_id"),
+)
+
+lead_events = Table(
+    "lead_events",
+    metadata,
+    _id(),
+    Column("lead_id", ID, nullable=False, index=True),
+    Column("kind", Text, nullable=False),  # transition | merge
+    Column("from_status", Text),
+    Column("to_status", Text),
+    Column("actor", Text, nullable=False),  # flow/hop or person that caused it
+    Column("reason", Text),
+    Column("details", JSONDoc),
+    Column("batch_id", ID),  # capture batch, for capture events
+    Column("flow_run_id", Text),
+    Column("occurred_at", UTC, nullable=False),  # business time (the flow's `now`)
+    Column("recorded_at", UTC, nullable=False),  # wall clock
+    Index("ix_lead_events_batch_id", "batch_id"),
+)
+
+quarantine = Table(
+    "quarantine",
+    metadata,
+    _id(),
+    Column("hop", Text, nullable=False),
+    Column("batch_id", ID, index=True),  # capture batch (capture hop)
+    Column("lead_id", ID, index=True),  # the lead (later hops)
+    Column("record_no", Integer),
+    Column("record", Text),  # the record as received, or the lead row as JSON
+    Column("reasons", JSONDoc, nullable=False),  # names of the expectations broken
+    Column("flow_run_id", Text),
+    Column("created_at", UTC, nullable=False),
+    Column("released_at", UTC),
+    Column("released_by", Text),
+)
+
+dq_results = Table(
+    "dq_results",
+    metadata,
+    _id(),
+    Column("hop", Text, nullable=False),
+    Column("suite", Text, nullable=False),
+    Column("batch_ref", Text, nullable=False),
+    Column("success", Boolean, nullable=False),
+    Column("evaluated", Integer, nullable=False),
+    Column("passed", Integer, nullable=False),
+    Column("quarantined", Integer, nullable=False),
+    Column("checks", JSONDoc, nullable=False),
+    Column("flow_run_id", Text),
+    Column("created_at", UTC, nullable=False),
+    Index("ix_dq_results_hop_created", "hop", "created_at"),
+)
+
+engagement_events = Table(
+    "engagement_events",
+    metadata,
+    _id(),
+    Column("lead_id", ID, ForeignKey("leads.id"), nullable=False),
+    Column("event_type", Text, nullable=False),
+    Column("occurred_at", UTC, nullable=False),
+    Column("url", Text),  # page URL for page views / clicks: rules match on it
+    Column("properties", JSONDoc),
+    Column("source", Text),
+    Column("event_key", Text, nullable=False, unique=True),  # makes re-ingest a no-op
+    Column("batch_id", ID),
+    Index("ix_engagement_events_lead_time", "lead_id", "occurred_at"),
+)
+
+source_cursors = Table(
+    "source_cursors",
+    metadata,
+    Column("source", Text, primary_key=True),
+    Column("cursor", Text, nullable=False),
+    Column("updated_at", UTC, nullable=False),
+)

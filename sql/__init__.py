@@ -1,0 +1,1 @@
+"""Schema migrations (Alembic) and the SQL that KPI reports read."""

@@ -1,0 +1,355 @@
+"""Normalising captured values, vectorised over a batch (pure functions, no I/O).
+
+Each normaliser takes a Series of raw strings (None for missing) and returns the normalised
+Series plus a boolean mask of values that were present but could not be normalised.
+Expensive parsers (phone numbers, countries, domains, IDNA) run once per distinct value.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+import warnings
+from collections.abc import Callable
+from datetime import datetime
+from functools import lru_cache
+
+import pandas as pd
+import phonenumbers
+
+MAX_FIELD_CHARS = 1000  # a longer value in a lead field is a broken record, not a name
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_SPACES = re.compile(r"\s+")
+_EMAIL_LOCAL = r"[^\s@\"(),:;<>\[\]\\]+"
+_DOMAIN = r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+(?:[a-z]{2,63}|xn--[a-z0-9-]{2,59})"
+EMAIL_PATTERN = rf"^{_EMAIL_LOCAL}@{_DOMAIN}$"
+DOMAIN_PATTERN = rf"^{_DOMAIN}$"
+E164_PATTERN = r"^\+[1-9][0-9]{6,14}$"
+ISO2_PATTERN = r"^[A-Z]{2}$"
+
+Result = tuple[pd.Series, pd.Series]
+
+
+def _present(values: pd.Series) -> pd.Series:
+    return values.notna()
+
+
+def _map_distinct(values: pd.Series, function: Callable[[str], str | None]) -> pd.Series:
+    """Apply ``function`` once per distinct non-null value."""
+    present = values.dropna()
+    if present.empty:
+        return pd.Series([None] * len(values), index=values.index, dtype=object)
+    lookup = {value: function(value) for value in present.unique()}
+    return values.map(lookup, na_action="ignore").astype(object).where(values.notna(), None)
+
+
+def clean_text(values: pd.Series) -> pd.Series:
+    """Strip, drop control characters, collapse runs of white space; empty becomes None."""
+    text = values.astype("str").str.replace(_CONTROL, "", regex=True)
+    text = text.str.replace(_SPACES, " ", regex=True).str.strip()
+    text = text.where(values.notna() & (text != ""), None)
+    return text.astype(object).where(text.notna(), None)
+
+
+def too_long(values: pd.Series) -> pd.Series:
+    return values.notna() & (values.astype("str").str.len() > MAX_FIELD_CHARS)
+
+
+def normalise_text(values: pd.Series) -> Result:
+    text = clean_text(values)
+    invalid = too_long(text)
+    return text.where(~invalid, None), invalid
+
+
+def normalise_name(values: pd.Series) -> Result:
+    """Names keep their case unless written all upper or all lower (then Title Case)."""
+    text, invalid = normalise_text(values)
+    as_str = text.astype("str")
+    shouty = text.notna() & ((as_str == as_str.str.upper()) | (as_str == as_str.str.lower()))
+    titled = as_str.str.title()
+    return text.where(~shouty, titled).astype(object).where(text.notna(), None), invalid
+
+
+@lru_cache(maxsize=65536)
+def _email(raw: str) -> str | None:
+    value = raw.strip().strip("<>").strip()
+    if value.lower().startswith("mailto:"):
+        value = value[7:]
+    value = value.strip().lower()
+    if value.count("@") != 1:
+        return value or None
+    local, domain = value.split("@")
+    domain = domain.rstrip(".")
+    if not domain.isascii():
+        domain = _idna(domain) or domain
+    return f"{local}@{domain}"
+
+
+def _idna(domain: str) -> str | None:
+    import idna
+
+    try:
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError):
+        return None
+
+
+def normalise_email(values: pd.Series) -> Result:
+    """Trim, lower-case, IDNA-encode the domain. Invalid addresses are flagged, not fixed."""
+    text = clean_text(values)
+    normalised = _map_distinct(text, _email)
+    valid = normalised.astype("str").str.fullmatch(EMAIL_PATTERN, na=False)
+    invalid = normalised.notna() & ~valid
+    return normalised, invalid
+
+
+def _phone_e164(raw: str, region: str | None) -> str | None:
+    try:
+        number = phonenumbers.parse(raw, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_possible_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def normalise_phone(
+    values: pd.Series, regions: pd.Series, default_region: str | None = None
+) -> Result:
+    """E.164 via libphonenumber, read in the lead's country when it has no +prefix."""
+    text = clean_text(values)
+    present = text.notna()
+    if not present.any():
+        return text, present
+    region = regions.where(regions.notna(), default_region) if default_region else regions
+    pairs = pd.DataFrame({"raw": text[present], "region": region[present]})
+    distinct = pairs.drop_duplicates()
+    lookup = {
+        (raw, reg): _phone_e164(raw, reg if isinstance(reg, str) else None)
+        for raw, reg in zip(distinct["raw"], distinct["region"], strict=True)
+    }
+    mapped = [lookup[(raw, reg)] for raw, reg in zip(pairs["raw"], pairs["region"], strict=True)]
+    out = pd.Series([None] * len(text), index=text.index, dtype=object)
+    out[present] = mapped
+    invalid = present & out.isna()
+    return out, invalid
+
+
+def _fold(value: str) -> str:
+    decomposed = unicodedata.normalize("NFKD", value)
+    plain = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    plain = (
+        plain.lower().replace("\u2019", "'").replace(".", "").replace(",", " ").replace("&", "and")
+    )
+    plain = _SPACES.sub(" ", plain).strip()
+    return plain[4:] if plain.startswith("the ") else plain
+
+
+# Names people write that are not in ISO 3166 (or are, under another spelling).
+COUNTRY_VARIANTS = {
+    "uk": "GB",
+    "great britain": "GB",
+    "britain": "GB",
+    "england": "GB",
+    "scotland": "GB",
+    "wales": "GB",
+    "northern ireland": "GB",
+    "united kingdom": "GB",
+    "usa": "US",
+    "us": "US",
+    "america": "US",
+    "united states": "US",
+    "united states of america": "US",
+    "estados unidos": "US",
+    "holland": "NL",
+    "netherlands": "NL",
+    "nederland": "NL",
+    "south korea": "KR",
+    "korea": "KR",
+    "republic of korea": "KR",
+    "north korea": "KP",
+    "russia": "RU",
+    "uae": "AE",
+    "emirates": "AE",
+    "czech republic": "CZ",
+    "czechia": "CZ",
+    "turkey": "TR",
+    "turkiye": "TR",
+    "vietnam": "VN",
+    "iran": "IR",
+    "syria": "SY",
+    "laos": "LA",
+    "bolivia": "BO",
+    "venezuela": "VE",
+    "tanzania": "TZ",
+    "moldova": "MD",
+    "macedonia": "MK",
+    "ivory coast": "CI",
+    "cote d'ivoire": "CI",
+    "deutschland": "DE",
+    "germany": "DE",
+    "espana": "ES",
+    "brasil": "BR",
+    "mexico": "MX",
+    "schweiz": "CH",
+    "suisse": "CH",
+    "svizzera": "CH",
+    "osterreich": "AT",
+    "italia": "IT",
+    "sverige": "SE",
+    "norge": "NO",
+    "danmark": "DK",
+    "suomi": "FI",
+    "polska": "PL",
+    "nippon": "JP",
+    "hong kong": "HK",
+    "taiwan": "TW",
+    "palestine": "PS",
+    "cape verde": "CV",
+    "swaziland": "SZ",
+    "burma": "MM",
+    "east timor": "TL",
+    "vatican": "VA",
+    "bahamas": "BS",
+    "gambia": "GM",
+    "prc": "CN",
+    "china": "CN",
+    "mainland china": "CN",
+    "republic of ireland": "IE",
+    "eire": "IE",
+    "belgique": "BE",
+    "belgie": "BE",
+    "france": "FR",
+    "india": "IN",
+    "bharat": "IN",
+}
+
+
+@lru_cache(maxsize=1)
+def _country_index() -> dict[str, str]:
+    import pycountry
+
+    index: dict[str, str] = {}
+    for country in pycountry.countries:
+        code = country.alpha_2
+        for name in (
+            country.alpha_2,
+            country.alpha_3,
+            country.name,
+            getattr(country, "official_name", None),
+            getattr(country, "common_name", None),
+        ):
+            if name:
+                index[_fold(name)] = code
+    for name, code in COUNTRY_VARIANTS.items():
+        index[_fold(name)] = code
+    return index
+
+
+def country_code(raw: str) -> str | None:
+    """ISO-3166 alpha-2 for a code, a name or a common variant; None if unknown."""
+    index = _country_index()
+    folded = _fold(raw)
+    if folded in index:
+        return index[folded]
+    # "Germany (DE)", "DE - Germany": try the parts.
+    for part in re.split(r"[()/\-|]", folded):
+        part = part.strip()
+        if part in index:
+            return index[part]
+    return None
+
+
+def normalise_country(values: pd.Series) -> Result:
+    text = clean_text(values)
+    codes = _map_distinct(text, country_code)
+    return codes, text.notna() & codes.isna()
+
+
+@lru_cache(maxsize=1)
+def _tld_extract():
+    import tldextract
+
+    # Offline: the suffix list bundled with the package, never fetched.
+    return tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
+
+
+def host_of(raw: str) -> str | None:
+    """The host name of a URL or bare domain, lower-case, without ``www.``; None if not one."""
+    value = raw.strip().lower()
+    value = re.sub(r"^[a-z][a-z0-9+.-]*://", "", value)
+    value = value.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    value = value.rsplit("@", 1)[-1].split(":", 1)[0].strip(".")
+    if value.startswith("www."):
+        value = value[4:]
+    if not value.isascii():
+        value = _idna(value) or ""
+    return value if re.fullmatch(DOMAIN_PATTERN, value) else None
+
+
+def registered_domain(host: str) -> str | None:
+    """``shop.acme.co.uk`` -> ``acme.co.uk`` (public-suffix aware, offline list)."""
+    parts = _tld_extract()(host)
+    if not parts.domain or not parts.suffix:
+        return None
+    return f"{parts.domain}.{parts.suffix}"
+
+
+def normalise_website(values: pd.Series) -> Result:
+    text = clean_text(values)
+    hosts = _map_distinct(text, host_of)
+    return hosts, text.notna() & hosts.isna()
+
+
+def normalise_timestamp(
+    values: pd.Series, *, now: datetime, dayfirst: bool = False, timezone: str = "UTC"
+) -> Result:
+    """Parse to UTC. Naive times are read in ``timezone``; epoch numbers in s or ms.
+
+    A time more than a day in the future is treated as invalid.
+    """
+    text = clean_text(values.astype(object).map(str, na_action="ignore"))
+    out = pd.Series(pd.NaT, index=values.index, dtype="datetime64[us, UTC]")
+    present = text.notna()
+    if not present.any():
+        return out, present
+    numeric = present & text.astype("str").str.fullmatch(r"\d{9,13}(?:\.\d+)?", na=False)
+    if numeric.any():
+        number = pd.to_numeric(text[numeric])
+        unit_ms = number > 1e11
+        seconds = number.where(~unit_ms, number / 1000.0)
+        out[numeric] = pd.to_datetime(seconds, unit="s", utc=True)
+    rest = present & ~numeric
+    if rest.any():
+        parsed = _parse_times(text[rest], dayfirst=dayfirst, timezone=timezone)
+        out[rest] = parsed
+    limit = pd.Timestamp(now) + pd.Timedelta(days=1)
+    invalid = present & (out.isna() | (out > limit))
+    return out.where(~invalid), invalid
+
+
+def _parse_times(text: pd.Series, *, dayfirst: bool, timezone: str) -> pd.Series:
+    out = pd.Series(pd.NaT, index=text.index, dtype="datetime64[us, UTC]")
+    zoned = text.str.contains(r"(?:Z|[+-]\d{2}:?\d{2})$", regex=True, na=False)
+    for has_zone in (True, False):
+        part = text[zoned == has_zone]
+        if part.empty:
+            continue
+        # ISO 8601 first (fast, vectorised); anything else one by one.
+        parsed = pd.to_datetime(part, format="ISO8601", errors="coerce", utc=True)
+        missing = parsed.isna()
+        if missing.any():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                parsed[missing] = pd.to_datetime(
+                    part[missing], format="mixed", errors="coerce", dayfirst=dayfirst, utc=True
+                )
+        if not has_zone and timezone != "UTC":
+            parsed = (
+                parsed.dt.tz_localize(None)
+                .dt.tz_localize(timezone, ambiguous="NaT", nonexistent="NaT")
+                .dt.tz_convert("UTC")
+            )
+        out[part.index] = parsed
+    return out

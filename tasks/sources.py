@@ -1,0 +1,585 @@
+"""Reading captures as received: CSV and JSON Lines files (local or any fsspec URL) and
+paginated REST APIs.
+
+Readers never drop a record. A record that cannot be parsed still comes out, with its raw
+text and a ``parse_error`` saying what is wrong, so the gate can quarantine it by name.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import email.utils
+import hashlib
+import json
+import logging
+import random
+import re
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TextIO
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import fsspec
+import pandas as pd
+
+from leadflow.mapping import ApiSource
+
+log = logging.getLogger(__name__)
+
+FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+MAX_RECORD_LINES = 1000  # a quoted field running longer than this is an unbalanced quote
+_SURROGATES = re.compile(r"[\udc80-\udcff]")
+
+# Columns every record batch carries besides the source's own.
+RECORD_NO = "_record_no"
+RAW = "_raw"
+PARSE_ERROR = "_parse_error"
+
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+class InputError(ValueError):
+    """An input that cannot be read at all (missing, wrong header); names the input."""
+
+
+class MissingColumnsError(InputError):
+    pass
+
+
+@dataclass
+class RecordChunk:
+    """Up to ``chunk_size`` records of one input, as received."""
+
+    chunk_no: int
+    columns: list[str]
+    records: pd.DataFrame  # source columns + _record_no, _raw, _parse_error
+
+
+@dataclass
+class ApiPage:
+    uri: str
+    body: bytes
+    records: list[Any]
+    content_hash: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.content_hash = hashlib.sha256(self.body).hexdigest()
+
+
+# --------------------------------------------------------------------------- files
+
+
+def list_inputs(path: str) -> list[str]:
+    """The files to ingest at ``path``: the file itself, or the data files in a folder."""
+    fs, root = fsspec.core.url_to_fs(path)
+    if not fs.exists(root):
+        raise InputError(f"{path}: no such file or folder")
+    if fs.isdir(root):
+        found = sorted(p for p in fs.find(root) if _format_of(p, "auto", strict=False) is not None)
+        return [fs.unstrip_protocol(p) if "://" in path else p for p in found]
+    return [path]
+
+
+def _format_of(uri: str, declared: str, *, strict: bool = True) -> str | None:
+    if declared != "auto":
+        return declared
+    name = uri.lower()
+    for suffix in (".gz", ".bz2", ".zst", ".xz"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    for extension, kind in FILE_FORMATS.items():
+        if name.endswith(extension):
+            return kind
+    if strict:
+        raise InputError(
+            f"{uri}: cannot tell the format from the name; set `format:` in the mapping"
+        )
+    return None
+
+
+def content_hash(uri: str) -> tuple[str, int]:
+    """SHA-256 and size of the bytes as received."""
+    digest = hashlib.sha256()
+    size = 0
+    with fsspec.open(uri, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _printable(raw: str) -> str:
+    """Raw text that can be stored: undecodable bytes as \\xNN, NUL as \\x00."""
+    if _SURROGATES.search(raw):
+        raw = raw.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return raw.replace("\x00", "\\x00")
+
+
+class _Lines:
+    """Physical lines for ``csv.reader``, with push-back and a cap on lines per record.
+
+    When one record has consumed ``MAX_RECORD_LINES`` lines the iterator reports its end
+    once, so the reader hands back what it has instead of swallowing the rest of the file.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._pending: deque[tuple[int, str]] = deque()
+        self._next_no = 1
+        self.current: list[tuple[int, str]] = []
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        if len(self.current) >= MAX_RECORD_LINES:
+            raise StopIteration
+        if self._pending:
+            item = self._pending.popleft()
+        else:
+            line = self._stream.readline()
+            if not line:
+                raise StopIteration
+            item = (self._next_no, line)
+            self._next_no += 1
+        self.current.append(item)
+        return item[1]
+
+    def push_back(self, items: list[tuple[int, str]]) -> None:
+        self._pending.extendleft(reversed(items))
+
+
+def _open_text(uri: str, encoding: str) -> TextIO:
+    codec = codecs.lookup(encoding).name
+    if codec == "utf-8":
+        encoding = "utf-8-sig"  # a BOM is not part of the first column's name
+    handle = fsspec.open(uri, "rb", compression="infer").open()
+    import io
+
+    return io.TextIOWrapper(handle, encoding=encoding, errors="surrogateescape", newline="")
+
+
+def read_header(uri: str, *, encoding: str = "utf-8", delimiter: str = ",") -> list[str]:
+    with _open_text(uri, encoding) as stream:
+        first = next(csv.reader(stream, delimiter=delimiter), None)
+    return _clean_header(uri, first or [])
+
+
+def peek_columns(uri: str, *, encoding: str = "utf-8", lines: int = 1000) -> list[str]:
+    """Keys seen in the first JSON Lines records: the "header" of a JSONL file."""
+    seen: dict[str, None] = {}
+    with _open_text(uri, encoding) as stream:
+        for number, line in enumerate(stream):
+            if number >= lines:
+                break
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                seen.update(dict.fromkeys(map(str, value)))
+    return list(seen)
+
+
+def _clean_header(uri: str, header: list[str]) -> list[str]:
+    names = []
+    for position, name in enumerate(header, start=1):
+        name = _printable(name).replace("\ufeff", "").strip()
+        names.append(name or f"column_{position}")
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise InputError(f"{uri}: column {name!r} appears more than once in the header")
+        seen.add(name)
+    return names
+
+
+def check_columns(uri: str, columns: list[str], required: tuple[str, ...]) -> None:
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise MissingColumnsError(
+            f"{uri}: required column(s) {', '.join(repr(c) for c in missing)} missing; "
+            f"the header has: {', '.join(columns) or '(nothing)'}"
+        )
+
+
+def read_csv_chunks(
+    uri: str, *, encoding: str = "utf-8", delimiter: str = ",", chunk_size: int = 50_000
+) -> Iterator[RecordChunk]:
+    """Records of a CSV file in chunks. Every line after the header is accounted for."""
+    with _open_text(uri, encoding) as stream:
+        lines = _Lines(stream)
+        reader = csv.reader(lines, delimiter=delimiter, strict=False)
+        try:
+            header = _clean_header(uri, next(reader))
+        except StopIteration:
+            return
+        width = len(header)
+        rows: list[list[str | None]] = []
+        numbers: list[int] = []
+        raws: list[str] = []
+        errors: list[str | None] = []
+        chunk_no = 0
+        while True:
+            lines.current = []
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:  # e.g. NUL bytes on older Pythons
+                row, error = None, f"unreadable CSV: {exc}"
+            else:
+                error = None
+            consumed = lines.current
+            if not consumed:
+                break
+            if row == [] and len(consumed) == 1:
+                continue  # a blank line is not a record
+            # A record spanning lines with an odd number of quotes ran to the end of the file
+            # (or the line cap) inside a quoted field: its field count proves nothing.
+            runaway = len(consumed) > 1 and sum(text.count('"') for _, text in consumed) % 2 == 1
+            if row is not None and (len(row) != width or runaway):
+                if len(consumed) > 1:
+                    # Most likely a stray quote swallowed the lines after it: quarantine the
+                    # first line and read the rest again.
+                    lines.push_back(consumed[1:])
+                    consumed = consumed[:1]
+                    error = f"unbalanced quote: the line does not split into {width} fields"
+                else:
+                    error = f"{len(row)} fields where the header has {width}"
+                row = None
+            raw = "".join(text for _, text in consumed)
+            if error is None and _SURROGATES.search(raw):
+                error = f"bytes that are not valid {encoding}"
+                row = None
+            if error is None and "\x00" in raw:
+                error = "NUL byte in the record"
+                row = None
+            rows.append(row if row is not None else [None] * width)
+            numbers.append(consumed[0][0])
+            raws.append(_printable(raw.rstrip("\r\n")))
+            errors.append(error)
+            if len(rows) >= chunk_size:
+                chunk_no += 1
+                yield _chunk(chunk_no, header, rows, numbers, raws, errors)
+                rows, numbers, raws, errors = [], [], [], []
+        if rows or chunk_no == 0:
+            yield _chunk(chunk_no + 1, header, rows, numbers, raws, errors)
+
+
+def _chunk(
+    chunk_no: int,
+    header: list[str],
+    rows: list[list[Any]],
+    numbers: list[int],
+    raws: list[str],
+    errors: list[str | None],
+) -> RecordChunk:
+    frame = (
+        pd.DataFrame(rows, columns=header, dtype=object)
+        if rows
+        else pd.DataFrame(columns=header, dtype=object)
+    )
+    frame[RECORD_NO] = numbers
+    frame[RAW] = raws
+    frame[PARSE_ERROR] = pd.Series(errors, dtype=object)
+    return RecordChunk(chunk_no=chunk_no, columns=header, records=frame)
+
+
+def _json_records(
+    items: Iterator[tuple[int, str]], chunk_size: int
+) -> Iterator[tuple[list[dict[str, Any]], list[int], list[str], list[str | None]]]:
+    records: list[dict[str, Any]] = []
+    numbers: list[int] = []
+    raws: list[str] = []
+    errors: list[str | None] = []
+    for number, text in items:
+        stripped = text.strip()
+        if not stripped:
+            continue
+        error = None
+        value: Any = {}
+        if _SURROGATES.search(text):
+            error = "bytes that are not valid UTF-8"
+        else:
+            try:
+                value = json.loads(stripped)
+            except json.JSONDecodeError as exc:
+                error = f"invalid JSON: {exc.msg} at column {exc.colno}"
+            else:
+                if not isinstance(value, dict):
+                    error = f"a JSON {type(value).__name__}, not an object"
+                    value = {}
+        records.append(value if error is None else {})
+        numbers.append(number)
+        raws.append(_printable(stripped))
+        errors.append(error)
+        if len(records) >= chunk_size:
+            yield records, numbers, raws, errors
+            records, numbers, raws, errors = [], [], [], []
+    if records:
+        yield records, numbers, raws, errors
+
+
+def _records_frame(records: list[dict[str, Any]]) -> tuple[pd.DataFrame, list[str]]:
+    columns: dict[str, None] = {}
+    for record in records:
+        for name in record:
+            columns.setdefault(str(name), None)
+    names = list(columns)
+    frame = (
+        pd.DataFrame(
+            [[record.get(name) for name in names] for record in records],
+            columns=names,
+            dtype=object,
+        )
+        if records
+        else pd.DataFrame(dtype=object)
+    )
+    return frame, names
+
+
+def read_jsonl_chunks(
+    uri: str, *, encoding: str = "utf-8", chunk_size: int = 50_000
+) -> Iterator[RecordChunk]:
+    """Records of a JSON Lines file in chunks; a line that is not a JSON object is kept as an error."""
+    with _open_text(uri, encoding) as stream:
+        numbered = ((number, line) for number, line in enumerate(stream, start=1))
+        chunk_no = 0
+        for records, numbers, raws, errors in _json_records(numbered, chunk_size):
+            chunk_no += 1
+            frame, names = _records_frame(records)
+            frame[RECORD_NO] = numbers
+            frame[RAW] = raws
+            frame[PARSE_ERROR] = pd.Series(errors, dtype=object)
+            yield RecordChunk(chunk_no=chunk_no, columns=names, records=frame)
+        if chunk_no == 0:
+            yield _chunk(1, [], [], [], [], [])
+
+
+def read_chunks(
+    uri: str, *, file_format: str, encoding: str, delimiter: str, chunk_size: int
+) -> Iterator[RecordChunk]:
+    kind = _format_of(uri, file_format)
+    if kind == "csv":
+        return read_csv_chunks(uri, encoding=encoding, delimiter=delimiter, chunk_size=chunk_size)
+    return read_jsonl_chunks(uri, encoding=encoding, chunk_size=chunk_size)
+
+
+def page_chunk(page: ApiPage) -> RecordChunk:
+    """An API page's records as one chunk (each record's raw text is its JSON)."""
+    numbers = list(range(1, len(page.records) + 1))
+    good: list[dict[str, Any]] = []
+    raws: list[str] = []
+    errors: list[str | None] = []
+    for item in page.records:
+        raws.append(json.dumps(item, ensure_ascii=False, sort_keys=True, default=str))
+        if isinstance(item, dict):
+            good.append(item)
+            errors.append(None)
+        else:
+            good.append({})
+            errors.append(f"a JSON {type(item).__name__}, not an object")
+    frame, names = _records_frame(good)
+    if frame.empty and not names:
+        frame = pd.DataFrame(index=range(len(good)), dtype=object)
+    frame[RECORD_NO] = numbers
+    frame[RAW] = raws
+    frame[PARSE_ERROR] = pd.Series(errors, dtype=object)
+    return RecordChunk(chunk_no=1, columns=names, records=frame)
+
+
+# --------------------------------------------------------------------------- REST APIs
+
+
+class ApiError(RuntimeError):
+    pass
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - (now if now is not None else time.time()))
+
+
+def backoff_delay(attempt: int, base: float, cap: float, retry_after: float | None) -> float:
+    """Exponential backoff with full jitter; a server's Retry-After wins when it says more."""
+    delay = min(cap, base * (2**attempt)) * random.uniform(0.5, 1.0)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, cap if cap > 0 else retry_after))
+    return delay
+
+
+RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+def get_with_retries(
+    session: Any,
+    url: str,
+    *,
+    params: dict[str, Any] | None,
+    headers: dict[str, str],
+    timeout: float,
+    max_retries: int,
+    backoff: float,
+    max_backoff: float,
+    sleep: Any = time.sleep,
+) -> Any:
+    """GET with retries on 429/5xx, connection errors and timeouts, honouring Retry-After."""
+    import requests
+
+    attempt = 0
+    while True:
+        try:
+            response = session.get(url, params=params, headers=headers, timeout=timeout)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            if attempt >= max_retries:
+                raise ApiError(
+                    f"GET {url}: {type(exc).__name__} after {attempt + 1} attempts"
+                ) from exc
+            wait = backoff_delay(attempt, backoff, max_backoff, None)
+        else:
+            if response.status_code not in RETRY_STATUS:
+                if response.status_code >= 400:
+                    raise ApiError(f"GET {response.url}: HTTP {response.status_code}")
+                return response
+            if attempt >= max_retries:
+                raise ApiError(
+                    f"GET {response.url}: HTTP {response.status_code} after {attempt + 1} attempts"
+                )
+            wait = backoff_delay(
+                attempt,
+                backoff,
+                max_backoff,
+                retry_after_seconds(response.headers.get("Retry-After")),
+            )
+            log.info("GET %s answered %s; retrying in %.1fs", url, response.status_code, wait)
+        sleep(wait)
+        attempt += 1
+
+
+def _with_params(url: str, params: dict[str, Any]) -> str:
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    query.update({k: v for k, v in params.items() if v is not None})
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def _dig(body: Any, path: str) -> Any:
+    if not path:
+        return body
+    value = body
+    for part in path.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def fetch_pages(
+    url: str,
+    api: ApiSource,
+    *,
+    token: str | None,
+    since: str | None,
+    session: Any = None,
+    sleep: Any = time.sleep,
+) -> Iterator[ApiPage]:
+    """Pages of a paginated REST API from ``since`` on, until a page has no next page."""
+    import requests
+
+    session = session or requests.Session()
+    headers = {"Accept": "application/json"}
+    if token:
+        headers[api.auth_header] = f"{api.auth_scheme} {token}".strip()
+    params: dict[str, Any] = {}
+    if api.page_size_param:
+        params[api.page_size_param] = api.page_size
+    if api.since_param and since:
+        params[api.since_param] = since
+    page_no = 1
+    next_url: str | None = url
+    pages = 0
+    while next_url:
+        if api.next is None:
+            params[api.page_param] = page_no
+        response = get_with_retries(
+            session,
+            next_url,
+            params=params or None,
+            headers=headers,
+            timeout=api.timeout_seconds,
+            max_retries=api.max_retries,
+            backoff=api.backoff_seconds,
+            max_backoff=api.max_backoff_seconds,
+            sleep=sleep,
+        )
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise ApiError(f"GET {response.url}: the body is not JSON") from exc
+        records = _dig(body, api.records)
+        if not isinstance(records, list):
+            raise ApiError(f"GET {response.url}: no record list at {api.records!r}")
+        page_uri = response.url
+        yield ApiPage(uri=page_uri, body=response.content, records=records)
+        pages += 1
+        if not records or (api.max_pages and pages >= api.max_pages):
+            return
+        if api.next is None:
+            page_no += 1
+            continue
+        following = _dig(body, api.next)
+        if not following:
+            return
+        following = str(following)
+        if api.next_param:
+            params[api.next_param] = following
+        elif following.startswith(("http://", "https://", "/")):
+            next_url = following if "://" in following else _join(url, following)
+            params = {}  # a next link carries its own query
+        else:
+            params["cursor"] = following
+
+
+def _join(base: str, path: str) -> str:
+    parts = urlsplit(base)
+    return urlunsplit(
+        (
+            parts.scheme,
+            parts.netloc,
+            path.split("?")[0],
+            path.split("?")[1] if "?" in path else "",
+            "",
+        )
+    )
+
+
+def cursor_from(records: pd.DataFrame, cursor_field: str | None) -> str | None:
+    """The highest value of the cursor field in a batch (ISO times compare as text)."""
+    if not cursor_field or cursor_field not in records.columns:
+        return None
+    values = records[cursor_field].dropna()
+    values = values[values.map(lambda v: isinstance(v, str | int | float))]
+    if values.empty:
+        return None
+    return str(max(values.astype(str)))
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
