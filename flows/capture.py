@@ -8,6 +8,7 @@ other chunks have been processed.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +24,8 @@ from leadflow.mapping import SourceMapping, load_mapping
 from leadflow.settings import get_settings
 from tasks import capture as capture_tasks
 from tasks import quality, sources
+
+PARALLEL_FROM_BYTES = 8 << 20  # smaller inputs are not worth a worker process's start-up
 
 
 @dataclass
@@ -82,31 +85,16 @@ def _run_chunks(
     summary: dict[str, Any],
     gates: list[quality.GateResult],
     database_url: str,
-    batch_id: int,
-    chunks: Any,
+    chunks: Iterable[capture_tasks.PreparedChunk],
     mapping: SourceMapping,
-    source: str,
     now: datetime,
-    max_quarantine_rate: float | None,
-    cursor_field: str | None = None,
+    cursor: tuple[str, str] | None = None,
 ) -> bool:
-    """Process the chunks of one batch; returns True when every chunk was accepted."""
+    """Write the prepared chunks of one batch; returns True when every chunk was accepted."""
     accepted = True
     for chunk in chunks:
-        cursor = None
-        if cursor_field:
-            value = sources.cursor_from(chunk.records, cursor_field)
-            cursor = (source, value) if value else None
         state = capture_tasks.capture_chunk(
-            database_url,
-            batch_id,
-            chunk,
-            mapping,
-            source,
-            now,
-            max_quarantine_rate,
-            cursor,
-            return_state=True,
+            database_url, chunk, mapping, now, cursor, return_state=True
         )
         if state.is_completed():
             outcome = state.result()
@@ -118,7 +106,7 @@ def _run_chunks(
         except quality.GateFailed as failure:
             accepted = False
             gates.append(failure.result)
-            summary["rejected_chunks"].append(f"{batch_id}/{chunk.chunk_no}")
+            summary["rejected_chunks"].append(f"{chunk.batch_id}/{chunk.chunk_no}")
             summary["received"] += failure.result.evaluated
             summary["quarantined"] += failure.result.evaluated
     return accepted
@@ -176,17 +164,18 @@ def capture(
                 summary["duplicates"].append(batch_id)
                 continue
             chunk = sources.page_chunk(page)
+            value = sources.cursor_from(chunk.records, mapping.api.cursor_field)
+            prepared = capture_tasks.prepare_chunk(
+                chunk, mapping, source, now, batch_id, max_quarantine_rate
+            )
             accepted = _run_chunks(
                 summary,
                 gates,
                 database_url,
-                batch_id,
-                [chunk],
+                [prepared],
                 mapping,
-                source,
                 now,
-                max_quarantine_rate,
-                cursor_field=mapping.api.cursor_field,
+                cursor=(source, value) if value else None,
             )
             all_accepted &= accepted
             capture_tasks.close_batch(engine, batch_id, status="complete" if accepted else "failed")
@@ -219,17 +208,18 @@ def capture(
                 delimiter=info.mapping.delimiter,
                 chunk_size=chunk_size,
             )
-            accepted = _run_chunks(
-                summary,
-                gates,
-                database_url,
-                batch_id,
+            # Big inputs are prepared in a worker process, overlapping with the writes.
+            workers = settings.prepare_workers if info.size > PARALLEL_FROM_BYTES else 0
+            prepared = capture_tasks.prepared_chunks(
                 chunks,
                 info.mapping,
                 source,
                 now,
-                max_quarantine_rate,
+                batch_id=batch_id,
+                max_quarantine_rate=max_quarantine_rate,
+                workers=workers,
             )
+            accepted = _run_chunks(summary, gates, database_url, prepared, info.mapping, now)
             all_accepted &= accepted
             capture_tasks.close_batch(engine, batch_id, status="complete" if accepted else "failed")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, func, select, union_all
 
 from leadflow import tables as t
 
@@ -69,12 +69,27 @@ def run_audit(conn: Connection, *, max_listed: int = 20) -> AuditReport:
             problems.append("... more problems not listed")
 
     raw = t.raw_captures
-    outcome_counts: dict[tuple[int, str], int] = {
-        (int(batch), outcome): int(n)
-        for batch, outcome, n in conn.execute(
-            select(raw.c.batch_id, raw.c.outcome, func.count()).group_by(
-                raw.c.batch_id, raw.c.outcome
-            )
+    stored_records = _count_by_batch(
+        conn, select(raw.c.batch_id, func.sum(raw.c.records)).group_by(raw.c.batch_id)
+    )
+    e = t.lead_events
+    q = t.quarantine
+    # Every record of a batch must be accounted for exactly once: by the ledger event it
+    # caused (admission or merge) or by its quarantine row.
+    accounted = union_all(
+        select(e.c.batch_id, e.c.record_no).where(
+            e.c.batch_id.is_not(None), e.c.record_no.is_not(None)
+        ),
+        select(q.c.batch_id, q.c.record_no).where(q.c.hop == "capture"),
+    ).subquery()
+    record_counts = {
+        int(batch): (int(total), int(distinct))
+        for batch, total, distinct in conn.execute(
+            select(
+                accounted.c.batch_id,
+                func.count(),
+                func.count(func.distinct(accounted.c.record_no)),
+            ).group_by(accounted.c.batch_id)
         )
     }
     chunk = t.capture_chunks
@@ -90,11 +105,9 @@ def run_audit(conn: Connection, *, max_listed: int = 20) -> AuditReport:
             ).group_by(chunk.c.batch_id)
         )
     }
-    q = t.quarantine
     quarantine_rows = _count_by_batch(
         conn, select(q.c.batch_id, func.count()).where(q.c.hop == "capture").group_by(q.c.batch_id)
     )
-    e = t.lead_events
     admitted = _count_by_batch(
         conn,
         select(e.c.batch_id, func.count())
@@ -125,15 +138,17 @@ def run_audit(conn: Connection, *, max_listed: int = 20) -> AuditReport:
                 problem(
                     f"batch {batch}: {name} {getattr(row, name)} but its chunks say {chunk_total}"
                 )
-        stored = sum(n for (bid, _), n in outcome_counts.items() if bid == batch)
-        if stored != row.received:
-            problem(f"batch {batch}: received {row.received} but {stored} raw records are stored")
-        for outcome in ("inserted", "merged", "quarantined"):
-            have = outcome_counts.get((batch, outcome), 0)
-            if have != getattr(row, outcome):
-                problem(
-                    f"batch {batch}: {getattr(row, outcome)} {outcome} but {have} raw records say so"
-                )
+        if stored_records.get(batch, 0) != row.received:
+            problem(
+                f"batch {batch}: received {row.received} but the raw chunks hold "
+                f"{stored_records.get(batch, 0)} records"
+            )
+        total, distinct = record_counts.get(batch, (0, 0))
+        if total != row.received or distinct != row.received:
+            problem(
+                f"batch {batch}: {row.received} records received but {distinct} distinct records "
+                f"accounted for by ledger and quarantine ({total} entries)"
+            )
         if quarantine_rows.get(batch, 0) != row.quarantined:
             problem(
                 f"batch {batch}: {row.quarantined} quarantined but {quarantine_rows.get(batch, 0)} quarantine rows"
@@ -155,16 +170,14 @@ def run_audit(conn: Connection, *, max_listed: int = 20) -> AuditReport:
     if report.leads != lead_batches:
         problem(f"{report.leads} leads stored but lead batches inserted {lead_batches}")
 
-    # Records said to be inserted or merged must point at a lead that exists.
+    # Ledger events of capture must point at leads that exist.
     orphans = conn.execute(
         select(func.count())
-        .select_from(raw.outerjoin(leads, raw.c.lead_id == leads.c.id))
-        .where(raw.c.outcome.in_(["inserted", "merged"]))
+        .select_from(e.outerjoin(leads, e.c.lead_id == leads.c.id))
         .where(leads.c.id.is_(None))
-        .where(raw.c.batch_id.in_(select(b.c.id).where(b.c.target == "leads")))
     ).scalar_one()
     if orphans:
-        problem(f"{orphans} raw records point at leads that do not exist")
+        problem(f"{orphans} ledger events point at leads that do not exist")
 
     # Each lead: exactly one admission, and its status is its last transition's.
     admissions = (

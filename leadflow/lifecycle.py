@@ -13,7 +13,7 @@ from datetime import datetime
 from enum import StrEnum
 
 import pandas as pd
-from sqlalchemy import Connection, and_, case, literal, update
+from sqlalchemy import Connection, and_, case, insert, literal, select, update
 
 from leadflow import store
 from leadflow import tables as t
@@ -89,7 +89,8 @@ def _check_pairs(pairs: Iterable[tuple[str | None, str]]) -> None:
             check(from_status, to_status)
 
 
-def _events(
+def _write_events(
+    conn: Connection,
     lead_ids: pd.Series,
     *,
     kind: str,
@@ -101,31 +102,42 @@ def _events(
     batch_id: int | None,
     flow_run_id: str | None,
     at: datetime,
-) -> pd.DataFrame:
-    n = len(lead_ids)
-
-    def column(value: object) -> object:
+    record_nos: pd.Series | None = None,
+) -> None:
+    """Append one ledger row per lead. Values shared by every row are filled in by the
+    database (INSERT ... SELECT from a staged table of what varies), so only the varying
+    columns cross the wire."""
+    varying: dict[str, object] = {"lead_id": lead_ids.to_numpy()}
+    shared: dict[str, object] = {
+        "kind": kind,
+        "actor": actor,
+        "batch_id": batch_id,
+        "flow_run_id": flow_run_id,
+        "occurred_at": at,
+        "recorded_at": store.utcnow(),
+    }
+    for name, value in (
+        ("from_status", from_status),
+        ("to_status", to_status),
+        ("reason", reason),
+        ("details", details),
+        ("record_no", record_nos),
+    ):
         if isinstance(value, pd.Series):
-            return value.to_numpy()
-        if isinstance(value, list):
-            return value
-        return [value] * n
-
-    return pd.DataFrame(
-        {
-            "lead_id": lead_ids.to_numpy(),
-            "kind": kind,
-            "from_status": column(from_status),
-            "to_status": column(to_status),
-            "actor": actor,
-            "reason": column(reason),
-            "details": column(details),
-            "batch_id": pd.array([batch_id] * n, dtype="Int64"),
-            "flow_run_id": flow_run_id,
-            "occurred_at": pd.Timestamp(at),
-            "recorded_at": pd.Timestamp(store.utcnow()),
-        }
-    )
+            varying[name] = value.to_numpy()
+        elif isinstance(value, list):
+            varying[name] = value
+        else:
+            shared[name] = value
+    if "record_no" in varying:
+        varying["record_no"] = pd.array(varying["record_no"], dtype="Int64")
+    events = t.lead_events
+    frame = pd.DataFrame(varying)
+    with store.staged(conn, events, frame) as stage:
+        columns = [stage.c[name] for name in frame.columns] + [
+            literal(value, events.c[name].type).label(name) for name, value in shared.items()
+        ]
+        conn.execute(insert(events).from_select([*frame.columns, *shared], select(*columns)))
 
 
 def admit(
@@ -137,10 +149,12 @@ def admit(
     batch_id: int | None = None,
     flow_run_id: str | None = None,
     details: list | None = None,
+    record_nos: pd.Series | None = None,
 ) -> int:
     """Insert brand-new leads (with ids already allocated) in status ``captured``.
 
-    Writes one ``transition`` event (none -> captured) per lead.
+    Writes one ``transition`` event (none -> captured) per lead, naming the record
+    (``batch_id``, ``record_nos``) that created it.
     """
     if new_leads.empty:
         return 0
@@ -149,21 +163,19 @@ def admit(
     rows["status"] = S.CAPTURED.value
     rows["status_changed_at"] = pd.Timestamp(at)
     store.bulk_insert(conn, t.leads, rows)
-    store.bulk_insert(
+    _write_events(
         conn,
-        t.lead_events,
-        _events(
-            rows["id"],
-            kind="transition",
-            from_status=None,
-            to_status=S.CAPTURED.value,
-            actor=actor,
-            reason="captured",
-            details=details,
-            batch_id=batch_id,
-            flow_run_id=flow_run_id,
-            at=at,
-        ),
+        rows["id"],
+        kind="transition",
+        from_status=None,
+        to_status=S.CAPTURED.value,
+        actor=actor,
+        reason="captured",
+        details=details,
+        batch_id=batch_id,
+        flow_run_id=flow_run_id,
+        at=at,
+        record_nos=record_nos,
     )
     return len(rows)
 
@@ -218,21 +230,18 @@ def apply(
         return 0
     reasons = moved["reason"] if "reason" in moved.columns else reason
     details = moved["details"] if "details" in moved.columns else None
-    store.bulk_insert(
+    _write_events(
         conn,
-        t.lead_events,
-        _events(
-            moved["id"],
-            kind="transition",
-            from_status=moved["from_status"],
-            to_status=moved["to_status"],
-            actor=actor,
-            reason=reasons,
-            details=details,
-            batch_id=None,
-            flow_run_id=flow_run_id,
-            at=at,
-        ),
+        moved["id"],
+        kind="transition",
+        from_status=moved["from_status"],
+        to_status=moved["to_status"],
+        actor=actor,
+        reason=reasons,
+        details=details,
+        batch_id=None,
+        flow_run_id=flow_run_id,
+        at=at,
     )
     return len(moved)
 
@@ -246,24 +255,23 @@ def record_merges(
     details: list,
     batch_id: int | None,
     flow_run_id: str | None = None,
+    record_nos: pd.Series | None = None,
 ) -> int:
     """One ``merge`` event per record that was merged into an existing lead."""
     if len(lead_ids) == 0:
         return 0
-    store.bulk_insert(
+    _write_events(
         conn,
-        t.lead_events,
-        _events(
-            lead_ids,
-            kind="merge",
-            from_status=None,
-            to_status=None,
-            actor=actor,
-            reason="merged",
-            details=details,
-            batch_id=batch_id,
-            flow_run_id=flow_run_id,
-            at=at,
-        ),
+        lead_ids,
+        kind="merge",
+        from_status=None,
+        to_status=None,
+        actor=actor,
+        reason="merged",
+        details=details,
+        batch_id=batch_id,
+        flow_run_id=flow_run_id,
+        at=at,
+        record_nos=record_nos,
     )
     return len(lead_ids)

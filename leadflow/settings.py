@@ -49,6 +49,7 @@ class Settings:
     batch_size: int
     max_quarantine_rate: float
     claim_ttl_seconds: int
+    prepare_workers: int
     var_dir: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -75,7 +76,20 @@ def get_settings() -> Settings:
     return Settings(
         home=home,
         database_url=os.environ.get("LEADFLOW_DATABASE_URL") or default_db,
-        batch_size=_int("LEADFLOW_BATCH_SIZE", 50_000),
+        batch_size=_int("LEADFLOW_BATCH_SIZE", 100_000),
         max_quarantine_rate=_float("LEADFLOW_MAX_QUARANTINE_RATE", 0.05),
         claim_ttl_seconds=_int("LEADFLOW_CLAIM_TTL_SECONDS", 1800),
+        prepare_workers=_workers(),
     )
+
+
+def _workers() -> int:
+    """Processes that prepare capture chunks alongside the writer (0: in-process)."""
+    raw = os.environ.get("LEADFLOW_PREPARE_WORKERS")
+    if raw not in (None, ""):
+        value = _float("LEADFLOW_PREPARE_WORKERS", 0)
+        if value < 0 or value != int(value):
+            raise ValueError(f"environment variable LEADFLOW_PREPARE_WORKERS={raw!r} must be >= 0")
+        return int(value)
+    cores = os.cpu_count() or 1
+    return cores if cores >= 2 else 0

@@ -164,7 +164,9 @@ def _prepare(frame: pd.DataFrame, table: Table) -> pd.DataFrame:
 
 
 def _copy_in(conn: Connection, table_name: str, frame: pd.DataFrame) -> None:
-    arrow = pa.Table.from_pandas(frame, preserve_index=False)
+    # combine_chunks: pyarrow 26's CSV writer emits garbage for string columns whose
+    # chunked array holds an empty chunk (as pandas concat produces).
+    arrow = pa.Table.from_pandas(frame, preserve_index=False).combine_chunks()
     buffer = io.BytesIO()
     pa_csv.write_csv(arrow, buffer, pa_csv.WriteOptions(include_header=False))
     buffer.seek(0)
@@ -227,17 +229,23 @@ def bulk_insert(conn: Connection, table: Table, frame: pd.DataFrame) -> int:
 
 
 def allocate_ids(conn: Connection, table: Table, count: int) -> np.ndarray:
-    """Reserve ``count`` primary keys for rows this transaction is about to insert."""
+    """Reserve ``count`` consecutive primary keys for rows this transaction will insert."""
     if count == 0:
         return np.empty(0, dtype=np.int64)
     if is_postgres(conn):
-        rows = conn.execute(
+        # One round trip for any count: move the sequence on by `count` while holding a
+        # lock that every caller of this function takes.
+        conn.execute(
+            text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": f"ids:{table.name}"}
+        )
+        last = conn.execute(
             text(
-                "SELECT nextval(pg_get_serial_sequence(:table, 'id')) FROM generate_series(1, :n)"
+                "SELECT setval(pg_get_serial_sequence(:table, 'id'), "
+                "nextval(pg_get_serial_sequence(:table, 'id')) + :n - 1)"
             ),
             {"table": table.name, "n": count},
-        ).scalars()
-        return np.fromiter(rows, dtype=np.int64, count=count)
+        ).scalar_one()
+        return np.arange(last - count + 1, last + 1, dtype=np.int64)
     # SQLite: the transaction began IMMEDIATE, so nobody else can insert meanwhile.
     start = conn.execute(select(func.coalesce(func.max(table.c.id), 0))).scalar_one()
     return np.arange(start + 1, start + 1 + count, dtype=np.int64)

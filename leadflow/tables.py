@@ -18,6 +18,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Table,
     Text,
@@ -111,16 +112,18 @@ capture_chunks = Table(
 )
 
 raw_captures = Table(
+    # Records exactly as received, one row per chunk: the chunk's text, zlib-compressed.
+    # A record is addressed by (batch, record_no) = its line in the file or position in
+    # the API page; the ledger and the quarantine carry record_no for every record.
     "raw_captures",
     metadata,
-    _id(),
-    Column("batch_id", ID, ForeignKey("capture_batches.id"), nullable=False),
-    Column("chunk_no", Integer, nullable=False),
-    Column("record_no", Integer, nullable=False),  # line (CSV/JSONL) or position (API page)
-    Column("raw", Text, nullable=False),  # the record's text as received
-    Column("outcome", Text, nullable=False),  # inserted | merged | quarantined
-    Column("lead_id", ID),
-    UniqueConstraint("batch_id", "record_no", name="uq_raw_captures_batch_record"),
+    Column("batch_id", ID, ForeignKey("capture_batches.id"), primary_key=True),
+    Column("chunk_no", Integer, primary_key=True),
+    Column("first_record_no", Integer),
+    Column("last_record_no", Integer),
+    Column("records", Integer, nullable=False),
+    Column("content_hash", Text, nullable=False),  # SHA-256 of the text as received
+    Column("content", LargeBinary, nullable=False),  # zlib of the text's bytes as received
 )
 
 leads = Table(
@@ -167,7 +170,13 @@ leads = Table(
         sqlite_where=text("external_id IS NOT NULL"),
     ),
     Index("ix_leads_status", "status"),
-    Index("ix_leads_account_id", "account_id"),
+    # Partial: most leads have no account, and indexing NULLs slows every bulk insert.
+    Index(
+        "ix_leads_account_id",
+        "account_id",
+        postgresql_where=text("account_id IS NOT NULL"),
+        sqlite_where=text("account_id IS NOT NULL"),
+    ),
 )
 
 lead_events = Table(
@@ -182,10 +191,10 @@ lead_events = Table(
     Column("reason", Text),
     Column("details", JSONDoc),
     Column("batch_id", ID),  # capture batch, for capture events
+    Column("record_no", Integer),  # the record (line) of that batch, for capture events
     Column("flow_run_id", Text),
     Column("occurred_at", UTC, nullable=False),  # business time (the flow's `now`)
     Column("recorded_at", UTC, nullable=False),  # wall clock
-    Index("ix_lead_events_batch_id", "batch_id"),
 )
 
 quarantine = Table(

@@ -13,7 +13,14 @@ the chunk) is *merged*; a record the gate refuses is *quarantined*.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import multiprocessing
+import zlib
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -22,7 +29,7 @@ import numpy as np
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import Connection, Engine, select, union, update
+from sqlalchemy import ARRAY, Connection, Engine, Text, any_, bindparam, or_, select, union, update
 
 from leadflow import lifecycle, store
 from leadflow import tables as t
@@ -46,6 +53,11 @@ WRONG_TYPE = object()  # marker for dict/list values where a scalar was expected
 
 def _as_text(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     """Scalars as text (JSON numbers and booleans included); dicts/lists flagged."""
+    if values.dtype == "str" or pd.api.types.infer_dtype(values, skipna=True) in (
+        "string",
+        "empty",
+    ):
+        return values, pd.Series(False, index=values.index)
     if values.dtype != object:
         text = values.astype(object)
         return text.where(values.notna(), None), pd.Series(False, index=values.index)
@@ -204,6 +216,9 @@ def prepare_records(
     out["invalid_fields"] = _join_flags(strict, index)
 
     out["attributes"] = _attributes(records, mapping, chunk.columns, notes)
+    out["blanked_fields"] = _join_flags(
+        [mask.map({True: name, False: None}) for name, mask in _note_masks(notes).items()], index
+    )
     identity = out["email"].where(out["email"].notna(), out["external_id"])
     # A record that could not be parsed fails on that alone, not also on identity.
     out["identity"] = identity.where(out["parse_error"].isna(), "(unparsed)")
@@ -211,14 +226,24 @@ def prepare_records(
     return out
 
 
+def _note_masks(notes: dict[str, pd.Series]) -> dict[str, pd.Series]:
+    return {name: values.notna() for name, values in notes.items()}
+
+
 def _join_flags(flags: list[pd.Series], index: pd.Index) -> pd.Series:
-    if not flags:
-        return pd.Series([None] * len(index), index=index, dtype=object)
-    frame = pd.concat(flags, axis=1)
-    joined = frame.apply(
-        lambda row: ", ".join(v for v in row if isinstance(v, str)) or None, axis=1
-    )
-    return joined.astype(object).where(joined.notna(), None)
+    """Per row, the non-null flags joined with ", " (None when there are none)."""
+    out = np.full(len(index), None, dtype=object)
+    for flag in flags:
+        values = flag.to_numpy(dtype=object)
+        has = pd.notna(values)
+        if not has.any():
+            continue
+        current = out[has]
+        out[has] = [
+            new if old is None else f"{old}, {new}"
+            for old, new in zip(current, values[has], strict=True)
+        ]
+    return pd.Series(out, index=index, dtype=object)
 
 
 def _outcome_raw(records: pd.DataFrame, mapping: SourceMapping) -> pd.Series:
@@ -244,38 +269,34 @@ def _attributes(
     mapping: SourceMapping,
     columns: list[str],
     notes: dict[str, pd.Series],
-) -> list[dict[str, Any] | None]:
+) -> pd.Series:
+    """Per record, unmapped columns as a JSON object (text), plus ``_invalid`` notes."""
     used = set(mapping.columns) | set(mapping.ignore)
     if mapping.external_id:
         used.add(mapping.external_id)
     if mapping.outcome:
         used.add(mapping.outcome.column)
     extra = [c for c in columns if c not in used and c in records.columns]
-    markers = set(mapping.null_markers)
-    result: list[dict[str, Any] | None] = [None] * len(records)
+    result = pd.Series([None] * len(records), index=records.index, dtype=object)
     if extra:
-        values = records[extra].to_numpy(dtype=object)
-        for position, row in enumerate(values):
-            kept = {}
-            for name, value in zip(extra, row, strict=True):
-                if value is None or (isinstance(value, float) and value != value):
-                    continue
-                if isinstance(value, str) and value.strip().lower() in markers:
-                    continue
-                kept[name] = value
-            result[position] = kept or None
+        frame = records[extra].copy()
+        for name in extra:
+            frame[name] = _null_markers(frame[name], mapping.null_markers)
+        present = frame.notna().any(axis=1)
+        if present.any():
+            kept = frame[present]
+            lines = kept.to_json(orient="records", lines=True, force_ascii=False).split("\n")
+            result[present] = lines[: len(kept)]
     if notes:
         note_frame = pd.DataFrame(notes)
-        for position, row in enumerate(note_frame.itertuples(index=False)):
+        flagged = note_frame.notna().any(axis=1)
+        for index in note_frame.index[flagged]:
             bad = {
-                name: _short(value)
-                for name, value in zip(note_frame.columns, row, strict=True)
-                if value is not None and value == value
+                k: _short(v) for k, v in note_frame.loc[index].items() if v is not None and v == v
             }
-            if bad:
-                current = result[position] or {}
-                current["_invalid"] = bad
-                result[position] = current
+            current = json.loads(result[index]) if isinstance(result[index], str) else {}
+            current["_invalid"] = bad
+            result[index] = json.dumps(current, ensure_ascii=False, default=str)
     return result
 
 
@@ -370,34 +391,58 @@ def _differs(a: pd.Series, b: pd.Series) -> pd.Series:
     return ~(both_null | equal)
 
 
+LEAD_COLUMNS = ["email", "external_id", *MERGED_FIELDS, "attributes"]
+PLAN_COLUMNS = ["key", "id", *LEAD_COLUMNS, "last_seen_at", "changed"]
+
+
 def plan_merge(records: pd.DataFrame, existing: pd.DataFrame, policy: MergePolicy) -> MergePlan:
     """Decide, for gated records, which lead each becomes part of and the merged values (pure).
 
     ``existing`` holds the stored leads that share an email or external id with a record.
+    Records that are the only record of a new lead (nearly all of them) skip the grouping.
     """
     if records.empty:
-        leads = pd.DataFrame(
-            columns=[
-                "key",
-                "id",
-                "email",
-                "external_id",
-                *MERGED_FIELDS,
-                "attributes",
-                "last_seen_at",
-                "changed",
-            ]
+        return MergePlan(
+            leads=pd.DataFrame(columns=PLAN_COLUMNS),
+            records=pd.DataFrame(columns=["record_no", "key", "outcome"]),
         )
-        return MergePlan(leads=leads, records=pd.DataFrame(columns=["record_no", "key", "outcome"]))
     keys, keep_ext = _lead_keys(records, existing)
     incoming = records.assign(
         key=keys.to_numpy(),
         external_id=keep_ext.to_numpy(),
         _seq=records["record_no"].to_numpy(),
         _existing=False,
+    ).rename(columns={"record_time": "_time"})
+    solo = ~incoming["key"].duplicated(keep=False) & ~incoming["key"].str.startswith("id:")
+    single = incoming[solo]
+    alone = single[["key", *LEAD_COLUMNS]].assign(
+        id=pd.array([pd.NA] * len(single), dtype="Int64"),
+        last_seen_at=single["_time"],
+        changed=None,
     )
-    incoming = incoming.rename(columns={"record_time": "_time"})
-    lead_cols = ["email", "external_id", *MERGED_FIELDS, "attributes"]
+    grouped = _merge_groups(incoming[~solo], existing, policy)
+    leads = pd.concat([alone, grouped], ignore_index=True) if len(grouped) else alone
+    leads = leads[PLAN_COLUMNS]
+
+    first_record = incoming.groupby("key")["_seq"].min()
+    is_new = ~incoming["key"].str.startswith("id:")
+    creator = is_new & (incoming["_seq"].to_numpy() == incoming["key"].map(first_record).to_numpy())
+    record_plan = pd.DataFrame(
+        {
+            "record_no": incoming["record_no"].to_numpy(),
+            "key": incoming["key"].to_numpy(),
+            "outcome": np.where(creator, "inserted", "merged"),
+        }
+    )
+    return MergePlan(leads=leads, records=record_plan)
+
+
+def _merge_groups(
+    incoming: pd.DataFrame, existing: pd.DataFrame, policy: MergePolicy
+) -> pd.DataFrame:
+    """Merged values for leads with several records, or a stored lead plus records."""
+    if incoming.empty:
+        return pd.DataFrame(columns=PLAN_COLUMNS)
     if len(existing):
         stored = existing.assign(
             key="id:" + existing["id"].astype("int64").astype(str),
@@ -407,40 +452,33 @@ def plan_merge(records: pd.DataFrame, existing: pd.DataFrame, policy: MergePolic
         )
         stored = stored[stored["key"].isin(set(incoming["key"]))]
     else:
-        stored = pd.DataFrame(columns=[*lead_cols, "key", "_seq", "_existing", "_time", "id"])
+        stored = incoming.iloc[0:0].assign(id=pd.Series(dtype="Int64"))
+    parts = ["key", "_seq", "_existing", "_time"]
     combined = pd.concat(
-        [
-            stored[[*lead_cols, "key", "_seq", "_existing", "_time"]],
-            incoming[[*lead_cols, "key", "_seq", "_existing", "_time"]],
-        ],
-        ignore_index=True,
+        [stored[[*LEAD_COLUMNS, *parts]], incoming[[*LEAD_COLUMNS, *parts]]], ignore_index=True
     )
     combined["_time"] = pd.to_datetime(combined["_time"], utc=True)
     combined = combined.sort_values(["key", "_time", "_seq"], kind="stable")
     groups = combined.groupby("key", sort=False)
 
     merged = pd.DataFrame(index=groups.size().index)
-    for name in ("email", "external_id"):
-        # Identity: the stored value if any, else the first one seen (grouping made it unique).
-        ordered = combined.sort_values(
-            ["key", "_existing", "_seq"], ascending=[True, False, True], kind="stable"
-        )
-        merged[name] = ordered.groupby("key", sort=False)[name].first()
+    # Identity: the stored value if any, else the first one seen (grouping made it unique).
     # "Oldest" keeps what the lead already has; only then the oldest incoming record.
     kept_first = combined.sort_values(
         ["key", "_existing", "_time", "_seq"], ascending=[True, False, True, True], kind="stable"
-    )
+    ).groupby("key", sort=False)
+    for name in ("email", "external_id"):
+        merged[name] = kept_first[name].first()
     for name in MERGED_FIELDS:
         rule = policy.policy(name) if name in LEAD_FIELDS else policy.default
-        column = groups[name]
         if rule == "oldest_non_empty":
-            merged[name] = kept_first.groupby("key", sort=False)[name].first()
+            merged[name] = kept_first[name].first()
         elif rule == "earliest":
-            merged[name] = column.min()
+            merged[name] = groups[name].min()
         elif rule == "latest":
-            merged[name] = column.max()
+            merged[name] = groups[name].max()
         else:
-            merged[name] = column.last()
+            merged[name] = groups[name].last()
     merged["last_seen_at"] = groups["_time"].max()
     merged["attributes"] = _merge_attributes(combined)
     merged.index.name = "key"
@@ -464,56 +502,215 @@ def plan_merge(records: pd.DataFrame, existing: pd.DataFrame, policy: MergePolic
         for key, now_value, old_value in zip(
             known.index, known["attributes"], previous["attributes"], strict=True
         ):
-            if now_value != old_value:
+            if _as_dict(now_value) != _as_dict(old_value):
                 changed.setdefault(key, []).append("attributes")
-    merged["changed"] = [changed.get(key, []) for key in merged["key"]]
+    merged["changed"] = [changed.get(key) for key in merged["key"].tolist()]
+    return merged
 
-    first_record = incoming.groupby("key")["_seq"].min()
-    is_new = ~incoming["key"].isin(set(merged.loc[merged["id"].notna(), "key"]))
-    creator = is_new & (incoming["_seq"].to_numpy() == incoming["key"].map(first_record).to_numpy())
-    record_plan = pd.DataFrame(
-        {
-            "record_no": incoming["record_no"].to_numpy(),
-            "key": incoming["key"].to_numpy(),
-            "outcome": np.where(creator, "inserted", "merged"),
-        }
-    )
-    return MergePlan(leads=merged, records=record_plan)
+
+def _as_dict(value: Any) -> dict[str, Any] | None:
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, str):
+        return json.loads(value)
+    return None
 
 
 def _merge_attributes(combined: pd.DataFrame) -> pd.Series:
-    """Per lead: attribute dicts merged oldest to newest (newer keys win)."""
+    """Per lead: attributes merged oldest to newest (newer non-null keys win), as JSON text."""
     sizes = combined.groupby("key", sort=False)["attributes"].transform("size")
     single = combined[sizes == 1].set_index("key")["attributes"]
-    out = single.to_dict()
+    out = {
+        key: json.dumps(value, ensure_ascii=False, default=str)
+        if isinstance(value, dict)
+        else value
+        for key, value in single.items()
+    }
     for key, part in combined[sizes > 1].groupby("key", sort=False)["attributes"]:
         merged: dict[str, Any] = {}
         for value in part:
-            if isinstance(value, dict):
-                merged.update(value)
-        out[key] = merged or None
+            for name, item in (_as_dict(value) or {}).items():
+                if item is not None:
+                    merged[name] = item
+        out[key] = json.dumps(merged, ensure_ascii=False, default=str) if merged else None
     return pd.Series(out, dtype=object)
+
+
+# --------------------------------------------------------------------------- preparing
+
+
+@dataclass
+class PreparedChunk:
+    """Everything about a chunk that needs no database: mapped, normalised, split by the
+    row-level gate, de-duplicated within itself, checked by the batch-level gate, and
+    compressed as received. CPU work only, so it can run in a worker process while the
+    chunk before it is being written."""
+
+    batch_id: int
+    chunk_no: int
+    received: int
+    first_record_no: int | None
+    last_record_no: int | None
+    raw_content: bytes  # zlib of the chunk's bytes as received
+    raw_hash: str
+    passed: pd.DataFrame  # records that passed the row-level gate
+    quarantined: pd.DataFrame  # record_no, raw, reasons (every record when rejected)
+    local: MergePlan  # the chunk merged within itself, as if the store were empty
+    gate: quality.GateResult
+    blanked: dict[str, int] = field(default_factory=dict)
+
+
+def prepare_chunk(
+    chunk: RecordChunk,
+    mapping: SourceMapping,
+    source: str,
+    now: datetime,
+    batch_id: int,
+    max_quarantine_rate: float | None = None,
+) -> PreparedChunk:
+    prepared = prepare_records(chunk, mapping, source=source, now=now)
+    split = quality.split_rows(HOP, prepared)
+    local = plan_merge(split.passed, _NO_LEADS, mapping.merge)
+    received = len(prepared)
+    gate = quality.check_batch(
+        HOP,
+        local.leads,
+        batch_ref=f"capture:{batch_id}/{chunk.chunk_no}",
+        received=received,
+        quarantined=len(split.quarantined),
+        row_checks=split.checks,
+        max_quarantine_rate=max_quarantine_rate,
+        row_validation=split.validation,
+    )
+    quarantined = split.quarantined
+    if not gate.success:
+        failed = ", ".join(
+            c["name"] for c in gate.checks if not c["success"] and c["level"] == "batch"
+        )
+        own = dict(zip(quarantined["record_no"], quarantined["reasons"], strict=True))
+        quarantined = prepared.assign(
+            reasons=[
+                [*own.get(no, []), f"chunk_rejected: {failed}"] for no in prepared["record_no"]
+            ]
+        )
+    blanked: dict[str, int] = {}
+    for fields in split.passed["blanked_fields"].dropna():
+        for name in fields.split(", "):
+            blanked[name] = blanked.get(name, 0) + 1
+    data = chunk.text.encode("utf-8", "surrogateescape")
+    numbers = chunk.records[RECORD_NO]
+    return PreparedChunk(
+        batch_id=batch_id,
+        chunk_no=chunk.chunk_no,
+        received=received,
+        first_record_no=int(numbers.min()) if len(numbers) else None,
+        last_record_no=int(numbers.max()) if len(numbers) else None,
+        raw_content=zlib.compress(data, 1),
+        raw_hash=hashlib.sha256(data).hexdigest(),
+        passed=split.passed.drop(columns=["raw", "parse_error", "identity", "invalid_fields"]),
+        quarantined=quarantined[["record_no", "raw", "reasons"]],
+        local=local,
+        gate=gate,
+        blanked=blanked,
+    )
+
+
+_NO_LEADS = pd.DataFrame(columns=["id", "email", "external_id", "attributes", "last_seen_at"])
+
+
+def _warm_worker() -> None:
+    """Pay the imports (pandas, GX) once per worker process, before the first chunk."""
+    quality.load_suite(HOP)
+
+
+def prepared_chunks(
+    chunks: Iterable[RecordChunk],
+    mapping: SourceMapping,
+    source: str,
+    now: datetime,
+    *,
+    batch_id: int,
+    max_quarantine_rate: float | None = None,
+    workers: int = 0,
+) -> Iterator[PreparedChunk]:
+    """Prepared chunks in order. With ``workers`` > 0 they are prepared in worker
+    processes, a chunk or two ahead of the consumer, so that preparing one chunk overlaps
+    with writing the one before; memory stays bounded by that lookahead."""
+    arguments = (mapping, source, now, batch_id, max_quarantine_rate)
+    if workers <= 0:
+        for chunk in chunks:
+            yield prepare_chunk(chunk, *arguments)
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_warm_worker) as pool:
+        pending: deque = deque()
+        for chunk in chunks:
+            pending.append(pool.submit(prepare_chunk, chunk, *arguments))
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 # --------------------------------------------------------------------------- store I/O
 
 
-def find_existing(conn: Connection, records: pd.DataFrame) -> pd.DataFrame:
-    """Stored leads sharing an email or external id with any of ``records``."""
+def find_existing(conn: Connection, leads_frame: pd.DataFrame) -> pd.DataFrame:
+    """Stored leads sharing an email or external id with any row of ``leads_frame``."""
     columns = ["id", *STORED_FIELDS, "attributes", "last_seen_at"]
-    keys = pd.concat([records["email"], records["external_id"]]).dropna().unique()
-    if len(keys) == 0:
+    emails = leads_frame["email"].dropna().unique().tolist()
+    externals = leads_frame["external_id"].dropna().unique().tolist()
+    if not emails and not externals:
         return pd.DataFrame(columns=columns)
     leads = t.leads
-    frame = pd.DataFrame({"email": keys})
-    with store.staged(conn, leads, frame) as stage:
-        picked = [leads.c[c] for c in columns]
-        by_email = select(*picked).join(stage, leads.c.email == stage.c.email)
-        by_ext = select(*picked).join(stage, leads.c.external_id == stage.c.email)
-        found = store.read_frame(conn, union(by_email, by_ext))
+    picked = [leads.c[c] for c in columns]
+    if store.is_postgres(conn):
+        # One index probe per key, keys sent as two array parameters.
+        statement = select(*picked).where(
+            or_(
+                leads.c.email == any_(bindparam("emails", type_=ARRAY(Text))),
+                leads.c.external_id == any_(bindparam("externals", type_=ARRAY(Text))),
+            )
+        )
+        found = store.read_frame(conn, statement, {"emails": emails, "externals": externals})
+    else:
+        frame = pd.DataFrame({"email": emails + externals})
+        with store.staged(conn, leads, frame) as stage:
+            by_email = select(*picked).join(stage, leads.c.email == stage.c.email)
+            by_ext = select(*picked).join(stage, leads.c.external_id == stage.c.email)
+            found = store.read_frame(conn, union(by_email, by_ext))
     if found.empty:
         return pd.DataFrame(columns=columns)
     return found
+
+
+def resolve_against_store(
+    chunk: PreparedChunk, existing: pd.DataFrame, policy: MergePolicy
+) -> MergePlan:
+    """The chunk's plan, with leads that already exist merged into them.
+
+    Groups of the chunk's own plan that share an email or external id with a stored lead
+    are planned again, from their records, together with those stored leads.
+    """
+    local = chunk.local
+    if existing.empty:
+        return local
+    known = set(existing["email"].dropna()) | set(existing["external_id"].dropna())
+    leads = local.leads
+    touching = leads["email"].isin(known) | leads["external_id"].isin(known)
+    if not touching.any():
+        return local
+    touched_keys = set(leads.loc[touching, "key"])
+    record_keys = local.records.set_index("record_no")["key"]
+    affected = chunk.passed["record_no"].map(record_keys).isin(touched_keys)
+    again = plan_merge(chunk.passed[affected.to_numpy()], existing, policy)
+    return MergePlan(
+        leads=pd.concat([leads[~touching], again.leads], ignore_index=True),
+        records=pd.concat(
+            [local.records[~local.records["key"].isin(touched_keys)], again.records],
+            ignore_index=True,
+        ),
+    )
 
 
 @dataclass
@@ -541,61 +738,47 @@ class ChunkOutcome:
 def write_capture_chunk(
     engine: Engine,
     *,
-    batch_id: int,
-    chunk: RecordChunk,
+    chunk: PreparedChunk,
     mapping: SourceMapping,
-    source: str,
     now: datetime,
     flow_run_id: str | None = None,
-    max_quarantine_rate: float | None = None,
     cursor: tuple[str, str] | None = None,
 ) -> ChunkOutcome:
-    """Gate one chunk and write everything it does in a single transaction.
+    """Write one prepared chunk in a single transaction: merged into the store if its gate
+    passed; otherwise recorded as rejected, every record quarantined.
 
-    Raises ``quality.GateFailed`` after recording a rejected chunk (every record of it is
-    then quarantined, so the batch still accounts for everything it received).
+    Raises ``quality.GateFailed`` after recording a rejected chunk, so the batch still
+    accounts for everything it received.
     """
-    prepared = prepare_records(chunk, mapping, source=source, now=now)
-    split = quality.split_rows(HOP, prepared)
-    received = len(prepared)
+    gate = chunk.gate
+    batch_id = chunk.batch_id
+    where = {"batch_id": batch_id, "chunk_no": chunk.chunk_no, "flow_run_id": flow_run_id}
     with engine.begin() as conn:
         store.serialize_writers(conn, "capture")
-        existing = find_existing(conn, split.passed)
-        plan = plan_merge(split.passed, existing, mapping.merge)
+        if gate.success:
+            existing = find_existing(conn, chunk.local.leads)
+            plan = resolve_against_store(chunk, existing, mapping.merge)
+            counts = _write_accepted(conn, chunk, plan, now=now, **where)
+        else:
+            _write_quarantine(conn, batch_id, chunk.quarantined, flow_run_id=flow_run_id)
+            counts = {
+                "received": chunk.received,
+                "inserted": 0,
+                "merged": 0,
+                "quarantined": chunk.received,
+            }
+        write_raw(conn, chunk)
         chunk_id = conn.execute(
             t.capture_chunks.insert()
             .values(
                 batch_id=batch_id,
                 chunk_no=chunk.chunk_no,
-                status="pending",
-                received=received,
-                inserted=0,
-                merged=0,
-                quarantined=0,
+                status="accepted" if gate.success else "rejected",
                 created_at=store.utcnow(),
+                **counts,
             )
             .returning(t.capture_chunks.c.id)
         ).scalar_one()
-        gate = quality.check_batch(
-            HOP,
-            plan.leads,
-            batch_ref=f"capture:{batch_id}/{chunk.chunk_no}",
-            received=received,
-            quarantined=len(split.quarantined),
-            row_checks=split.checks,
-            max_quarantine_rate=max_quarantine_rate,
-            row_validation=split.validation,
-        )
-        where = {"batch_id": batch_id, "chunk_no": chunk.chunk_no, "flow_run_id": flow_run_id}
-        if gate.success:
-            counts = _write_accepted(conn, split, plan, now=now, **where)
-        else:
-            counts = _write_rejected(conn, prepared, split, gate, **where)
-        conn.execute(
-            update(t.capture_chunks)
-            .where(t.capture_chunks.c.id == chunk_id)
-            .values(status="accepted" if gate.success else "rejected", **counts)
-        )
         batches = t.capture_batches
         conn.execute(
             update(batches)
@@ -605,18 +788,13 @@ def write_capture_chunk(
         quality.record(conn, gate, flow_run_id=flow_run_id, at=store.utcnow())
         if gate.success and cursor is not None:
             save_cursor(conn, *cursor)
-    blanked: dict[str, int] = {}
-    for attributes in split.passed["attributes"]:
-        if isinstance(attributes, dict) and "_invalid" in attributes:
-            for name in attributes["_invalid"]:
-                blanked[name] = blanked.get(name, 0) + 1
     outcome = ChunkOutcome(
         batch_id=batch_id,
         chunk_id=chunk_id,
         chunk_no=chunk.chunk_no,
         accepted=gate.success,
         gate=gate,
-        blanked=blanked,
+        blanked=chunk.blanked,
         **counts,
     )
     if not gate.success:
@@ -626,7 +804,7 @@ def write_capture_chunk(
 
 def _write_accepted(
     conn: Connection,
-    split: quality.RowSplit,
+    chunk: PreparedChunk,
     plan: MergePlan,
     *,
     now: datetime,
@@ -634,25 +812,23 @@ def _write_accepted(
     chunk_no: int,
     flow_run_id: str | None,
 ) -> dict[str, int]:
-    leads = plan.leads
-    new = leads[leads["id"].isna()].copy()
-    new["id"] = store.allocate_ids(conn, t.leads, len(new))
-    key_to_id = dict(zip(new["key"], new["id"], strict=True))
-    key_to_id.update(
-        dict(
-            zip(
-                leads.loc[leads["id"].notna(), "key"],
-                leads.loc[leads["id"].notna(), "id"].astype("int64"),
-                strict=True,
-            )
-        )
-    )
-    records = plan.records.copy()
-    records["lead_id"] = records["key"].map(key_to_id).astype("int64")
+    leads = plan.leads.copy()
+    is_new = leads["id"].isna().to_numpy()
+    ids = leads["id"].to_numpy(dtype="float64", na_value=np.nan)
+    ids[is_new] = store.allocate_ids(conn, t.leads, int(is_new.sum()))
+    leads["id"] = ids.astype("int64")
+    new = leads[is_new]
+    # Records find their lead by key: one vectorised hash lookup, no Python loop.
+    records = plan.records
+    position = pd.Index(leads["key"]).get_indexer(records["key"])
+    records = records.assign(lead_id=leads["id"].to_numpy()[position])
     wall = store.utcnow()
 
-    creators = records[records["outcome"] == "inserted"].set_index("key")["record_no"]
     if len(new):
+        creators = records[records["outcome"] == "inserted"]
+        creator_of = creators["record_no"].to_numpy()[
+            pd.Index(creators["key"]).get_indexer(new["key"])
+        ]
         rows = new[["id", *STORED_FIELDS, "attributes", "last_seen_at"]].copy()
         rows["captured_at"] = pd.Timestamp(now)
         rows["updated_at"] = pd.Timestamp(wall)
@@ -663,9 +839,9 @@ def _write_accepted(
             at=now,
             batch_id=batch_id,
             flow_run_id=flow_run_id,
-            details=[{"record_no": int(creators[k])} for k in new["key"]],
+            record_nos=pd.Series(creator_of, dtype="int64"),
         )
-    known = leads[leads["id"].notna()]
+    known = leads[~is_new]
     if len(known):
         changes = known[["id", *STORED_FIELDS, "attributes", "last_seen_at"]].copy()
         changes["id"] = changes["id"].astype("int64")
@@ -674,7 +850,13 @@ def _write_accepted(
         store.update_from_frame(conn, t.leads, changes)
     merged_records = records[records["outcome"] == "merged"]
     if len(merged_records):
-        changed = dict(zip(leads["key"], leads["changed"], strict=True))
+        changed = leads.loc[leads["changed"].notna(), ["key", "changed"]]
+        as_json = pd.Series(
+            [json.dumps({"changed": c}) for c in changed["changed"]],
+            index=changed["key"],
+            dtype=object,
+        )
+        details = merged_records["key"].map(as_json).fillna('{"changed": []}')
         lifecycle.record_merges(
             conn,
             merged_records["lead_id"],
@@ -682,80 +864,32 @@ def _write_accepted(
             at=now,
             batch_id=batch_id,
             flow_run_id=flow_run_id,
-            details=[
-                {"record_no": int(no), "changed": changed.get(k) or []}
-                for no, k in zip(merged_records["record_no"], merged_records["key"], strict=True)
-            ],
+            record_nos=merged_records["record_no"],
+            details=details.tolist(),
         )
-    outcomes = dict(zip(records["record_no"], records["outcome"], strict=True))
-    lead_ids = dict(zip(records["record_no"], records["lead_id"], strict=True))
-    _write_raw(conn, batch_id, chunk_no, split, outcomes, lead_ids)
-    _write_quarantine(conn, batch_id, split.quarantined, flow_run_id=flow_run_id)
+    _write_quarantine(conn, batch_id, chunk.quarantined, flow_run_id=flow_run_id)
     inserted = int((records["outcome"] == "inserted").sum())
     return {
-        "received": len(split.passed) + len(split.quarantined),
+        "received": chunk.received,
         "inserted": inserted,
         "merged": len(records) - inserted,
-        "quarantined": len(split.quarantined),
+        "quarantined": len(chunk.quarantined),
     }
 
 
-def _write_rejected(
-    conn: Connection,
-    prepared: pd.DataFrame,
-    split: quality.RowSplit,
-    gate: quality.GateResult,
-    *,
-    batch_id: int,
-    chunk_no: int,
-    flow_run_id: str | None,
-) -> dict[str, int]:
-    failed = ", ".join(
-        n
-        for n in gate.failed_checks
-        if n in {c["name"] for c in gate.checks if c["level"] == "batch"}
+def write_raw(conn: Connection, chunk: PreparedChunk) -> None:
+    """Keep the chunk exactly as received (compressed), addressable by record number."""
+    conn.execute(
+        t.raw_captures.insert().values(
+            batch_id=chunk.batch_id,
+            chunk_no=chunk.chunk_no,
+            first_record_no=chunk.first_record_no,
+            last_record_no=chunk.last_record_no,
+            records=chunk.received,
+            content_hash=chunk.raw_hash,
+            content=chunk.raw_content,
+        )
     )
-    own = dict(zip(split.quarantined["record_no"], split.quarantined["reasons"], strict=True))
-    everything = prepared.copy()
-    everything["reasons"] = [
-        [*own.get(no, []), f"chunk_rejected: {failed}"] for no in everything["record_no"]
-    ]
-    _write_raw(
-        conn, batch_id, chunk_no, quality.RowSplit(prepared.iloc[0:0], everything, []), {}, {}
-    )
-    _write_quarantine(conn, batch_id, everything, flow_run_id=flow_run_id)
-    return {"received": len(prepared), "inserted": 0, "merged": 0, "quarantined": len(prepared)}
-
-
-def _write_raw(
-    conn: Connection,
-    batch_id: int,
-    chunk_no: int,
-    split: quality.RowSplit,
-    outcomes: dict[int, str],
-    lead_ids: dict[int, int],
-) -> None:
-    passed = pd.DataFrame(
-        {
-            "batch_id": batch_id,
-            "chunk_no": chunk_no,
-            "record_no": split.passed["record_no"].to_numpy(),
-            "raw": split.passed["raw"].to_numpy(),
-            "outcome": split.passed["record_no"].map(outcomes).to_numpy(),
-            "lead_id": pd.array(split.passed["record_no"].map(lead_ids), dtype="Int64"),
-        }
-    )
-    bad = pd.DataFrame(
-        {
-            "batch_id": batch_id,
-            "chunk_no": chunk_no,
-            "record_no": split.quarantined["record_no"].to_numpy(),
-            "raw": split.quarantined["raw"].to_numpy(),
-            "outcome": "quarantined",
-            "lead_id": pd.array([None] * len(split.quarantined), dtype="Int64"),
-        }
-    )
-    store.bulk_insert(conn, t.raw_captures, pd.concat([passed, bad], ignore_index=True))
 
 
 def _write_quarantine(
@@ -892,36 +1026,30 @@ def _not_a_gate_failure(task: Any, task_run: Any, state: Any) -> bool:
     retries=2,
     retry_delay_seconds=2,
     retry_condition_fn=_not_a_gate_failure,
-    task_run_name="capture-{batch_id}-chunk-{chunk.chunk_no}",
+    task_run_name="capture-{chunk.batch_id}-chunk-{chunk.chunk_no}",
 )
 def capture_chunk(
     database_url: str,
-    batch_id: int,
-    chunk: RecordChunk,
+    chunk: PreparedChunk,
     mapping: SourceMapping,
-    source: str,
     now: datetime,
-    max_quarantine_rate: float | None = None,
     cursor: tuple[str, str] | None = None,
 ) -> ChunkOutcome:
-    """Gate and store one chunk of records (one transaction)."""
+    """Merge and store one prepared chunk of records (one transaction)."""
     from prefect.logging import get_run_logger
     from prefect.runtime import flow_run
 
     outcome = write_capture_chunk(
         store.get_engine(database_url),
-        batch_id=batch_id,
         chunk=chunk,
         mapping=mapping,
-        source=source,
         now=now,
         flow_run_id=flow_run.get_id(),
-        max_quarantine_rate=max_quarantine_rate,
         cursor=cursor,
     )
     get_run_logger().info(
         "batch %s chunk %s: received %s, inserted %s, merged %s, quarantined %s",
-        batch_id,
+        chunk.batch_id,
         chunk.chunk_no,
         outcome.received,
         outcome.inserted,

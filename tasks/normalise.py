@@ -15,7 +15,10 @@ from datetime import datetime
 from functools import lru_cache
 
 import pandas as pd
-import phonenumbers
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tasks import phones
 
 MAX_FIELD_CHARS = 1000  # a longer value in a lead field is a broken record, not a name
 
@@ -44,12 +47,41 @@ def _map_distinct(values: pd.Series, function: Callable[[str], str | None]) -> p
     return values.map(lookup, na_action="ignore").astype(object).where(values.notna(), None)
 
 
+def arrow(values: pd.Series) -> pa.Array | pa.ChunkedArray:
+    """The values as an Arrow string array (no copy when they are Arrow strings already)."""
+    if values.dtype != "str":
+        values = values.astype("str")
+    return pa.array(values)
+
+
+def from_arrow(array: pa.Array | pa.ChunkedArray, index: pd.Index) -> pd.Series:
+    return pd.Series(array, index=index, dtype="str")
+
+
+def mask(array: pa.Array | pa.ChunkedArray, index: pd.Index) -> pd.Series:
+    """An Arrow boolean result as a plain bool Series (null counts as False)."""
+    filled = pc.fill_null(array, False)
+    return pd.Series(filled.to_numpy(zero_copy_only=False), index=index, dtype=bool)
+
+
+# pandas runs patterns with \s, \d or \w through Python's re one value at a time (their
+# meaning differs in RE2), so hot paths spell classes out and call Arrow directly.
+_WHITE = r"[\t\n\v\f\r \p{Z}\x00-\x1f\x7f]"
+
+
 def clean_text(values: pd.Series) -> pd.Series:
-    """Strip, drop control characters, collapse runs of white space; empty becomes None."""
-    text = values.astype("str").str.replace(_CONTROL, "", regex=True)
-    text = text.str.replace(_SPACES, " ", regex=True).str.strip()
-    text = text.where(values.notna() & (text != ""), None)
-    return text.astype(object).where(text.notna(), None)
+    """Strip, drop control characters, collapse runs of white space; empty becomes None.
+
+    Runs on Arrow strings: finding the values that need work is cheap, rewriting is not,
+    so only those are rewritten.
+    """
+    text = arrow(values)
+    needs = pc.match_substring_regex(text, f"^{_WHITE}|{_WHITE}$|[\x00-\x1f\x7f]|{_WHITE}{{2}}")
+    if pc.any(needs).as_py():
+        fixed = pc.utf8_trim(pc.replace_substring_regex(text, f"{_WHITE}+", " "), " ")
+        text = pc.if_else(needs, fixed, text)
+    text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
+    return from_arrow(text, values.index)
 
 
 def too_long(values: pd.Series) -> pd.Series:
@@ -96,44 +128,28 @@ def _idna(domain: str) -> str | None:
 
 
 def normalise_email(values: pd.Series) -> Result:
-    """Trim, lower-case, IDNA-encode the domain. Invalid addresses are flagged, not fixed."""
+    """Trim, lower-case, IDNA-encode the domain. Invalid addresses are flagged by the gate."""
     text = clean_text(values)
-    normalised = _map_distinct(text, _email)
-    valid = normalised.astype("str").str.fullmatch(EMAIL_PATTERN, na=False)
-    invalid = normalised.notna() & ~valid
-    return normalised, invalid
-
-
-def _phone_e164(raw: str, region: str | None) -> str | None:
-    try:
-        number = phonenumbers.parse(raw, region)
-    except phonenumbers.NumberParseException:
-        return None
-    if not phonenumbers.is_possible_number(number):
-        return None
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    simple = text.str.lower().str.replace(r"^<|>$|^mailto:", "", regex=True).str.strip()
+    # Only addresses with non-ASCII characters need the per-value IDNA path.
+    special = simple.notna() & ~simple.str.isascii().fillna(True).astype(bool)
+    out = simple.astype(object).where(simple.notna(), None)
+    if special.any():
+        out[special] = _map_distinct(text[special], _email)
+    return out, pd.Series(False, index=values.index)
 
 
 def normalise_phone(
     values: pd.Series, regions: pd.Series, default_region: str | None = None
 ) -> Result:
-    """E.164 via libphonenumber, read in the lead's country when it has no +prefix."""
+    """E.164 (libphonenumber's rules), read in the lead's country when it has no +prefix."""
     text = clean_text(values)
     present = text.notna()
     if not present.any():
         return text, present
     region = regions.where(regions.notna(), default_region) if default_region else regions
-    pairs = pd.DataFrame({"raw": text[present], "region": region[present]})
-    distinct = pairs.drop_duplicates()
-    lookup = {
-        (raw, reg): _phone_e164(raw, reg if isinstance(reg, str) else None)
-        for raw, reg in zip(distinct["raw"], distinct["region"], strict=True)
-    }
-    mapped = [lookup[(raw, reg)] for raw, reg in zip(pairs["raw"], pairs["region"], strict=True)]
-    out = pd.Series([None] * len(text), index=text.index, dtype=object)
-    out[present] = mapped
-    invalid = present & out.isna()
-    return out, invalid
+    out = phones.to_e164(text, region)
+    return out, present & out.isna()
 
 
 def _fold(value: str) -> str:
@@ -314,7 +330,9 @@ def normalise_timestamp(
     present = text.notna()
     if not present.any():
         return out, present
-    numeric = present & text.astype("str").str.fullmatch(r"\d{9,13}(?:\.\d+)?", na=False)
+    numeric = present & mask(
+        pc.match_substring_regex(arrow(text), r"^[0-9]{9,13}(?:\.[0-9]+)?$"), text.index
+    )
     if numeric.any():
         number = pd.to_numeric(text[numeric])
         unit_ms = number > 1e11
@@ -331,7 +349,9 @@ def normalise_timestamp(
 
 def _parse_times(text: pd.Series, *, dayfirst: bool, timezone: str) -> pd.Series:
     out = pd.Series(pd.NaT, index=text.index, dtype="datetime64[us, UTC]")
-    zoned = text.str.contains(r"(?:Z|[+-]\d{2}:?\d{2})$", regex=True, na=False)
+    zoned = mask(
+        pc.match_substring_regex(arrow(text), r"(?:Z|[+-][0-9]{2}:?[0-9]{2})$"), text.index
+    )
     for has_zone in (True, False):
         part = text[zoned == has_zone]
         if part.empty:

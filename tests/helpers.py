@@ -25,10 +25,11 @@ def ingest(path: Any, source: str = "test", mapping: Any = None, **kwargs: Any) 
     return state, data if isinstance(data, dict) else {"error": data}
 
 
-def table(url: str, name: str, order_by: str = "id") -> pd.DataFrame:
+def table(url: str, name: str) -> pd.DataFrame:
+    """All rows of a table, in primary-key order."""
     tbl = getattr(t, name)
     with store.get_engine(url).connect() as conn:
-        return store.read_frame(conn, select(tbl).order_by(tbl.c[order_by]))
+        return store.read_frame(conn, select(tbl).order_by(*tbl.primary_key.columns))
 
 
 def assert_ledger_ok(url: str) -> dict:

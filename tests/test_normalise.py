@@ -34,6 +34,15 @@ def test_phone_e164_read_in_the_leads_country():
     assert invalid.tolist() == [False, False, True, False, False]
 
 
+def test_phone_regions_may_be_missing_in_any_form():
+    regions = pd.Series(["US", None, float("nan"), pd.NA], dtype=object)
+    out, invalid = nz.normalise_phone(
+        values("+1 415 555 0100", "+44 20 7946 0018", "020 7946 0018", "+49 30 1234567"), regions
+    )
+    assert out.tolist() == ["+14155550100", "+442079460018", None, "+49301234567"]
+    assert invalid.tolist() == [False, False, True, False]
+
+
 def test_phone_without_prefix_or_country_is_invalid_unless_a_default_region():
     out, invalid = nz.normalise_phone(values("(415) 555-0100"), values(None))
     assert invalid.tolist() == [True]
@@ -96,4 +105,4 @@ def test_timestamps_to_utc_with_epochs_naive_and_future():
 def test_text_cleaning_drops_control_characters_and_flags_huge_values():
     out, invalid = nz.normalise_text(values("Acme\x07  Inc", "x" * 2000))
     assert out[0] == "Acme Inc"
-    assert invalid.tolist() == [False, True] and out[1] is None
+    assert invalid.tolist() == [False, True] and pd.isna(out[1])

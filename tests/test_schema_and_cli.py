@@ -46,13 +46,14 @@ def test_ingest_json_and_audit(database_url, tmp_path, capsys):
     code, out, _ = run_cli(capsys, "audit", "--json")
     assert code == 0 and json.loads(out)["ok"] is True
 
-    # Tamper with the evidence: a received record disappears. The audit must notice.
+    # Tamper with the evidence: a quarantined record disappears. The audit must notice.
     with store.get_engine(database_url).begin() as conn:
-        conn.execute(delete(t.raw_captures).where(t.raw_captures.c.record_no == 3))
+        conn.execute(delete(t.quarantine).where(t.quarantine.c.record_no == 5))
     code, out, _ = run_cli(capsys, "audit", "--json")
     report = json.loads(out)
     assert code == 1 and report["ok"] is False
-    assert any("raw records" in p for p in report["problems"])
+    assert any("3 distinct records accounted for" in p for p in report["problems"])
+    assert any("1 quarantined but 0 quarantine rows" in p for p in report["problems"])
 
 
 def test_audit_notices_a_lead_dropped_behind_the_ledgers_back(database_url, tmp_path, capsys):

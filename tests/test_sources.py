@@ -148,3 +148,29 @@ def test_retry_after_parsing():
     assert sources.retry_after_seconds("soon") is None
     assert sources.backoff_delay(0, 1.0, 60.0, retry_after=5.0) == 5.0
     assert 2.0 <= sources.backoff_delay(2, 1.0, 60.0, retry_after=None) <= 4.0
+
+
+def test_fast_and_careful_readers_agree(tmp_path, monkeypatch):
+    rows = [
+        "email,name,note",
+        'a@x.com,"Smith, Ann","said ""hi"""',
+        "b@x.com,Zoë,",
+        'c@x.com,ab"c,plain',
+        "",
+        'd@x.com,"",x',
+        "short",
+        "e@x.com,E,🚀",
+        "f@x.com,F,G,extra",
+    ]
+    path = write(tmp_path / "a.csv", "\r\n".join(rows) + "\r\n")
+    fast_chunks, fast = read_all(path)
+    monkeypatch.setattr(sources, "_plain_block", lambda texts: False)
+    careful_chunks, careful = read_all(path)
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(fast, careful)
+    assert fast[sources.RECORD_NO].tolist() == [2, 3, 4, 6, 7, 8, 9]
+    assert fast["name"].tolist()[:3] == ["Smith, Ann", "Zoë", 'ab"c']
+    assert fast["note"][0] == 'said "hi"'
+    # The chunk keeps the text exactly as received (after the header).
+    assert fast_chunks[0].text == careful_chunks[0].text == "\r\n".join(rows[1:]) + "\r\n"

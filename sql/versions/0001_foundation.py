@@ -89,14 +89,13 @@ def upgrade() -> None:
     )
     op.create_table(
         "raw_captures",
-        _id(),
-        sa.Column("batch_id", ID, sa.ForeignKey("capture_batches.id"), nullable=False),
-        sa.Column("chunk_no", sa.Integer, nullable=False),
-        sa.Column("record_no", sa.Integer, nullable=False),
-        sa.Column("raw", sa.Text, nullable=False),
-        sa.Column("outcome", sa.Text, nullable=False),
-        sa.Column("lead_id", ID),
-        sa.UniqueConstraint("batch_id", "record_no", name="uq_raw_captures_batch_record"),
+        sa.Column("batch_id", ID, sa.ForeignKey("capture_batches.id"), primary_key=True),
+        sa.Column("chunk_no", sa.Integer, primary_key=True),
+        sa.Column("first_record_no", sa.Integer),
+        sa.Column("last_record_no", sa.Integer),
+        sa.Column("records", sa.Integer, nullable=False),
+        sa.Column("content_hash", sa.Text, nullable=False),
+        sa.Column("content", sa.LargeBinary, nullable=False),
     )
     op.create_table(
         "leads",
@@ -137,7 +136,13 @@ def upgrade() -> None:
             sqlite_where=sa.text(f"{column} IS NOT NULL"),
         )
     op.create_index("ix_leads_status", "leads", ["status"])
-    op.create_index("ix_leads_account_id", "leads", ["account_id"])
+    op.create_index(
+        "ix_leads_account_id",
+        "leads",
+        ["account_id"],
+        postgresql_where=sa.text("account_id IS NOT NULL"),
+        sqlite_where=sa.text("account_id IS NOT NULL"),
+    )
     op.create_table(
         "lead_events",
         _id(),
@@ -149,12 +154,12 @@ def upgrade() -> None:
         sa.Column("reason", sa.Text),
         sa.Column("details", JSONDoc),
         sa.Column("batch_id", ID),
+        sa.Column("record_no", sa.Integer),
         sa.Column("flow_run_id", sa.Text),
         sa.Column("occurred_at", UTC, nullable=False),
         sa.Column("recorded_at", UTC, nullable=False),
     )
     op.create_index("ix_lead_events_lead_id", "lead_events", ["lead_id"])
-    op.create_index("ix_lead_events_batch_id", "lead_events", ["batch_id"])
     op.create_table(
         "quarantine",
         _id(),
