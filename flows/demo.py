@@ -46,7 +46,7 @@ def demo(leads: int = 5000, seed: int = 7) -> State:
         summary[step] = state.result(raise_on_failure=False)
         if not state.is_completed():
             return Failed(message=f"{step}: {state.message}", data=summary)
-    ran = pipeline(return_state=True)
+    ran = pipeline(provider=f"file:{sample / 'firmographics.csv'}", return_state=True)
     summary["pipeline"] = ran.result(raise_on_failure=False)
     with engine.connect() as conn:
         report = audit.run_audit(conn)

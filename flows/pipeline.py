@@ -19,20 +19,27 @@ from leadflow.settings import get_settings
 
 def hops() -> list[tuple[str, Any]]:
     """The hops that exist, in order: (name, flow function taking now/database_url)."""
-    return []
+    from flows.enrich import enrich
+
+    return [("enrich", enrich)]
 
 
 @flow(name="pipeline", flow_run_name="pipeline")
-def pipeline(now: datetime | None = None, database_url: str | None = None) -> State:
+def pipeline(
+    now: datetime | None = None,
+    database_url: str | None = None,
+    provider: str | None = None,
+) -> State:
     """Run the hops in order. Returns a state whose data has each hop's summary and the
-    lead counts by status."""
+    lead counts by status. ``provider`` is the enrich hop's firmographics provider."""
     started = time.monotonic()
     now = now or datetime.now(UTC)
     database_url = database_url or get_settings().database_url
     summary: dict[str, Any] = {"hops": {}}
     failed = None
+    options = {"enrich": {"provider": provider}}
     for name, hop in hops():
-        state = hop(now=now, database_url=database_url, return_state=True)
+        state = hop(now=now, database_url=database_url, **options.get(name, {}), return_state=True)
         summary["hops"][name] = (
             state.result(raise_on_failure=False)
             if state.is_completed()
@@ -45,6 +52,8 @@ def pipeline(now: datetime | None = None, database_url: str | None = None) -> St
         if not state.is_completed():
             failed = f"hop '{name}' ended {state.type.value}: {state.message}"
             break
+        if state.name != "Completed":
+            summary["hops"][name]["state"] = state.name
     with store.get_engine(database_url).connect() as conn:
         summary["status_counts"] = audit.status_counts(conn)
     summary["seconds"] = round(time.monotonic() - started, 3)

@@ -174,11 +174,42 @@ def cmd_run(args: argparse.Namespace) -> int:
     from leadflow import store
 
     store.upgrade()
-    state = pipeline(now=args.now, return_state=True)
+    state = pipeline(now=args.now, provider=args.provider, return_state=True)
     data, code, message = _state_outcome(state)
     _emit(args, data, _human_run)
     if message:
         print(f"leadflow: {message}", file=sys.stderr)
+    return code
+
+
+def _human_enrich(data: dict[str, Any]) -> str:
+    lookups = data.get("lookups", {})
+    return (
+        f"enriched {data.get('enriched', 0)}, pending {data.get('pending', 0)}, quarantined "
+        f"{data.get('quarantined', 0)} in {data.get('batches', 0)} batch(es)\n"
+        f"accounts matched: {data.get('accounts_matched', 0)} (match rate {data.get('match_rate', 0):.1%}); "
+        f"firmographics: {lookups.get('domains', 0)} domains, {lookups.get('cached', 0)} cached, "
+        f"{lookups.get('calls', 0)} calls, found {lookups.get('found', 0)} "
+        f"(match rate {data.get('firmographics_match_rate', 0):.1%})"
+        + ("; PROVIDER CIRCUIT OPEN" if lookups.get("circuit_open") else "")
+        + f"\n({data.get('seconds', 0)} s)"
+    )
+
+
+def cmd_enrich(args: argparse.Namespace) -> int:
+    from flows.enrich import enrich
+    from leadflow import store
+
+    store.upgrade()
+    state = enrich(now=args.now, provider=args.provider, return_state=True)
+    data, code, message = _state_outcome(state)
+    if "error" in data:
+        return _fail(message or "enrich failed", code)
+    _emit(args, data, _human_enrich)
+    if message:
+        print(f"leadflow: {message}", file=sys.stderr)
+    elif state.name != "Completed":
+        print(f"leadflow: {state.message}", file=sys.stderr)
     return code
 
 
@@ -262,8 +293,18 @@ def build_parser() -> argparse.ArgumentParser:
     audit = add("audit", cmd_audit, "check that every received record is accounted for")
     audit.add_argument("--json", action="store_true")
 
+    enrich = add("enrich", cmd_enrich, "run the enrichment hop alone on captured leads")
+    enrich.add_argument(
+        "--provider", help="none | file:PATH | block:NAME (default: rules/enrichment.yaml)"
+    )
+    enrich.add_argument("--now", type=_timestamp)
+    enrich.add_argument("--json", action="store_true")
+
     run = add("run", cmd_run, "run the pipeline's hops on whatever is waiting")
     run.add_argument("--now", type=_timestamp)
+    run.add_argument(
+        "--provider", help="enrich hop's firmographics provider: none | file:PATH | block:NAME"
+    )
     run.add_argument("--json", action="store_true")
 
     generate = add("generate", cmd_generate, "write realistic synthetic sample data")

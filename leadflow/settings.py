@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 
@@ -66,7 +67,11 @@ class Settings:
 
     @property
     def rules_dir(self) -> Path:
-        return Path(os.environ.get("LEADFLOW_RULES_DIR") or self.home / "rules")
+        """Reviewed config (rules, lists, mappings): the checkout's ``rules/`` by default."""
+        if env := os.environ.get("LEADFLOW_RULES_DIR"):
+            return Path(env)
+        bundled = Path(__file__).resolve().parents[1] / "rules"
+        return bundled if bundled.exists() else self.home / "rules"
 
 
 def get_settings() -> Settings:
@@ -75,12 +80,25 @@ def get_settings() -> Settings:
     default_db = f"sqlite:///{home / 'var' / 'leadflow.db'}"
     return Settings(
         home=home,
-        database_url=os.environ.get("LEADFLOW_DATABASE_URL") or default_db,
+        database_url=os.environ.get("LEADFLOW_DATABASE_URL") or _block_url() or default_db,
         batch_size=_int("LEADFLOW_BATCH_SIZE", 100_000),
         max_quarantine_rate=_float("LEADFLOW_MAX_QUARANTINE_RATE", 0.05),
         claim_ttl_seconds=_int("LEADFLOW_CLAIM_TTL_SECONDS", 1800),
         prepare_workers=_workers(),
     )
+
+
+@lru_cache(maxsize=4)
+def _database_block(name: str) -> str:
+    from blocks.database import LeadflowDatabase
+
+    return LeadflowDatabase.load(name).get_url()
+
+
+def _block_url() -> str | None:
+    """The URL in the Prefect block named by ``LEADFLOW_DATABASE_BLOCK``, if any."""
+    name = os.environ.get("LEADFLOW_DATABASE_BLOCK")
+    return _database_block(name) if name else None
 
 
 def _workers() -> int:

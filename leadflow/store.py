@@ -188,28 +188,23 @@ def _sqlite_rows(frame: pd.DataFrame) -> list[tuple]:
     for name in frame.columns:
         series = frame[name]
         if pd.api.types.is_datetime64_any_dtype(series):
-            as_text = (
-                series.dt.tz_convert("UTC").dt.strftime(SQLITE_TIME_FORMAT)
-                if series.dt.tz
-                else series.dt.strftime(SQLITE_TIME_FORMAT)
-            )
-            columns.append([None if pd.isna(v) else v for v in as_text])
+            if series.dt.tz is not None:
+                series = series.dt.tz_convert("UTC")
+            values = series.dt.strftime(SQLITE_TIME_FORMAT).tolist()
         elif pd.api.types.is_bool_dtype(series) or pd.api.types.is_integer_dtype(series):
-            columns.append([None if pd.isna(v) else int(v) for v in series.astype(object)])
+            values = [int(v) if not pd.isna(v) else None for v in series.astype(object).tolist()]
         elif pd.api.types.is_float_dtype(series):
-            columns.append(
-                [None if (v is None or math.isnan(v)) else float(v) for v in series.tolist()]
-            )
+            values = [float(v) if not pd.isna(v) else None for v in series.astype(object).tolist()]
         else:
-            columns.append(
-                [
-                    None
-                    if (v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)))
-                    else v
-                    for v in series.astype(object).tolist()
-                ]
-            )
+            values = series.astype(object).tolist()
+        columns.append([None if _missing(v) else v for v in values])
     return list(zip(*columns, strict=True)) if columns else []
+
+
+def _missing(value: Any) -> bool:
+    if value is None or value is pd.NA or value is pd.NaT:
+        return True
+    return isinstance(value, float) and math.isnan(value)
 
 
 def bulk_insert(conn: Connection, table: Table, frame: pd.DataFrame) -> int:

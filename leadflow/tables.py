@@ -155,6 +155,25 @@ leads = Table(
     Column("owner_rep_id", ID, ForeignKey("reps.id")),
     Column("claimed_by", Text),
     Column("claim_expires_at", UTC),
+    # Enrichment (migration 0002): local derivations, firmographics, account match.
+    Column("email_type", Text),  # business | free | disposable | role
+    Column("domain", Text),  # registered domain of the company (email, else website)
+    Column("seniority", Text),
+    Column("department", Text),
+    Column("phone_valid", Boolean),
+    Column("phone_country", Text),
+    Column("region", Text),  # NA | LATAM | EMEA | APAC
+    Column("timezone", Text),
+    Column("company_clean", Text),
+    Column("industry", Text),
+    Column("employees", Integer),
+    Column("revenue", Float),
+    Column("firmographics", Text),  # found | not_found | pending | skipped | error
+    Column("account_match", Text),  # domain | alias | name~0.93
+    Column("account_owner_rep_id", ID),
+    Column("enrichment_notes", JSONDoc),  # why a derived field is empty
+    Column("enriched_at", UTC),
+    Column("enrich_attempted_at", UTC),
     Index(
         "uq_leads_email",
         "email",
@@ -243,6 +262,22 @@ engagement_events = Table(
     Column("event_key", Text, nullable=False, unique=True),  # makes re-ingest a no-op
     Column("batch_id", ID),
     Index("ix_engagement_events_lead_time", "lead_id", "occurred_at"),
+)
+
+firmographics_cache = Table(
+    # One provider answer per company domain, reused until it expires.
+    "firmographics_cache",
+    metadata,
+    Column("provider", Text, primary_key=True),
+    Column("domain", Text, primary_key=True),
+    Column("status", Text, nullable=False),  # found | not_found | invalid
+    Column("industry", Text),
+    Column("employees", Integer),
+    Column("revenue", Float),
+    Column("country", Text),
+    Column("notes", JSONDoc),  # fields the provider sent that could not be used, and why
+    Column("fetched_at", UTC, nullable=False),
+    Column("expires_at", UTC, nullable=False),
 )
 
 source_cursors = Table(

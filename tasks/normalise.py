@@ -304,6 +304,7 @@ def host_of(raw: str) -> str | None:
     return value if re.fullmatch(DOMAIN_PATTERN, value) else None
 
 
+@lru_cache(maxsize=1 << 18)
 def registered_domain(host: str) -> str | None:
     """``shop.acme.co.uk`` -> ``acme.co.uk`` (public-suffix aware, offline list)."""
     parts = _tld_extract()(host)

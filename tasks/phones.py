@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import cache
 
 import numpy as np
 import pandas as pd
@@ -256,52 +256,95 @@ def to_e164(raw: pd.Series, regions: pd.Series) -> pd.Series:
 # --------------------------------------------------------------------------- validity
 
 
-def _valid_for(national: str, region: _Region) -> bool:
-    if not region.general.matches(national):
-        return False
-    return any(desc.matches(national) for desc in region.types)
+def validity(numbers: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Per E.164 number: valid (bool, False when missing) and its region (ISO-2 or None).
+
+    Decided per calling code with Arrow regular expressions over all its numbers at once,
+    following libphonenumber's steps: pick the region (leading digits, or the first region
+    whose patterns accept the number), then check the number against that region's
+    general and per-type patterns and lengths.
+    """
+    valid = np.zeros(len(numbers), dtype=bool)
+    region = np.full(len(numbers), None, dtype=object)
+    present = numbers.notna().to_numpy()
+    if not present.any():
+        return pd.Series(valid, index=numbers.index), pd.Series(
+            region, index=numbers.index, dtype=object
+        )
+    values = numbers[present].astype("str")
+    digits = values.str.slice(1)
+    positions = np.flatnonzero(present)
+    country = np.full(len(values), -1, dtype=np.int64)
+    for size in (3, 2, 1):  # calling codes are prefix-free
+        prefix = digits.str.slice(0, size)
+        codes = pd.to_numeric(prefix, errors="coerce").to_numpy()
+        known = (
+            np.isin(codes, list(COUNTRY_CODE_TO_REGION_CODE))
+            & (prefix.str.len() == size).to_numpy()
+        )
+        country = np.where(
+            (country < 0) & known & ~prefix.str.startswith("0").to_numpy(), codes, country
+        )
+    for code in np.unique(country[country > 0]):
+        rows = np.flatnonzero(country == code)
+        national = pa.array(digits.iloc[rows].str.slice(len(str(int(code)))))
+        chosen = _choose_regions(int(code), national)
+        for region_code, members in chosen.items():
+            subset = pc.take(national, pa.array(members))
+            ok = _valid_vector(subset, _region(region_code) if region_code else None)
+            targets = positions[rows[members]]
+            valid[targets] = ok
+            region[targets] = region_code
+    return pd.Series(valid, index=numbers.index), pd.Series(
+        region, index=numbers.index, dtype=object
+    )
 
 
-def _region_for(country_code: int, national: str) -> _Region | None:
-    """The region libphonenumber would attribute the number to (shared calling codes)."""
+def _matches(values: pa.Array, desc: _Desc) -> np.ndarray:
+    if desc.pattern is None:
+        return np.zeros(len(values), dtype=bool)
+    hit = pc.match_substring_regex(values, f"^(?:{desc.pattern.pattern})$")
+    hit = pc.fill_null(hit, False).to_numpy(zero_copy_only=False)
+    if desc.lengths:
+        lengths = pc.utf8_length(values).to_numpy(zero_copy_only=False)
+        hit = hit & np.isin(lengths, desc.lengths)
+    return hit
+
+
+def _valid_vector(values: pa.Array, region: _Region | None) -> np.ndarray:
+    if region is None or len(values) == 0:
+        return np.zeros(len(values), dtype=bool)
+    general = _matches(values, region.general)
+    if not general.any():
+        return general
+    typed = np.zeros(len(values), dtype=bool)
+    for desc in region.types:
+        typed |= _matches(values, desc)
+    return general & typed
+
+
+def _choose_regions(country_code: int, national: pa.Array) -> dict[str | None, np.ndarray]:
+    """Row positions per region, as libphonenumber attributes numbers of a calling code."""
     codes = COUNTRY_CODE_TO_REGION_CODE.get(country_code) or ()
+    everyone = np.arange(len(national))
     if len(codes) == 1:
-        return _main_region(country_code)
+        main = _main_region(country_code)
+        return {main.code if main else None: everyone}
+    left = np.ones(len(national), dtype=bool)
+    chosen: dict[str | None, np.ndarray] = {}
     for code in codes:
         region = _region(code)
-        if region is None:
+        if region is None or not left.any():
             continue
         if region.leading_digits is not None:
-            if region.leading_digits.match(national):
-                return region
-        elif _valid_for(national, region):
-            return region
-    return None
-
-
-@lru_cache(maxsize=1 << 20)
-def check(e164_number: str) -> tuple[bool, str | None]:
-    """(is valid, region code) for an E.164 number, as libphonenumber decides."""
-    digits = e164_number[1:]
-    country_code = _country_code_of(digits)
-    if country_code is None:
-        return False, None
-    national = digits[len(str(country_code)) :]
-    region = _region_for(country_code, national)
-    if region is None:
-        return False, None
-    return _valid_for(national, region), region.code
-
-
-def validity(numbers: pd.Series) -> tuple[pd.Series, pd.Series]:
-    """Per E.164 number: valid (bool, False when missing) and its region (ISO-2 or None)."""
-    present = numbers.notna()
-    valid = pd.Series(False, index=numbers.index)
-    region = pd.Series([None] * len(numbers), index=numbers.index, dtype=object)
-    if present.any():
-        distinct = numbers[present].unique()
-        results = {n: check(n) for n in distinct}
-        mapped = numbers[present].map(results)
-        valid[present] = [r[0] for r in mapped]
-        region[present] = [r[1] for r in mapped]
-    return valid, region
+            starts = pc.match_substring_regex(national, f"^(?:{region.leading_digits.pattern})")
+            hit = pc.fill_null(starts, False).to_numpy(zero_copy_only=False)
+        else:
+            hit = _valid_vector(national, region)
+        hit &= left
+        if hit.any():
+            chosen[code] = np.flatnonzero(hit)
+            left &= ~hit
+    if left.any():
+        chosen[None] = np.flatnonzero(left)
+    return chosen

@@ -9,22 +9,19 @@ from __future__ import annotations
 
 import codecs
 import csv
-import email.utils
 import hashlib
 import io
 import itertools
 import json
 import logging
-import random
 import re
 import sys
 import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, TextIO
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
 import pandas as pd
@@ -32,6 +29,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 
 from leadflow.mapping import ApiSource
+from tasks import http
 
 log = logging.getLogger(__name__)
 
@@ -518,33 +516,6 @@ class ApiError(RuntimeError):
     pass
 
 
-def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - (now if now is not None else time.time()))
-
-
-def backoff_delay(attempt: int, base: float, cap: float, retry_after: float | None) -> float:
-    """Exponential backoff with full jitter; a server's Retry-After wins when it says more."""
-    delay = min(cap, base * (2**attempt)) * random.uniform(0.5, 1.0)
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, cap if cap > 0 else retry_after))
-    return delay
-
-
-RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
-
-
 def get_with_retries(
     session: Any,
     url: str,
@@ -558,43 +529,21 @@ def get_with_retries(
     sleep: Any = time.sleep,
 ) -> Any:
     """GET with retries on 429/5xx, connection errors and timeouts, honouring Retry-After."""
-    import requests
-
-    attempt = 0
-    while True:
-        try:
-            response = session.get(url, params=params, headers=headers, timeout=timeout)
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            if attempt >= max_retries:
-                raise ApiError(
-                    f"GET {url}: {type(exc).__name__} after {attempt + 1} attempts"
-                ) from exc
-            wait = backoff_delay(attempt, backoff, max_backoff, None)
-        else:
-            if response.status_code not in RETRY_STATUS:
-                if response.status_code >= 400:
-                    raise ApiError(f"GET {response.url}: HTTP {response.status_code}")
-                return response
-            if attempt >= max_retries:
-                raise ApiError(
-                    f"GET {response.url}: HTTP {response.status_code} after {attempt + 1} attempts"
-                )
-            wait = backoff_delay(
-                attempt,
-                backoff,
-                max_backoff,
-                retry_after_seconds(response.headers.get("Retry-After")),
-            )
-            log.info("GET %s answered %s; retrying in %.1fs", url, response.status_code, wait)
-        sleep(wait)
-        attempt += 1
-
-
-def _with_params(url: str, params: dict[str, Any]) -> str:
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query))
-    query.update({k: v for k, v in params.items() if v is not None})
-    return urlunsplit(parts._replace(query=urlencode(query)))
+    try:
+        return http.request_with_retries(
+            session,
+            "GET",
+            url,
+            params=params,
+            headers=headers,
+            timeout=timeout,
+            max_retries=max_retries,
+            backoff=backoff,
+            max_backoff=max_backoff,
+            sleep=sleep,
+        )
+    except http.HttpError as exc:
+        raise ApiError(str(exc)) from exc
 
 
 def _dig(body: Any, path: str) -> Any:
@@ -696,7 +645,3 @@ def cursor_from(records: pd.DataFrame, cursor_field: str | None) -> str | None:
     if values.empty:
         return None
     return str(max(values.astype(str)))
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)

@@ -143,11 +143,13 @@ def test_folder_listing_and_compressed_files(tmp_path):
 
 
 def test_retry_after_parsing():
-    assert sources.retry_after_seconds("3") == 3.0
-    assert sources.retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
-    assert sources.retry_after_seconds("soon") is None
-    assert sources.backoff_delay(0, 1.0, 60.0, retry_after=5.0) == 5.0
-    assert 2.0 <= sources.backoff_delay(2, 1.0, 60.0, retry_after=None) <= 4.0
+    from tasks import http
+
+    assert http.retry_after_seconds("3") == 3.0
+    assert http.retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
+    assert http.retry_after_seconds("soon") is None
+    assert http.backoff_delay(0, 1.0, 60.0, retry_after=5.0) == 5.0
+    assert 2.0 <= http.backoff_delay(2, 1.0, 60.0, retry_after=None) <= 4.0
 
 
 def test_fast_and_careful_readers_agree(tmp_path, monkeypatch):
