@@ -23,6 +23,7 @@ from leadflow import store
 from leadflow.mapping import SourceMapping, load_mapping
 from leadflow.settings import get_settings
 from tasks import capture as capture_tasks
+from tasks import events as events_tasks
 from tasks import quality, sources
 
 PARALLEL_FROM_BYTES = 8 << 20  # smaller inputs are not worth a worker process's start-up
@@ -112,6 +113,45 @@ def _run_chunks(
     return accepted
 
 
+def _run_event_chunks(
+    summary: dict[str, Any],
+    gates: list[quality.GateResult],
+    database_url: str,
+    batch_id: int,
+    chunks: Iterable[Any],
+    mapping: SourceMapping,
+    source: str,
+    now: datetime,
+    max_quarantine_rate: float | None,
+) -> bool:
+    """Write the chunks of one batch of engagement events; True when all were accepted."""
+    accepted = True
+    for chunk in chunks:
+        state = events_tasks.capture_events_chunk(
+            database_url,
+            batch_id,
+            chunk,
+            mapping,
+            source,
+            now,
+            max_quarantine_rate,
+            return_state=True,
+        )
+        try:
+            counts = state.result()
+        except quality.GateFailed as failure:
+            accepted = False
+            gates.append(failure.result)
+            summary["rejected_chunks"].append(f"{batch_id}/{chunk.chunk_no}")
+            summary["received"] += failure.result.evaluated
+            summary["quarantined"] += failure.result.evaluated
+            continue
+        gates.append(counts.pop("gate"))
+        for name, value in counts.items():
+            summary[name] += value
+    return accepted
+
+
 @flow(name="capture", flow_run_name="capture-{source}", log_prints=False)
 def capture(
     path: str,
@@ -121,8 +161,10 @@ def capture(
     max_quarantine_rate: float | None = None,
     database_url: str | None = None,
     chunk_size: int | None = None,
+    target: str | None = None,
 ) -> State:
-    """Ingest leads from a CSV/JSON Lines file or folder (local or fsspec URL) or a REST API.
+    """Ingest leads (or, with ``target="events"``, engagement events) from a CSV/JSON Lines
+    file or folder (local or fsspec URL) or a REST API.
 
     Returns a Completed state whose data is the summary (received, inserted, merged,
     quarantined, batch ids); Failed, with the same data, if any chunk was rejected.
@@ -133,6 +175,8 @@ def capture(
     now = now or datetime.now(UTC)
     chunk_size = chunk_size or settings.batch_size
     mapping, version = load_mapping(mapping_path)
+    if target is not None and target != mapping.target:
+        mapping = mapping.model_copy(update={"target": target})
     source = source or mapping.source or "unknown"
     engine = store.get_engine(database_url)
     run_id = flow_run.get_id()
@@ -164,6 +208,23 @@ def capture(
                 summary["duplicates"].append(batch_id)
                 continue
             chunk = sources.page_chunk(page)
+            if mapping.target == "events":
+                accepted = _run_event_chunks(
+                    summary,
+                    gates,
+                    database_url,
+                    batch_id,
+                    [chunk],
+                    mapping,
+                    source,
+                    now,
+                    max_quarantine_rate,
+                )
+                all_accepted &= accepted
+                capture_tasks.close_batch(
+                    engine, batch_id, status="complete" if accepted else "failed"
+                )
+                continue
             value = sources.cursor_from(chunk.records, mapping.api.cursor_field)
             prepared = capture_tasks.prepare_chunk(
                 chunk, mapping, source, now, batch_id, max_quarantine_rate
@@ -208,6 +269,23 @@ def capture(
                 delimiter=info.mapping.delimiter,
                 chunk_size=chunk_size,
             )
+            if mapping.target == "events":
+                accepted = _run_event_chunks(
+                    summary,
+                    gates,
+                    database_url,
+                    batch_id,
+                    chunks,
+                    info.mapping,
+                    source,
+                    now,
+                    max_quarantine_rate,
+                )
+                all_accepted &= accepted
+                capture_tasks.close_batch(
+                    engine, batch_id, status="complete" if accepted else "failed"
+                )
+                continue
             # Big inputs are prepared in a worker process, overlapping with the writes.
             workers = settings.prepare_workers if info.size > PARALLEL_FROM_BYTES else 0
             prepared = capture_tasks.prepared_chunks(

@@ -60,8 +60,11 @@ def demo(leads: int = 5000, seed: int = 7) -> State:
 
 
 def _later_steps(sample: Any) -> list[tuple[str, State]]:
-    """Ingest steps that hops after capture need (engagement events), when they exist."""
-    return []
+    """What the hops after capture need besides leads: engagement events."""
+    events = capture(
+        str(sample / "engagement_events.csv"), source="sample", target="events", return_state=True
+    )
+    return [("events", events)]
 
 
 def describe(summary: dict[str, Any]) -> str:

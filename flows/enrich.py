@@ -157,8 +157,8 @@ def enrich(
             break
         gates.append(outcome.gate)
         summary["batches"] += 1
-        summary["enriched"] += outcome.moved.get(Status.ENRICHED.value, 0)
-        summary["pending"] += outcome.moved.get(Status.ENRICHMENT_PENDING.value, 0)
+        summary["enriched"] += outcome.statuses.get(Status.ENRICHED.value, 0)
+        summary["pending"] += outcome.statuses.get(Status.ENRICHMENT_PENDING.value, 0)
         summary["quarantined"] += outcome.quarantined
         summary["accounts_matched"] += outcome.extra.pop("accounts_matched", 0)
         for name, value in outcome.extra.items():

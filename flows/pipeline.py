@@ -20,8 +20,9 @@ from leadflow.settings import get_settings
 def hops() -> list[tuple[str, Any]]:
     """The hops that exist, in order: (name, flow function taking now/database_url)."""
     from flows.enrich import enrich
+    from flows.score import score
 
-    return [("enrich", enrich)]
+    return [("enrich", enrich), ("score", score)]
 
 
 @flow(name="pipeline", flow_run_name="pipeline")

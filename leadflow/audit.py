@@ -76,12 +76,20 @@ def run_audit(conn: Connection, *, max_listed: int = 20) -> AuditReport:
     q = t.quarantine
     # Every record of a batch must be accounted for exactly once: by the ledger event it
     # caused (admission or merge) or by its quarantine row.
+    ev = t.engagement_events
     accounted = union_all(
         select(e.c.batch_id, e.c.record_no).where(
             e.c.batch_id.is_not(None), e.c.record_no.is_not(None)
         ),
         select(q.c.batch_id, q.c.record_no).where(q.c.hop == "capture"),
+        select(ev.c.batch_id, ev.c.record_no).where(ev.c.batch_id.is_not(None)),
     ).subquery()
+    stored_events = _count_by_batch(
+        conn,
+        select(ev.c.batch_id, func.count())
+        .where(ev.c.batch_id.is_not(None))
+        .group_by(ev.c.batch_id),
+    )
     record_counts = {
         int(batch): (int(total), int(distinct))
         for batch, total, distinct in conn.execute(
@@ -144,14 +152,21 @@ def run_audit(conn: Connection, *, max_listed: int = 20) -> AuditReport:
                 f"{stored_records.get(batch, 0)} records"
             )
         total, distinct = record_counts.get(batch, (0, 0))
-        if total != row.received or distinct != row.received:
+        # An engagement event received twice is stored once: its repeats (merged) have no
+        # row of their own; every other record has exactly one.
+        expected = row.received - row.merged if row.target == "events" else row.received
+        if total != expected or distinct != expected:
             problem(
-                f"batch {batch}: {row.received} records received but {distinct} distinct records "
-                f"accounted for by ledger and quarantine ({total} entries)"
+                f"batch {batch}: {expected} records should be accounted for but {distinct} distinct "
+                f"records are, by ledger, events and quarantine ({total} entries)"
             )
         if quarantine_rows.get(batch, 0) != row.quarantined:
             problem(
                 f"batch {batch}: {row.quarantined} quarantined but {quarantine_rows.get(batch, 0)} quarantine rows"
+            )
+        if row.target == "events" and stored_events.get(batch, 0) != row.inserted:
+            problem(
+                f"batch {batch}: {row.inserted} events inserted but {stored_events.get(batch, 0)} stored"
             )
         if row.target == "leads":
             if admitted.get(batch, 0) != row.inserted:

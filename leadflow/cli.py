@@ -116,16 +116,15 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _fail(str(exc))
     store.upgrade()
-    if mapping.target == "events":
-        from flows.events import ingest_events as flow_fn
-    else:
-        from flows.capture import capture as flow_fn
-    state = flow_fn(
+    from flows.capture import capture
+
+    state = capture(
         args.path,
         source=args.source,
         mapping_path=args.mapping,
         now=args.now,
         max_quarantine_rate=args.max_quarantine_rate,
+        target=args.target or mapping.target,
         return_state=True,
     )
     data, code, message = _state_outcome(state)
@@ -213,6 +212,141 @@ def cmd_enrich(args: argparse.Namespace) -> int:
     return code
 
 
+def _run_flow(
+    args: argparse.Namespace,
+    flow_fn: Callable[..., Any],
+    human: Callable[[dict[str, Any]], str],
+    **kwargs: Any,
+) -> int:
+    from leadflow import store
+
+    store.upgrade()
+    state = flow_fn(return_state=True, **kwargs)
+    data, code, message = _state_outcome(state)
+    if "error" in data:
+        return _fail(message or "failed", code)
+    _emit(args, data, human)
+    if message:
+        print(f"leadflow: {message}", file=sys.stderr)
+    return code
+
+
+def _human_score(data: dict[str, Any]) -> str:
+    return (
+        f"rules {data.get('version')}: scored {data.get('scored', 0)} new leads, "
+        f"{data.get('rescored_engaged', 0)} with new engagement; moved to mql {data.get('mql', 0)}, "
+        f"nurturing {data.get('nurturing', 0)}, disqualified {data.get('disqualified', 0)}; "
+        f"quarantined {data.get('quarantined', 0)} ({data.get('seconds', 0)} s)"
+    )
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from flows.score import score
+
+    return _run_flow(args, score, _human_score, now=args.now, rules=args.rules)
+
+
+def _human_rescore(data: dict[str, Any]) -> str:
+    from flows.score import diff_markdown
+
+    return (
+        diff_markdown(data)
+        + f"\n\n({data.get('seconds', 0)} s; busy, skipped: {data.get('busy', 0)})"
+    )
+
+
+def cmd_rescore(args: argparse.Namespace) -> int:
+    from flows.score import rescore
+
+    return _run_flow(
+        args,
+        rescore,
+        _human_rescore,
+        rules=args.rules,
+        scope=args.scope,
+        dry_run=args.dry_run,
+        now=args.now,
+        top_movers=args.top,
+    )
+
+
+def _human_backtest(data: dict[str, Any]) -> str:
+    from tasks.backtest import report_markdown
+
+    return report_markdown(data, None) + f"\n\nchart: {data.get('chart')}"
+
+
+def cmd_backtest(args: argparse.Namespace) -> int:
+    from flows.backtest import backtest
+
+    return _run_flow(args, backtest, _human_backtest, rules=args.rules, now=args.now)
+
+
+def _human_learn(data: dict[str, Any]) -> str:
+    lines = [
+        f"wrote {data['out']}: {data['rules']} rules from {data['leads']} leads ({data['won']} won)",
+        f"held-out AUC: model {data['model_auc_held_out']}, integer rules {data['rules_auc_held_out']}",
+        f"MQL threshold {data['mql_threshold']}; columns not used: "
+        + (", ".join(f"{k} ({v})" for k, v in data.get("skipped_columns", {}).items()) or "none"),
+    ]
+    if data.get("leakage_warning"):
+        lines.append(
+            "WARNING: an AUC this high usually means a column leaks the outcome; check the rules and --exclude it"
+        )
+    return "\n".join(lines)
+
+
+def cmd_learn(args: argparse.Namespace) -> int:
+    from flows.backtest import learn
+
+    return _run_flow(
+        args, learn, _human_learn, out=args.out, exclude=args.exclude, now=args.now, seed=args.seed
+    )
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from leadflow import store
+    from tasks.scoring import explain_lead
+
+    store.upgrade()
+    with store.get_engine().connect() as conn:
+        data = explain_lead(conn, args.lead_id)
+    if data is None:
+        return _fail(f"no lead with id {args.lead_id}")
+    _emit(args, data, _human_explain)
+    return EXIT_OK
+
+
+def _human_explain(data: dict[str, Any]) -> str:
+    lead = data["lead"]
+    lines = [f"lead {lead['id']} ({lead.get('company') or 'no company'}): status {lead['status']}"]
+    latest = data.get("latest")
+    if not latest:
+        lines.append("not scored yet")
+    else:
+        low, high = latest["bounds"] or (None, None)
+        lines.append(
+            f"score {latest['score']:g} ({latest['temperature']}), decision {latest['decision']}, "
+            f"rules {latest['version']}, as of {latest['scored_at']}"
+        )
+        for rule in latest["rules"]:
+            lines.append(f"  {rule['points']:>+8g}  {rule['rule']:<28} {rule['condition']}")
+        lines.append(
+            f"  total {latest['raw_points']:g} points"
+            + (f", mapped from [{low:g}, {high:g}] to 0-100" if low is not None else "")
+        )
+        lines.append(f"{data['scores']} score(s) in history")
+    lines.append("ledger:")
+    for event in data.get("ledger", []):
+        arrow = (
+            f"{event['from_status'] or '-'} -> {event['to_status']}"
+            if event["kind"] == "transition"
+            else event["kind"]
+        )
+        lines.append(f"  {event['occurred_at']}  {arrow}: {event['reason'] or ''}")
+    return "\n".join(lines)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from leadflow.generate import generate
 
@@ -287,6 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument(
         "--max-quarantine-rate", type=float, help="reject a chunk above this share (default 0.05)"
     )
+    ingest.add_argument(
+        "--target",
+        choices=["leads", "events"],
+        help="what the records are (default: the mapping's)",
+    )
     ingest.add_argument("--now", type=_timestamp, help="business time (default: now, UTC)")
     ingest.add_argument("--json", action="store_true")
 
@@ -306,6 +445,37 @@ def build_parser() -> argparse.ArgumentParser:
         "--provider", help="enrich hop's firmographics provider: none | file:PATH | block:NAME"
     )
     run.add_argument("--json", action="store_true")
+
+    score = add("score", cmd_score, "score enriched leads (and leads with new engagement)")
+    score.add_argument("--rules", help="rules file or block:NAME (default rules/scoring.yaml)")
+    score.add_argument("--now", type=_timestamp)
+    score.add_argument("--json", action="store_true")
+
+    rescore = add("rescore", cmd_rescore, "score leads again after a rules change; show the diff")
+    rescore.add_argument("--rules", required=True, help="rules file or block:NAME")
+    rescore.add_argument("--scope", default="all", help="all | status:a,b | where:<condition YAML>")
+    rescore.add_argument("--dry-run", action="store_true", help="report the diff, change nothing")
+    rescore.add_argument("--top", type=int, default=20, help="biggest movers to list")
+    rescore.add_argument("--now", type=_timestamp)
+    rescore.add_argument("--json", action="store_true")
+
+    explain = add("explain", cmd_explain, "why a lead has its score")
+    explain.add_argument("lead_id", type=int)
+    explain.add_argument("--json", action="store_true")
+
+    backtest = add(
+        "backtest", cmd_backtest, "score leads with known outcomes and measure the rules"
+    )
+    backtest.add_argument("--rules", help="rules file or block:NAME (default rules/scoring.yaml)")
+    backtest.add_argument("--now", type=_timestamp)
+    backtest.add_argument("--json", action="store_true")
+
+    learn = add("learn", cmd_learn, "learn a rules file from leads with known outcomes")
+    learn.add_argument("--out", required=True, help="where to write the rules file")
+    learn.add_argument("--exclude", nargs="*", default=[], help="columns not to learn from (leaks)")
+    learn.add_argument("--seed", type=int, default=7)
+    learn.add_argument("--now", type=_timestamp)
+    learn.add_argument("--json", action="store_true")
 
     generate = add("generate", cmd_generate, "write realistic synthetic sample data")
     generate.add_argument("--leads", type=int, default=5000)

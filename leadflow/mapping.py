@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from leadflow import config
 
@@ -27,6 +27,8 @@ LEAD_FIELDS = (
     "created_at",
 )
 MAPPABLE = (*LEAD_FIELDS, "name", "external_id", "outcome")
+# Fields of an engagement event (mapping `target: events`).
+EVENT_FIELDS = ("email", "external_id", "event_type", "occurred_at", "url", "event_id")
 MERGE_POLICIES = ("newest_non_empty", "oldest_non_empty", "earliest", "latest")
 
 DEFAULT_NULL_MARKERS = ("", "n/a", "na", "null", "none", "-", "--", "select", "#n/a", "nan")
@@ -119,13 +121,14 @@ class SourceMapping(_Strict):
 
     @field_validator("columns")
     @classmethod
-    def _targets_are_fields(cls, value: dict[str, str]) -> dict[str, str]:
+    def _targets_are_fields(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        known = EVENT_FIELDS if info.data.get("target") == "events" else MAPPABLE
         for column, field in value.items():
-            if field not in MAPPABLE:
+            if field not in known:
                 raise ValueError(
-                    f"column {column!r} maps to unknown field {field!r}; fields: {list(MAPPABLE)}"
+                    f"column {column!r} maps to unknown field {field!r}; fields: {list(known)}"
                 )
-        targets = [f for f in value.values()]
+        targets = list(value.values())
         repeated = sorted({f for f in targets if targets.count(f) > 1})
         if repeated:
             raise ValueError(f"several columns map to the same field(s): {repeated}")
@@ -133,8 +136,11 @@ class SourceMapping(_Strict):
 
     @field_validator("values")
     @classmethod
-    def _value_maps_on_fields(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
-        unknown = sorted(set(value) - set(MAPPABLE))
+    def _value_maps_on_fields(
+        cls, value: dict[str, dict[str, str]], info: ValidationInfo
+    ) -> dict[str, dict[str, str]]:
+        known = EVENT_FIELDS if info.data.get("target") == "events" else MAPPABLE
+        unknown = sorted(set(value) - set(known))
         if unknown:
             raise ValueError(f"value maps for unknown field(s) {unknown}")
         return value
@@ -185,6 +191,8 @@ class SourceMapping(_Strict):
         """Fill in identity mapping for columns named like lead fields (when none are mapped)."""
         if self.columns or self.external_id:
             return self
+        if self.target == "events":
+            return self._resolve_events(header)
         columns: dict[str, str] = {}
         external_id = None
         outcome = self.outcome
@@ -212,6 +220,30 @@ class SourceMapping(_Strict):
                 "outcome": outcome,
                 "required": required,
             }
+        )
+
+    def _resolve_events(self, header: list[str]) -> SourceMapping:
+        columns: dict[str, str] = {}
+        external_id = None
+        for column in header:
+            key = column.strip().lower().replace(" ", "_")
+            if key == "external_id":
+                external_id = column
+            elif key in EVENT_FIELDS:
+                columns[column] = key
+        required = self.required
+        if required is None:
+            identity = [c for c, f in columns.items() if f == "email"] + (
+                [external_id] if external_id else []
+            )
+            required = (
+                *identity[:1],
+                *[c for c, f in columns.items() if f in ("event_type", "occurred_at")],
+            )
+            if not identity:
+                required = ("email", *required)
+        return self.model_copy(
+            update={"columns": columns, "external_id": external_id, "required": required}
         )
 
 

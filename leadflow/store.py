@@ -23,10 +23,13 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 from sqlalchemy import (
     JSON,
+    Boolean,
     Column,
     Connection,
     DateTime,
     Engine,
+    Float,
+    Integer,
     MetaData,
     Select,
     Table,
@@ -324,6 +327,82 @@ def read_frame(
         ):
             frame[name] = pd.to_datetime(series, utc=True)
     return frame
+
+
+def read_frame_by_ids(
+    conn: Connection,
+    columns: list[Any],
+    id_column: Any,
+    ids: Sequence[int],
+    where: Any = None,
+    order_by: Any = None,
+) -> pd.DataFrame:
+    """Rows whose ``id_column`` is in ``ids`` (any number of them): the ids go to a staged
+    table, and on PostgreSQL the rows come back through COPY, which is several times faster
+    than fetching them as Python tuples."""
+    if len(ids) == 0:
+        return pd.DataFrame(columns=[c.key for c in columns])
+    low, high = int(min(ids)), int(max(ids))
+    if high - low + 1 <= 4 * len(ids):
+        # Dense ids (a batch of consecutive leads): a range scan beats a join, and the few
+        # rows in the range that were not asked for are dropped here.
+        statement = select(*columns).where(id_column >= low, id_column <= high)
+        if where is not None:
+            statement = statement.where(where)
+        if order_by is not None:
+            statement = statement.order_by(order_by)
+        frame = read_frame_fast(conn, statement)
+        key = id_column.key
+        return frame[frame[key].isin(set(int(i) for i in ids))].reset_index(drop=True)
+    key = Table("_ids", MetaData(), Column("id", id_column.type))
+    frame = pd.DataFrame({"id": np.asarray(ids, dtype=np.int64)})
+    with staged(conn, key, frame) as stage:
+        statement = select(*columns).join(stage, id_column == stage.c.id)
+        if where is not None:
+            statement = statement.where(where)
+        if order_by is not None:
+            statement = statement.order_by(order_by)
+        if not is_postgres(conn):
+            return read_frame(conn, statement)
+        return _copy_out(conn, statement)
+
+
+def read_frame_fast(conn: Connection, statement: Select) -> pd.DataFrame:
+    """``read_frame`` through COPY on PostgreSQL (JSON columns come back as text)."""
+    return _copy_out(conn, statement) if is_postgres(conn) else read_frame(conn, statement)
+
+
+def _copy_out(conn: Connection, statement: Select) -> pd.DataFrame:
+    sql = str(statement.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+    buffer = io.BytesIO()
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.copy_expert(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv, HEADER true)", buffer)
+    finally:
+        cursor.close()
+    buffer.seek(0)
+    types = {}
+    for column in statement.selected_columns:
+        kind = column.type
+        if isinstance(kind, DateTime):
+            types[column.key] = pa.timestamp("us", tz="UTC")
+        elif isinstance(kind, Float):
+            types[column.key] = pa.float64()
+        elif isinstance(kind, Integer) or isinstance(getattr(kind, "impl", None), Integer):
+            types[column.key] = pa.int64()
+        elif isinstance(kind, Boolean):
+            types[column.key] = pa.bool_()
+        else:
+            types[column.key] = pa.string()
+    if buffer.getbuffer().nbytes == 0:
+        return pd.DataFrame(columns=list(types))
+    table = pa_csv.read_csv(
+        buffer,
+        convert_options=pa_csv.ConvertOptions(
+            column_types=types, strings_can_be_null=True, quoted_strings_can_be_null=False
+        ),
+    )
+    return table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
 
 
 # --------------------------------------------------------------------------- claims

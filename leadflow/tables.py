@@ -174,6 +174,9 @@ leads = Table(
     Column("enrichment_notes", JSONDoc),  # why a derived field is empty
     Column("enriched_at", UTC),
     Column("enrich_attempted_at", UTC),
+    # Scoring (migration 0003): score, score_version and temperature above, and when.
+    Column("scored_at", UTC),
+    Column("scored_event_id", ID),  # the newest engagement event the score has seen
     Index(
         "uq_leads_email",
         "email",
@@ -188,7 +191,7 @@ leads = Table(
         postgresql_where=text("external_id IS NOT NULL"),
         sqlite_where=text("external_id IS NOT NULL"),
     ),
-    Index("ix_leads_status", "status"),
+    Index("ix_leads_status_id", "status", "id"),  # hop queues: "the next leads in status S"
     # Partial: most leads have no account, and indexing NULLs slows every bulk insert.
     Index(
         "ix_leads_account_id",
@@ -261,6 +264,7 @@ engagement_events = Table(
     Column("source", Text),
     Column("event_key", Text, nullable=False, unique=True),  # makes re-ingest a no-op
     Column("batch_id", ID),
+    Column("record_no", Integer),  # the record of that batch it came from
     Index("ix_engagement_events_lead_time", "lead_id", "occurred_at"),
 )
 
@@ -278,6 +282,36 @@ firmographics_cache = Table(
     Column("notes", JSONDoc),  # fields the provider sent that could not be used, and why
     Column("fetched_at", UTC, nullable=False),
     Column("expires_at", UTC, nullable=False),
+)
+
+rule_sets = Table(
+    # Every rule set ever used, by version (the hash of its text), with the text itself.
+    "rule_sets",
+    metadata,
+    Column("version", Text, primary_key=True),
+    Column("kind", Text, nullable=False),  # scoring
+    Column("name", Text, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("created_at", UTC, nullable=False),
+)
+
+lead_scores = Table(
+    # Score history: one row per lead per scoring that was applied.
+    "lead_scores",
+    metadata,
+    _id(),
+    Column("lead_id", ID, nullable=False),
+    Column("version", Text, nullable=False),
+    Column("score", Float, nullable=False),
+    Column("raw_points", Float, nullable=False),
+    Column("temperature", Text, nullable=False),
+    Column("decision", Text, nullable=False),  # mql | nurturing | disqualified | kept
+    # {rule: points} for every rule that contributed; plain JSON (not JSONB): written a
+    # million rows at a time, read one lead at a time.
+    Column("fired", JSON),
+    Column("scored_at", UTC, nullable=False),  # business time the score is as of
+    Column("flow_run_id", Text),
+    Index("ix_lead_scores_lead_id", "lead_id"),
 )
 
 source_cursors = Table(

@@ -597,7 +597,7 @@ def prepare_chunk(
     for fields in split.passed["blanked_fields"].dropna():
         for name in fields.split(", "):
             blanked[name] = blanked.get(name, 0) + 1
-    data = chunk.text.encode("utf-8", "surrogateescape")
+    raw_content, raw_hash = compress(chunk.text)
     numbers = chunk.records[RECORD_NO]
     return PreparedChunk(
         batch_id=batch_id,
@@ -605,8 +605,8 @@ def prepare_chunk(
         received=received,
         first_record_no=int(numbers.min()) if len(numbers) else None,
         last_record_no=int(numbers.max()) if len(numbers) else None,
-        raw_content=zlib.compress(data, 1),
-        raw_hash=hashlib.sha256(data).hexdigest(),
+        raw_content=raw_content,
+        raw_hash=raw_hash,
         passed=split.passed.drop(columns=["raw", "parse_error", "identity", "invalid_fields"]),
         quarantined=quarantined[["record_no", "raw", "reasons"]],
         local=local,
@@ -879,17 +879,45 @@ def _write_accepted(
 
 def write_raw(conn: Connection, chunk: PreparedChunk) -> None:
     """Keep the chunk exactly as received (compressed), addressable by record number."""
+    keep_raw(
+        conn,
+        chunk.batch_id,
+        chunk.chunk_no,
+        chunk.first_record_no,
+        chunk.last_record_no,
+        chunk.received,
+        chunk.raw_content,
+        chunk.raw_hash,
+    )
+
+
+def keep_raw(
+    conn: Connection,
+    batch_id: int,
+    chunk_no: int,
+    first: int | None,
+    last: int | None,
+    received: int,
+    content: bytes,
+    content_hash: str,
+) -> None:
     conn.execute(
         t.raw_captures.insert().values(
-            batch_id=chunk.batch_id,
-            chunk_no=chunk.chunk_no,
-            first_record_no=chunk.first_record_no,
-            last_record_no=chunk.last_record_no,
-            records=chunk.received,
-            content_hash=chunk.raw_hash,
-            content=chunk.raw_content,
+            batch_id=batch_id,
+            chunk_no=chunk_no,
+            first_record_no=first,
+            last_record_no=last,
+            records=received,
+            content_hash=content_hash,
+            content=content,
         )
     )
+
+
+def compress(text: str) -> tuple[bytes, str]:
+    """(zlib of the text's bytes as received, SHA-256 of those bytes)."""
+    data = text.encode("utf-8", "surrogateescape")
+    return zlib.compress(data, 1), hashlib.sha256(data).hexdigest()
 
 
 def _write_quarantine(

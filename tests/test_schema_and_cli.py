@@ -52,7 +52,7 @@ def test_ingest_json_and_audit(database_url, tmp_path, capsys):
     code, out, _ = run_cli(capsys, "audit", "--json")
     report = json.loads(out)
     assert code == 1 and report["ok"] is False
-    assert any("3 distinct records accounted for" in p for p in report["problems"])
+    assert any("4 records should be accounted for but 3 distinct" in p for p in report["problems"])
     assert any("1 quarantined but 0 quarantine rows" in p for p in report["problems"])
 
 

@@ -135,7 +135,7 @@ def upgrade() -> None:
             postgresql_where=sa.text(f"{column} IS NOT NULL"),
             sqlite_where=sa.text(f"{column} IS NOT NULL"),
         )
-    op.create_index("ix_leads_status", "leads", ["status"])
+    op.create_index("ix_leads_status_id", "leads", ["status", "id"])
     op.create_index(
         "ix_leads_account_id",
         "leads",

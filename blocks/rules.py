@@ -1,0 +1,17 @@
+"""A scoring rule set kept as a Prefect block: the reviewed YAML text, so that a deployment
+can score with rules chosen in the UI (``--rules block:NAME``)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from prefect.blocks.core import Block
+
+
+class ScoringRulesBlock(Block):
+    """The text of a scoring rules file (validated when used, like a file)."""
+
+    _block_type_name: ClassVar[str] = "Leadflow Scoring Rules"
+    _description: ClassVar[str] = "A reviewed leadflow scoring rules file (YAML text)."
+
+    text: str
