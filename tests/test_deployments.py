@@ -1,0 +1,31 @@
+"""prefect.yaml deploys against a real Prefect API."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.flow
+def test_every_deployment_in_prefect_yaml_deploys():
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.settings import PREFECT_API_URL
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.create_work_pool(WorkPoolCreate(name="leadflow", type="process"))
+        except Exception:  # noqa: BLE001 - it may exist from an earlier run
+            pass
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "LEADFLOW_HOME": str(ROOT)}
+    prefect = Path(sys.executable).with_name("prefect")
+    done = subprocess.run([str(prefect), "--no-prompt", "deploy", "--all"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    with get_client(sync_client=True) as client:
+        names = {d.name for d in client.read_deployments()}
+    assert {"pipeline", "capture-files", "capture-events", "rescore", "backtest"} <= names
