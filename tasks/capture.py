@@ -655,9 +655,11 @@ def prepared_chunks(
 # --------------------------------------------------------------------------- store I/O
 
 
-def find_existing(conn: Connection, leads_frame: pd.DataFrame) -> pd.DataFrame:
+def find_existing(
+    conn: Connection, leads_frame: pd.DataFrame, columns: list[str] | None = None
+) -> pd.DataFrame:
     """Stored leads sharing an email or external id with any row of ``leads_frame``."""
-    columns = ["id", *STORED_FIELDS, "attributes", "last_seen_at"]
+    columns = columns or ["id", *STORED_FIELDS, "attributes", "last_seen_at"]
     emails = leads_frame["email"].dropna().unique().tolist()
     externals = leads_frame["external_id"].dropna().unique().tolist()
     if not emails and not externals:

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import ARRAY, Connection, Engine, Text, any_, bindparam, or_, select, union, update
+from sqlalchemy import Connection, Engine, select, update
 
 from leadflow import store
 from leadflow import tables as t
@@ -106,28 +106,7 @@ def prepare_events(
 
 def _lead_ids(conn: Connection, events: pd.DataFrame) -> pd.Series:
     """The lead each event belongs to: by email, else by external id (None if unknown)."""
-    leads = t.leads
-    emails = events["email"].dropna().unique().tolist()
-    externals = events["external_id"].dropna().unique().tolist()
-    found = pd.DataFrame(columns=["id", "email", "external_id"])
-    if emails or externals:
-        picked = [leads.c.id, leads.c.email, leads.c.external_id]
-        if store.is_postgres(conn):
-            statement = select(*picked).where(
-                or_(
-                    leads.c.email == any_(bindparam("emails", type_=ARRAY(Text))),
-                    leads.c.external_id == any_(bindparam("externals", type_=ARRAY(Text))),
-                )
-            )
-            found = store.read_frame(conn, statement, {"emails": emails, "externals": externals})
-        else:
-            frame = pd.DataFrame({"email": emails + externals})
-            with store.staged(conn, leads, frame) as stage:
-                statement = union(
-                    select(*picked).join(stage, leads.c.email == stage.c.email),
-                    select(*picked).join(stage, leads.c.external_id == stage.c.email),
-                )
-                found = store.read_frame(conn, statement)
+    found = capture.find_existing(conn, events, columns=["id", "email", "external_id"])
     by_email = dict(zip(found["email"], found["id"], strict=True))
     by_external = dict(zip(found["external_id"], found["id"], strict=True))
     ids = events["email"].map(by_email)

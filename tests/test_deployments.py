@@ -1,5 +1,6 @@
 """prefect.yaml deploys against a real Prefect API."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -16,15 +17,18 @@ def test_every_deployment_in_prefect_yaml_deploys():
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.settings import PREFECT_API_URL
 
-    with get_client(sync_client=True) as client:
-        try:
-            client.create_work_pool(WorkPoolCreate(name="leadflow", type="process"))
-        except Exception:  # noqa: BLE001 - it may exist from an earlier run
-            pass
+    with get_client(sync_client=True) as client, contextlib.suppress(Exception):
+        client.create_work_pool(WorkPoolCreate(name="leadflow", type="process"))
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "LEADFLOW_HOME": str(ROOT)}
     prefect = Path(sys.executable).with_name("prefect")
-    done = subprocess.run([str(prefect), "--no-prompt", "deploy", "--all"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [str(prefect), "--no-prompt", "deploy", "--all"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     with get_client(sync_client=True) as client:
         names = {d.name for d in client.read_deployments()}
