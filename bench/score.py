@@ -28,6 +28,8 @@ import numpy as np
 import pandas as pd
 import psycopg2
 
+from leadflow.mapping import EVENT_TYPES
+
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 
 
@@ -87,19 +89,7 @@ def load(dsn: str, schema: str, leads: int, events: int, seed: int) -> dict:
     copy_frame(cursor, "leads", frame)
     cursor.execute("SELECT setval(pg_get_serial_sequence('leads', 'id'), %s)", (leads,))
     del frame
-    kinds = np.array(
-        [
-            "page_view",
-            "email_open",
-            "email_click",
-            "form_fill",
-            "webinar",
-            "reply",
-            "meeting_booked",
-            "unsubscribe",
-            "bounce",
-        ]
-    )
+    kinds = np.array(EVENT_TYPES)
     pages = np.array(["/pricing", "/product", "/blog/a", "/careers", "/docs"])
     for start in range(0, events, 1_000_000):
         count = min(1_000_000, events - start)

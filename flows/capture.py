@@ -18,6 +18,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
+from sqlalchemy import Engine
 
 from leadflow import store
 from leadflow.mapping import SourceMapping, load_mapping
@@ -25,6 +26,7 @@ from leadflow.settings import get_settings
 from tasks import capture as capture_tasks
 from tasks import events as events_tasks
 from tasks import quality, sources
+from tasks.sources import RecordChunk
 
 PARALLEL_FROM_BYTES = 8 << 20  # smaller inputs are not worth a worker process's start-up
 
@@ -82,74 +84,100 @@ def _add(summary: dict[str, Any], outcome: capture_tasks.ChunkOutcome) -> None:
         summary["blanked"][name] = summary["blanked"].get(name, 0) + count
 
 
-def _run_chunks(
-    summary: dict[str, Any],
-    gates: list[quality.GateResult],
-    database_url: str,
-    chunks: Iterable[capture_tasks.PreparedChunk],
-    mapping: SourceMapping,
-    now: datetime,
-    cursor: tuple[str, str] | None = None,
-) -> bool:
-    """Write the prepared chunks of one batch; returns True when every chunk was accepted."""
-    accepted = True
-    for chunk in chunks:
-        state = capture_tasks.capture_chunk(
-            database_url, chunk, mapping, now, cursor, return_state=True
-        )
-        if state.is_completed():
-            outcome = state.result()
-            _add(summary, outcome)
-            gates.append(outcome.gate)
-            continue
-        try:
-            state.result()
-        except quality.GateFailed as failure:
-            accepted = False
-            gates.append(failure.result)
-            summary["rejected_chunks"].append(f"{chunk.batch_id}/{chunk.chunk_no}")
-            summary["received"] += failure.result.evaluated
-            summary["quarantined"] += failure.result.evaluated
-    return accepted
+@dataclass
+class _Run:
+    """What every batch of one capture run shares."""
 
+    database_url: str
+    engine: Engine
+    source: str
+    now: datetime
+    max_quarantine_rate: float | None
+    version: str
+    flow_run_id: str | None
+    summary: dict[str, Any]
+    gates: list[quality.GateResult]
 
-def _run_event_chunks(
-    summary: dict[str, Any],
-    gates: list[quality.GateResult],
-    database_url: str,
-    batch_id: int,
-    chunks: Iterable[Any],
-    mapping: SourceMapping,
-    source: str,
-    now: datetime,
-    max_quarantine_rate: float | None,
-) -> bool:
-    """Write the chunks of one batch of engagement events; True when all were accepted."""
-    accepted = True
-    for chunk in chunks:
-        state = events_tasks.capture_events_chunk(
-            database_url,
-            batch_id,
-            chunk,
-            mapping,
-            source,
-            now,
-            max_quarantine_rate,
-            return_state=True,
+    def open(self, **batch: Any) -> int | None:
+        """Record a received input; None when identical content was already captured."""
+        batch_id, earlier = capture_tasks.open_batch(
+            self.engine,
+            source=self.source,
+            mapping_version=self.version,
+            flow_run_id=self.flow_run_id,
+            **batch,
         )
-        try:
-            counts = state.result()
-        except quality.GateFailed as failure:
-            accepted = False
-            gates.append(failure.result)
-            summary["rejected_chunks"].append(f"{batch_id}/{chunk.chunk_no}")
-            summary["received"] += failure.result.evaluated
-            summary["quarantined"] += failure.result.evaluated
-            continue
-        gates.append(counts.pop("gate"))
-        for name, value in counts.items():
-            summary[name] += value
-    return accepted
+        self.summary["batch_ids"].append(batch_id)
+        if earlier:
+            self.summary["duplicates"].append(batch_id)
+            return None
+        return batch_id
+
+    def write(
+        self,
+        batch_id: int,
+        chunks: Iterable[RecordChunk],
+        mapping: SourceMapping,
+        *,
+        workers: int = 0,
+        cursor: tuple[str, str] | None = None,
+    ) -> bool:
+        """Write one batch's chunks (leads or events, as the mapping's target says) and
+        close the batch; True when every chunk was accepted."""
+        if mapping.target == "events":
+            states = (
+                (
+                    chunk.chunk_no,
+                    events_tasks.capture_events_chunk(
+                        self.database_url,
+                        batch_id,
+                        chunk,
+                        mapping,
+                        self.source,
+                        self.now,
+                        self.max_quarantine_rate,
+                        cursor,
+                        return_state=True,
+                    ),
+                )
+                for chunk in chunks
+            )
+        else:
+            prepared = capture_tasks.prepared_chunks(
+                chunks,
+                mapping,
+                self.source,
+                self.now,
+                batch_id=batch_id,
+                max_quarantine_rate=self.max_quarantine_rate,
+                workers=workers,
+            )
+            states = (
+                (
+                    chunk.chunk_no,
+                    capture_tasks.capture_chunk(
+                        self.database_url, chunk, mapping, self.now, cursor, return_state=True
+                    ),
+                )
+                for chunk in prepared
+            )
+        accepted = True
+        for chunk_no, state in states:
+            try:
+                outcome = state.result()
+            except quality.GateFailed as failure:
+                accepted = False
+                self.gates.append(failure.result)
+                self.summary["rejected_chunks"].append(f"{batch_id}/{chunk_no}")
+                self.summary["received"] += failure.result.evaluated
+                self.summary["quarantined"] += failure.result.evaluated
+                continue
+            _add(self.summary, outcome)
+            self.gates.append(outcome.gate)
+        capture_tasks.close_batch(
+            self.engine, batch_id, status="complete" if accepted else "failed"
+        )
+        return accepted
 
 
 @flow(name="capture", flow_run_name="capture-{source}", log_prints=False)
@@ -179,9 +207,19 @@ def capture(
         mapping = mapping.model_copy(update={"target": target})
     source = source or mapping.source or "unknown"
     engine = store.get_engine(database_url)
-    run_id = flow_run.get_id()
     summary = _empty_summary()
     gates: list[quality.GateResult] = []
+    run = _Run(
+        database_url,
+        engine,
+        source,
+        now,
+        max_quarantine_rate,
+        version,
+        flow_run.get_id(),
+        summary,
+        gates,
+    )
     all_accepted = True
 
     if mapping.api is not None:
@@ -191,76 +229,34 @@ def capture(
         for page in sources.fetch_pages(path, mapping.api, token=token, since=since):
             if not page.records:
                 continue  # nothing new since the cursor: not a delivery
-            batch_id, earlier = capture_tasks.open_batch(
-                engine,
-                source=source,
+            batch_id = run.open(
                 target=mapping.target,
                 kind="api",
                 uri=page.uri,
                 content_hash=page.content_hash,
                 size=len(page.body),
                 header=None,
-                mapping_version=version,
-                flow_run_id=run_id,
             )
-            summary["batch_ids"].append(batch_id)
-            if earlier:
-                summary["duplicates"].append(batch_id)
+            if batch_id is None:
                 continue
             chunk = sources.page_chunk(page)
-            if mapping.target == "events":
-                accepted = _run_event_chunks(
-                    summary,
-                    gates,
-                    database_url,
-                    batch_id,
-                    [chunk],
-                    mapping,
-                    source,
-                    now,
-                    max_quarantine_rate,
-                )
-                all_accepted &= accepted
-                capture_tasks.close_batch(
-                    engine, batch_id, status="complete" if accepted else "failed"
-                )
-                continue
             value = sources.cursor_from(chunk.records, mapping.api.cursor_field)
-            prepared = capture_tasks.prepare_chunk(
-                chunk, mapping, source, now, batch_id, max_quarantine_rate
-            )
-            accepted = _run_chunks(
-                summary,
-                gates,
-                database_url,
-                [prepared],
-                mapping,
-                now,
-                cursor=(source, value) if value else None,
-            )
-            all_accepted &= accepted
-            capture_tasks.close_batch(engine, batch_id, status="complete" if accepted else "failed")
+            cursor = (source, value) if value else None
+            all_accepted &= run.write(batch_id, [chunk], mapping, cursor=cursor)
     else:
         # Check every input before writing anything: a missing column stops the run here.
         inputs = [inspect_input(uri, mapping) for uri in sources.list_inputs(path)]
         for info in inputs:
-            batch_id, earlier = capture_tasks.open_batch(
-                engine,
-                source=source,
+            is_csv = sources._format_of(info.uri, mapping.format) == "csv"
+            batch_id = run.open(
                 target=mapping.target,
                 kind="file",
                 uri=info.uri,
                 content_hash=info.content_hash,
                 size=info.size,
-                header=info.header
-                if sources._format_of(info.uri, mapping.format) == "csv"
-                else None,
-                mapping_version=version,
-                flow_run_id=run_id,
+                header=info.header if is_csv else None,
             )
-            summary["batch_ids"].append(batch_id)
-            if earlier:
-                summary["duplicates"].append(batch_id)
+            if batch_id is None:
                 continue
             chunks = sources.read_chunks(
                 info.uri,
@@ -269,37 +265,9 @@ def capture(
                 delimiter=info.mapping.delimiter,
                 chunk_size=chunk_size,
             )
-            if mapping.target == "events":
-                accepted = _run_event_chunks(
-                    summary,
-                    gates,
-                    database_url,
-                    batch_id,
-                    chunks,
-                    info.mapping,
-                    source,
-                    now,
-                    max_quarantine_rate,
-                )
-                all_accepted &= accepted
-                capture_tasks.close_batch(
-                    engine, batch_id, status="complete" if accepted else "failed"
-                )
-                continue
             # Big inputs are prepared in a worker process, overlapping with the writes.
             workers = settings.prepare_workers if info.size > PARALLEL_FROM_BYTES else 0
-            prepared = capture_tasks.prepared_chunks(
-                chunks,
-                info.mapping,
-                source,
-                now,
-                batch_id=batch_id,
-                max_quarantine_rate=max_quarantine_rate,
-                workers=workers,
-            )
-            accepted = _run_chunks(summary, gates, database_url, prepared, info.mapping, now)
-            all_accepted &= accepted
-            capture_tasks.close_batch(engine, batch_id, status="complete" if accepted else "failed")
+            all_accepted &= run.write(batch_id, chunks, info.mapping, workers=workers)
 
     if len(summary["batch_ids"]) == 1:
         summary["batch_id"] = summary["batch_ids"][0]

@@ -107,7 +107,6 @@ def _human_ingest(data: dict[str, Any]) -> str:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from leadflow import store
     from leadflow.config import ConfigError
     from leadflow.mapping import load_mapping
 
@@ -115,25 +114,19 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         mapping, _ = load_mapping(args.mapping)
     except ConfigError as exc:
         return _fail(str(exc))
-    store.upgrade()
     from flows.capture import capture
 
-    state = capture(
-        args.path,
+    return _run_flow(
+        args,
+        capture,
+        _human_ingest,
+        path=args.path,
         source=args.source,
         mapping_path=args.mapping,
         now=args.now,
         max_quarantine_rate=args.max_quarantine_rate,
         target=args.target or mapping.target,
-        return_state=True,
     )
-    data, code, message = _state_outcome(state)
-    if "error" in data:
-        return _fail(message or "ingest failed", code)
-    _emit(args, data, _human_ingest)
-    if message:
-        print(f"leadflow: {message}", file=sys.stderr)
-    return code
 
 
 def _human_audit(data: dict[str, Any]) -> str:
@@ -170,15 +163,8 @@ def _human_run(data: dict[str, Any]) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from flows.pipeline import pipeline
-    from leadflow import store
 
-    store.upgrade()
-    state = pipeline(now=args.now, provider=args.provider, return_state=True)
-    data, code, message = _state_outcome(state)
-    _emit(args, data, _human_run)
-    if message:
-        print(f"leadflow: {message}", file=sys.stderr)
-    return code
+    return _run_flow(args, pipeline, _human_run, now=args.now, provider=args.provider)
 
 
 def _human_enrich(data: dict[str, Any]) -> str:
@@ -197,19 +183,8 @@ def _human_enrich(data: dict[str, Any]) -> str:
 
 def cmd_enrich(args: argparse.Namespace) -> int:
     from flows.enrich import enrich
-    from leadflow import store
 
-    store.upgrade()
-    state = enrich(now=args.now, provider=args.provider, return_state=True)
-    data, code, message = _state_outcome(state)
-    if "error" in data:
-        return _fail(message or "enrich failed", code)
-    _emit(args, data, _human_enrich)
-    if message:
-        print(f"leadflow: {message}", file=sys.stderr)
-    elif state.name != "Completed":
-        print(f"leadflow: {state.message}", file=sys.stderr)
-    return code
+    return _run_flow(args, enrich, _human_enrich, now=args.now, provider=args.provider)
 
 
 def _run_flow(
@@ -224,10 +199,12 @@ def _run_flow(
     state = flow_fn(return_state=True, **kwargs)
     data, code, message = _state_outcome(state)
     if "error" in data:
-        return _fail(message or "failed", code)
+        return _fail(message or f"{getattr(flow_fn, 'name', 'flow')} failed", code)
     _emit(args, data, human)
     if message:
         print(f"leadflow: {message}", file=sys.stderr)
+    elif state.name != "Completed":  # completed, with a caveat (e.g. "Completed with pending")
+        print(f"leadflow: {state.message}", file=sys.stderr)
     return code
 
 

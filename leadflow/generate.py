@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from leadflow.mapping import EVENT_TYPES  # the event weights below follow its order
+
 # Shares of lead rows with each defect (chosen to stay well under the 5% quarantine limit).
 DEFECTS = {
     "duplicate": 0.03,  # the same person again: email case/space changed, some fields updated
@@ -360,17 +362,6 @@ TIMELINES = {
     "6-12 months": (0.25, 0.0),
     "unknown": (0.4, -0.3),
 }
-EVENT_TYPES = (
-    "page_view",
-    "email_open",
-    "email_click",
-    "form_fill",
-    "webinar",
-    "reply",
-    "meeting_booked",
-    "unsubscribe",
-    "bounce",
-)
 PAGES = (
     "/pricing",
     "/product",

@@ -29,6 +29,18 @@ LEAD_FIELDS = (
 MAPPABLE = (*LEAD_FIELDS, "name", "external_id", "outcome")
 # Fields of an engagement event (mapping `target: events`).
 EVENT_FIELDS = ("email", "external_id", "event_type", "occurred_at", "url", "event_id")
+# The engagement event types leadflow knows (suites/events.yaml accepts exactly these).
+EVENT_TYPES = (
+    "page_view",
+    "email_open",
+    "email_click",
+    "form_fill",
+    "webinar",
+    "reply",
+    "meeting_booked",
+    "unsubscribe",
+    "bounce",
+)
 MERGE_POLICIES = ("newest_non_empty", "oldest_non_empty", "earliest", "latest")
 
 DEFAULT_NULL_MARKERS = ("", "n/a", "na", "null", "none", "-", "--", "select", "#n/a", "nan")

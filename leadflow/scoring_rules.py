@@ -15,53 +15,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from leadflow import config
+from leadflow import config, mapping
+from leadflow.tables import ENRICHED_FIELDS
 
-# Fields a condition may name (plus any ``attributes.<key>`` and ``engagement.<event_type>``).
-LEAD_FIELDS = frozenset(
-    {
-        "email",
-        "external_id",
-        "first_name",
-        "last_name",
-        "company",
-        "title",
-        "phone",
-        "country",
-        "website",
-        "source",
-        "created_at",
-        "outcome",
-        "email_type",
-        "domain",
-        "seniority",
-        "department",
-        "phone_valid",
-        "phone_country",
-        "region",
-        "timezone",
-        "company_clean",
-        "industry",
-        "employees",
-        "revenue",
-        "firmographics",
-        "account_id",
-        "account_match",
-    }
-)
-EVENT_TYPES = frozenset(
-    {
-        "email_open",
-        "email_click",
-        "page_view",
-        "form_fill",
-        "webinar",
-        "reply",
-        "meeting_booked",
-        "unsubscribe",
-        "bounce",
-    }
-)
+# Fields a condition may name (plus any ``attributes.<key>`` and ``engagement.<event_type>``):
+# what capture and enrichment put on a lead, less enrichment's bookkeeping.
+LEAD_FIELDS = frozenset({*mapping.LEAD_FIELDS, "external_id", "outcome", *ENRICHED_FIELDS}) - {
+    "account_owner_rep_id",
+    "enrichment_notes",
+}
+EVENT_TYPES = frozenset(mapping.EVENT_TYPES)
 
 
 class _Strict(BaseModel):

@@ -201,6 +201,27 @@ leads = Table(
     ),
 )
 
+# What the enrichment hop writes on a lead (the columns of migration 0002, plus account_id).
+ENRICHED_FIELDS = (
+    "email_type",
+    "domain",
+    "seniority",
+    "department",
+    "phone_valid",
+    "phone_country",
+    "region",
+    "timezone",
+    "company_clean",
+    "industry",
+    "employees",
+    "revenue",
+    "firmographics",
+    "account_match",
+    "account_id",
+    "account_owner_rep_id",
+    "enrichment_notes",
+)
+
 lead_events = Table(
     "lead_events",
     metadata,

@@ -584,15 +584,7 @@ def prepare_chunk(
     )
     quarantined = split.quarantined
     if not gate.success:
-        failed = ", ".join(
-            c["name"] for c in gate.checks if not c["success"] and c["level"] == "batch"
-        )
-        own = dict(zip(quarantined["record_no"], quarantined["reasons"], strict=True))
-        quarantined = prepared.assign(
-            reasons=[
-                [*own.get(no, []), f"chunk_rejected: {failed}"] for no in prepared["record_no"]
-            ]
-        )
+        quarantined = rejected_records(prepared, quarantined, gate)
     blanked: dict[str, int] = {}
     for fields in split.passed["blanked_fields"].dropna():
         for name in fields.split(", "):
@@ -612,6 +604,18 @@ def prepare_chunk(
         local=local,
         gate=gate,
         blanked=blanked,
+    )
+
+
+def rejected_records(
+    prepared: pd.DataFrame, quarantined: pd.DataFrame, gate: quality.GateResult
+) -> pd.DataFrame:
+    """Every record of a chunk its batch-level gate rejected: each keeps its own row-level
+    reasons and gains ``chunk_rejected: <failed checks>``."""
+    failed = ", ".join(c["name"] for c in gate.checks if not c["success"] and c["level"] == "batch")
+    own = dict(zip(quarantined["record_no"], quarantined["reasons"], strict=True))
+    return prepared.assign(
+        reasons=[[*own.get(no, []), f"chunk_rejected: {failed}"] for no in prepared["record_no"]]
     )
 
 
@@ -770,26 +774,15 @@ def write_capture_chunk(
                 "quarantined": chunk.received,
             }
         write_raw(conn, chunk)
-        chunk_id = conn.execute(
-            t.capture_chunks.insert()
-            .values(
-                batch_id=batch_id,
-                chunk_no=chunk.chunk_no,
-                status="accepted" if gate.success else "rejected",
-                created_at=store.utcnow(),
-                **counts,
-            )
-            .returning(t.capture_chunks.c.id)
-        ).scalar_one()
-        batches = t.capture_batches
-        conn.execute(
-            update(batches)
-            .where(batches.c.id == batch_id)
-            .values({name: batches.c[name] + value for name, value in counts.items()})
+        chunk_id = close_chunk(
+            conn,
+            batch_id=batch_id,
+            chunk_no=chunk.chunk_no,
+            counts=counts,
+            gate=gate,
+            flow_run_id=flow_run_id,
+            cursor=cursor,
         )
-        quality.record(conn, gate, flow_run_id=flow_run_id, at=store.utcnow())
-        if gate.success and cursor is not None:
-            save_cursor(conn, *cursor)
     outcome = ChunkOutcome(
         batch_id=batch_id,
         chunk_id=chunk_id,
@@ -802,6 +795,41 @@ def write_capture_chunk(
     if not gate.success:
         raise quality.GateFailed(gate)
     return outcome
+
+
+def close_chunk(
+    conn: Connection,
+    *,
+    batch_id: int,
+    chunk_no: int,
+    counts: dict[str, int],
+    gate: quality.GateResult,
+    flow_run_id: str | None,
+    cursor: tuple[str, str] | None = None,
+) -> int:
+    """A written chunk's bookkeeping, inside its transaction: its row, its batch's
+    counters, the gate's verdict, and (when accepted) the source's cursor. Returns its id."""
+    chunk_id = conn.execute(
+        t.capture_chunks.insert()
+        .values(
+            batch_id=batch_id,
+            chunk_no=chunk_no,
+            status="accepted" if gate.success else "rejected",
+            created_at=store.utcnow(),
+            **counts,
+        )
+        .returning(t.capture_chunks.c.id)
+    ).scalar_one()
+    batches = t.capture_batches
+    conn.execute(
+        update(batches)
+        .where(batches.c.id == batch_id)
+        .values({name: batches.c[name] + value for name, value in counts.items()})
+    )
+    quality.record(conn, gate, flow_run_id=flow_run_id, at=store.utcnow())
+    if gate.success and cursor is not None:
+        save_cursor(conn, *cursor)
+    return chunk_id
 
 
 def _write_accepted(
@@ -1066,7 +1094,6 @@ def capture_chunk(
     cursor: tuple[str, str] | None = None,
 ) -> ChunkOutcome:
     """Merge and store one prepared chunk of records (one transaction)."""
-    from prefect.logging import get_run_logger
     from prefect.runtime import flow_run
 
     outcome = write_capture_chunk(
@@ -1077,13 +1104,19 @@ def capture_chunk(
         flow_run_id=flow_run.get_id(),
         cursor=cursor,
     )
+    log_outcome(outcome)
+    return outcome
+
+
+def log_outcome(outcome: ChunkOutcome) -> None:
+    from prefect.logging import get_run_logger
+
     get_run_logger().info(
         "batch %s chunk %s: received %s, inserted %s, merged %s, quarantined %s",
-        chunk.batch_id,
-        chunk.chunk_no,
+        outcome.batch_id,
+        outcome.chunk_no,
         outcome.received,
         outcome.inserted,
         outcome.merged,
         outcome.quarantined,
     )
-    return outcome

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from leadflow import store
 from leadflow.lifecycle import Status
 from leadflow.settings import get_settings
+from leadflow.tables import ENRICHED_FIELDS
 from tasks import phones
 from tasks.normalise import arrow, from_arrow, mask, registered_domain
 
@@ -468,26 +469,7 @@ def enrichment_changes(leads: pd.DataFrame, enriched: pd.DataFrame, now: datetim
     pending = enriched["firmographics"] == "pending"
     to_status = pd.Series(Status.ENRICHED.value, index=leads.index)
     to_status[pending] = Status.ENRICHMENT_PENDING.value
-    fields = [
-        "email_type",
-        "domain",
-        "seniority",
-        "department",
-        "phone_valid",
-        "phone_country",
-        "region",
-        "timezone",
-        "company_clean",
-        "industry",
-        "employees",
-        "revenue",
-        "firmographics",
-        "account_match",
-        "account_id",
-        "account_owner_rep_id",
-        "enrichment_notes",
-    ]
-    changes = enriched[fields].copy()
+    changes = enriched[list(ENRICHED_FIELDS)].copy()
     changes.insert(0, "id", leads["id"].to_numpy())
     changes["from_status"] = leads["status"].to_numpy()
     changes["to_status"] = to_status.to_numpy()

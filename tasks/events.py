@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
-from typing import Any
 
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, select
 
 from leadflow import store
 from leadflow import tables as t
@@ -147,8 +146,10 @@ def write_events_chunk(
     now: datetime,
     flow_run_id: str | None = None,
     max_quarantine_rate: float | None = None,
-) -> dict[str, Any]:
-    """Gate and store one chunk of events in one transaction; returns its counts."""
+    cursor: tuple[str, str] | None = None,
+) -> capture.ChunkOutcome:
+    """Gate and store one chunk of events in one transaction (an API page's cursor with
+    it); raises ``quality.GateFailed`` after recording a rejected chunk."""
     prepared = prepare_events(chunk, mapping, source=source, now=now)
     received = len(prepared)
     with engine.begin() as conn:
@@ -204,15 +205,7 @@ def write_events_chunk(
                 "quarantined": len(quarantined),
             }
         else:
-            failed = ", ".join(
-                c["name"] for c in gate.checks if not c["success"] and c["level"] == "batch"
-            )
-            own = dict(zip(quarantined["record_no"], quarantined["reasons"], strict=True))
-            quarantined = prepared.assign(
-                reasons=[
-                    [*own.get(no, []), f"chunk_rejected: {failed}"] for no in prepared["record_no"]
-                ]
-            )
+            quarantined = capture.rejected_records(prepared, quarantined, gate)
             counts = {"received": received, "inserted": 0, "merged": 0, "quarantined": received}
         capture._write_quarantine(conn, batch_id, quarantined, flow_run_id=flow_run_id)
         content, digest = capture.compress(chunk.text)
@@ -227,30 +220,33 @@ def write_events_chunk(
             content,
             digest,
         )
-        conn.execute(
-            t.capture_chunks.insert().values(
-                batch_id=batch_id,
-                chunk_no=chunk.chunk_no,
-                status="accepted" if gate.success else "rejected",
-                created_at=store.utcnow(),
-                **counts,
-            )
+        chunk_id = capture.close_chunk(
+            conn,
+            batch_id=batch_id,
+            chunk_no=chunk.chunk_no,
+            counts=counts,
+            gate=gate,
+            flow_run_id=flow_run_id,
+            cursor=cursor,
         )
-        batches = t.capture_batches
-        conn.execute(
-            update(batches)
-            .where(batches.c.id == batch_id)
-            .values({name: batches.c[name] + value for name, value in counts.items()})
-        )
-        quality.record(conn, gate, flow_run_id=flow_run_id, at=store.utcnow())
     if not gate.success:
         raise quality.GateFailed(gate)
-    return {**counts, "gate": gate}
+    return capture.ChunkOutcome(
+        batch_id=batch_id,
+        chunk_id=chunk_id,
+        chunk_no=chunk.chunk_no,
+        accepted=True,
+        gate=gate,
+        **counts,
+    )
 
 
 @task(
     name="capture-events-chunk",
     cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=capture._not_a_gate_failure,
     task_run_name="events-{batch_id}-chunk-{chunk.chunk_no}",
 )
 def capture_events_chunk(
@@ -261,10 +257,11 @@ def capture_events_chunk(
     source: str,
     now: datetime,
     max_quarantine_rate: float | None = None,
-) -> dict[str, Any]:
+    cursor: tuple[str, str] | None = None,
+) -> capture.ChunkOutcome:
     from prefect.runtime import flow_run
 
-    return write_events_chunk(
+    outcome = write_events_chunk(
         store.get_engine(database_url),
         batch_id=batch_id,
         chunk=chunk,
@@ -273,4 +270,7 @@ def capture_events_chunk(
         now=now,
         flow_run_id=flow_run.get_id(),
         max_quarantine_rate=max_quarantine_rate,
+        cursor=cursor,
     )
+    capture.log_outcome(outcome)
+    return outcome

@@ -137,3 +137,45 @@ def test_api_page_that_is_not_json_is_an_error(httpserver):
     )
     with pytest.raises(sources.ApiError, match="not JSON"):
         list(sources.fetch_pages(httpserver.url_for("/leads"), ApiSource(), token=None, since=None))
+
+
+def test_events_from_an_api_keep_their_cursor(database_url, tmp_path, httpserver):
+    """Engagement events pulled from an API advance the source cursor like leads do, so
+    the next run asks only for what is new."""
+    leads = write(tmp_path / "leads.csv", "email,first_name\na@x.com,A\nb@x.com,B\n")
+    assert ingest(leads, source="web")[0].is_completed()
+    events = [
+        {"email": "a@x.com", "type": "email_open", "at": "2026-01-01T10:00:00Z"},
+        {"email": "b@x.com", "type": "page_view", "at": "2026-01-02T10:00:00Z"},
+    ]
+    calls: list[dict] = []
+
+    def esp(request):
+        calls.append(dict(request.args))
+        since = request.args.get("since")
+        fresh = [e for e in events if since is None or e["at"] > since]
+        return Response(json.dumps({"data": fresh}), content_type="application/json")
+
+    httpserver.expect_request("/events").respond_with_handler(esp)
+    mapping = write(
+        tmp_path / "esp.yaml",
+        """
+source: esp
+target: events
+columns: {email: email, type: event_type, at: occurred_at}
+api:
+  records: data
+  since_param: since
+  cursor_field: at
+""",
+    )
+    state, data = ingest(httpserver.url_for("/events"), source="esp", mapping=mapping)
+    assert state.is_completed(), state.message
+    assert (data["received"], data["inserted"]) == (2, 2)
+    assert table(database_url, "source_cursors").cursor.tolist() == ["2026-01-02T10:00:00Z"]
+
+    state, data = ingest(httpserver.url_for("/events"), source="esp", mapping=mapping)
+    assert state.is_completed() and data["received"] == 0
+    assert calls[-1]["since"] == "2026-01-02T10:00:00Z"
+    assert len(table(database_url, "engagement_events")) == 2
+    assert_ledger_ok(database_url)

@@ -184,3 +184,14 @@ def test_contributions_json_and_auc_helpers():
     assert roc_auc(labels, np.array([0.5, 0.5, 0.5, 0.5])) == 0.5
     rows = deciles(np.array([True] * 10 + [False] * 90), np.arange(100.0))
     assert rows[0]["decile"] == 10 and rows[0]["won"] == 0 and rows[-1]["won"] == 10
+
+
+def test_event_types_are_the_ones_the_events_gate_accepts():
+    """Rules may name exactly the event types capture lets through, no more, no fewer."""
+    from leadflow.mapping import EVENT_TYPES
+    from leadflow.scoring_rules import EVENT_TYPES as SCORABLE
+    from tasks import quality
+
+    suite = quality.load_suite("events")
+    (check,) = [e for e in suite.rows if e.name == "event_type_known"]
+    assert sorted(check.kwargs()["value_set"]) == sorted(EVENT_TYPES) == sorted(SCORABLE)
