@@ -224,11 +224,11 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def _human_rescore(data: dict[str, Any]) -> str:
-    from flows.score import diff_markdown
+    from tasks.rescore_diff import diff_markdown
 
     return (
         diff_markdown(data)
-        + f"\n\n({data.get('seconds', 0)} s; busy, skipped: {data.get('busy', 0)})"
+        + f"\n\n({data.get('seconds', 0)} s; quarantined by the gate: {data.get('quarantined', 0)})"
     )
 
 

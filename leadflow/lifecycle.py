@@ -56,8 +56,13 @@ ALLOWED: dict[Status | None, frozenset[Status]] = {
     S.QUARANTINED: frozenset({S.CAPTURED, S.ENRICHED, S.DISQUALIFIED}),
 }
 
+# Every named set of statuses lives here, nowhere else.
 # Statuses in which a rep owns the lead: rescoring must not pull these back.
 OWNED = frozenset({S.ROUTED, S.ACCEPTED, S.QUALIFIED, S.WON, S.LOST})
+# Statuses a lead has once it was scored: the default scope of a rescore.
+SCORED = frozenset({S.MQL, S.NURTURING, S.RECYCLED} | OWNED)
+# Statuses a new score may move a lead out of; in the others the score changes, the status not.
+MOVABLE_BY_SCORE = frozenset({S.MQL, S.NURTURING})
 
 
 class IllegalTransition(ValueError):

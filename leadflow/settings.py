@@ -83,16 +83,30 @@ def get_settings() -> Settings:
         database_url=os.environ.get("LEADFLOW_DATABASE_URL") or _block_url() or default_db,
         batch_size=_int("LEADFLOW_BATCH_SIZE", 100_000),
         max_quarantine_rate=_float("LEADFLOW_MAX_QUARANTINE_RATE", 0.05),
-        claim_ttl_seconds=_int("LEADFLOW_CLAIM_TTL_SECONDS", 1800),
+        claim_ttl_seconds=_int("LEADFLOW_CLAIM_TTL_SECONDS", 60),
         prepare_workers=_workers(),
     )
 
 
 @lru_cache(maxsize=4)
 def _database_block(name: str) -> str:
-    from blocks.database import LeadflowDatabase
+    """The URL saved in the "Leadflow Database" block ``name``, read through the Prefect API
+    (the core does not import the block classes)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
 
-    return LeadflowDatabase.load(name).get_url()
+    with get_client(sync_client=True) as client:
+        try:
+            document = client.read_block_document_by_name(
+                name, block_type_slug="leadflow-database", include_secrets=True
+            )
+        except ObjectNotFound as exc:
+            raise ValueError(
+                f"LEADFLOW_DATABASE_BLOCK={name!r}: no Leadflow Database block of that name; "
+                "create it in the Prefect UI or with `LeadflowDatabase(url=...).save(NAME)` (blocks/database.py)"
+            ) from exc
+    url = document.data["url"]
+    return url.get_secret_value() if hasattr(url, "get_secret_value") else str(url)
 
 
 def _block_url() -> str | None:

@@ -1,4 +1,4 @@
-"""The lead store: engines, migrations, bulk reads and writes, batch claims.
+"""The lead store: engines, migrations, bulk reads and writes (claims: ``leadflow.queue``).
 
 Hot paths move DataFrames, never rows one at a time: COPY on PostgreSQL, ``executemany`` on
 SQLite, and set-based ``UPDATE … FROM`` a staged temporary table for updates.
@@ -12,7 +12,7 @@ import math
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 
-from leadflow import tables as t
 from leadflow.settings import get_settings
 
 SQLITE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
@@ -276,8 +275,11 @@ def staged(
     try:
         bulk_insert(conn, stage, frame)
         yield stage
-    finally:
-        stage.drop(conn)
+    except BaseException:
+        # The transaction is failing (maybe its connection is gone): dropping the table
+        # could only raise a second error that hides the first. Rollback drops it anyway.
+        raise
+    stage.drop(conn)
 
 
 def update_from_frame(
@@ -403,58 +405,3 @@ def _copy_out(conn: Connection, statement: Select) -> pd.DataFrame:
         ),
     )
     return table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
-
-
-# --------------------------------------------------------------------------- claims
-
-
-def new_claim_token(hop: str) -> str:
-    return f"{hop}:{uuid.uuid4().hex}"
-
-
-def claim_leads(
-    engine: Engine,
-    statuses: Sequence[str],
-    limit: int,
-    token: str,
-    *,
-    ttl_seconds: int | None = None,
-    extra_where: Any = None,
-) -> int:
-    """Claim up to ``limit`` unclaimed leads in ``statuses`` for ``token``; returns how many.
-
-    A claim is a lease: if the claimant dies, the lease expires and another run may take
-    the leads. On PostgreSQL concurrent claimants skip each other's rows
-    (``FOR UPDATE SKIP LOCKED``); on SQLite writers are serialised.
-    """
-    leads = t.leads
-    ttl = ttl_seconds or get_settings().claim_ttl_seconds
-    now = utcnow()
-    candidates = (
-        select(leads.c.id)
-        .where(leads.c.status.in_(list(statuses)))
-        .where((leads.c.claim_expires_at.is_(None)) | (leads.c.claim_expires_at < now))
-        .order_by(leads.c.id)
-        .limit(limit)
-    )
-    if extra_where is not None:
-        candidates = candidates.where(extra_where)
-    with engine.begin() as conn:
-        if is_postgres(conn):
-            candidates = candidates.with_for_update(skip_locked=True)
-        statement = (
-            update(leads)
-            .where(leads.c.id.in_(candidates.scalar_subquery()))
-            .values(claimed_by=token, claim_expires_at=now + timedelta(seconds=ttl))
-        )
-        return conn.execute(statement).rowcount
-
-
-def release_claims(conn: Connection, token: str) -> int:
-    leads = t.leads
-    statement = (
-        update(leads)
-        .where(leads.c.claimed_by == token)
-        .values(claimed_by=None, claim_expires_at=None)
-    )
-    return conn.execute(statement).rowcount

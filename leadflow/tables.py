@@ -192,6 +192,14 @@ leads = Table(
         sqlite_where=text("external_id IS NOT NULL"),
     ),
     Index("ix_leads_status_id", "status", "id"),  # hop queues: "the next leads in status S"
+    # Partial (migration 0006): few leads are claimed at any time; finding a dead claim's
+    # leads must not scan the table.
+    Index(
+        "ix_leads_claimed_by",
+        "claimed_by",
+        postgresql_where=text("claimed_by IS NOT NULL"),
+        sqlite_where=text("claimed_by IS NOT NULL"),
+    ),
     # Partial: most leads have no account, and indexing NULLs slows every bulk insert.
     Index(
         "ix_leads_account_id",
@@ -341,4 +349,19 @@ source_cursors = Table(
     Column("source", Text, primary_key=True),
     Column("cursor", Text, nullable=False),
     Column("updated_at", UTC, nullable=False),
+)
+
+claims = Table(
+    # One row per leased batch (migration 0006): the leads carry the token, this row the
+    # expiry, so a heartbeat renews one row instead of rewriting every lead of the batch.
+    "claims",
+    metadata,
+    Column("token", Text, primary_key=True),
+    Column("hop", Text, nullable=False),
+    Column("holder", Text, nullable=False),  # host:pid of the claimant
+    Column("flow_run_id", Text),
+    Column("leads", Integer, nullable=False),
+    Column("claimed_at", UTC, nullable=False),
+    Column("renewed_at", UTC, nullable=False),
+    Column("expires_at", UTC, nullable=False),
 )

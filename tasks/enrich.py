@@ -12,15 +12,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import cache, lru_cache
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow.compute as pc
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
-from leadflow import store
 from leadflow.lifecycle import Status
+from leadflow.queue import Strategy
 from leadflow.settings import get_settings
 from leadflow.tables import ENRICHED_FIELDS
 from tasks import phones
+from tasks.hops import Hop, HopResult, HopRun
+from tasks.matching import build_index, clean_company, match_accounts
 from tasks.normalise import arrow, from_arrow, mask, registered_domain
 
 EMAIL_TYPES = ("business", "free", "disposable", "role")
@@ -234,22 +239,6 @@ def titles(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     return seniority.where(values.notna(), "Unknown"), department.where(values.notna(), None)
 
 
-# --------------------------------------------------------------------------- company
-
-
-def clean_company(values: pd.Series, suffixes: tuple[str, ...]) -> pd.Series:
-    """Company names reduced for matching: lower case, no punctuation, no legal suffixes."""
-    text = values.astype("str").str.lower().str.replace(".", "", regex=False)  # "S.A." -> "sa"
-    text = text.str.replace("&", " and ", regex=False).str.replace(
-        r"[^0-9a-z\u00c0-\u024f]+", " ", regex=True
-    )
-    trailing = r"(?: (?:and|" + "|".join(re.escape(s) for s in suffixes) + r"))+$"
-    # " Holdings Inc", " GmbH and Co KG": legal words at the end go, however many.
-    text = (" " + text.str.strip()).str.replace(trailing, "", regex=True)
-    text = text.str.replace(r" +", " ", regex=True).str.strip()
-    return text.where(values.notna() & (text != ""), None).astype(object)
-
-
 # --------------------------------------------------------------------------- places
 
 # The first zone pytz lists is not the main one for these countries.
@@ -357,7 +346,6 @@ def derive(leads: pd.DataFrame, lists: Lists | None = None) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- the hop
 
-HOP = "enrich"
 SUITE = "enriched"
 INPUT_COLUMNS = ("id", "status", "email", "title", "phone", "country", "company", "website")
 
@@ -370,12 +358,14 @@ class EnrichContext:
     accounts: object  # matching.AccountIndex
     threshold: float
     min_name_length: int
+    started: datetime | None = None  # pending leads are retried once per run
     ttl_days: float = 30.0
     not_found_ttl_days: float = 7.0
 
 
 def make_provider(spec: str | None) -> object | None:
     """``none`` | ``file:PATH`` | ``block:NAME`` -> a firmographics provider."""
+    from blocks import resolve
     from blocks.firmographics import FileFirmographics, HttpFirmographics
     from tasks import firmographics
 
@@ -383,52 +373,50 @@ def make_provider(spec: str | None) -> object | None:
         return None
     if spec.startswith("file:"):
         return firmographics.FileProvider(FileFirmographics(path=spec[5:]))
-    if spec.startswith("block:"):
-        block = _load_block(spec[6:], (HttpFirmographics, FileFirmographics))
+    if name := resolve.block_name(spec):
+        block = resolve.load(name, (HttpFirmographics, FileFirmographics), "firmographics provider")
         if isinstance(block, HttpFirmographics):
             return firmographics.HttpProvider(block)
-        if isinstance(block, FileFirmographics):
-            return firmographics.FileProvider(block)
-        raise ValueError(
-            f"block {spec[6:]!r} is a {type(block).__name__}, not a firmographics provider"
-        )
+        return firmographics.FileProvider(block)
     raise ValueError(f"unknown provider {spec!r}: use none, file:PATH or block:NAME")
 
 
-def _load_block(name: str, kinds: tuple) -> object:
-    """A saved block by name ("slug/name" or just the name of one of ``kinds``)."""
-    from prefect.blocks.core import Block
+@dataclass
+class Lookups:
+    """Firmographics answers for a batch's distinct domains (the hop's only I/O)."""
 
-    if "/" in name:
-        return Block.load(name)
-    for kind in kinds:
-        try:
-            return kind.load(name)
-        except ValueError:
-            continue
-    raise ValueError(f"no firmographics block named {name!r}")
+    answers: dict
+    stats: dict
 
 
-def enrich_frame(
-    leads: pd.DataFrame, context: EnrichContext, engine: object, now: datetime
-) -> tuple[pd.DataFrame, dict]:
-    """Everything the hop derives for a batch: local fields, firmographics, account match.
+def lookup_firmographics(
+    conn: Any, leads: pd.DataFrame, context: EnrichContext, now: datetime
+) -> Lookups:
+    """Cache first, then the provider, once per distinct company domain of the batch."""
+    from tasks import firmographics
 
-    Returns the enriched columns (same index as ``leads``) and lookup statistics.
-    """
-    from tasks import firmographics, matching
-
-    out = derive(leads)
-    out["country"] = leads["country"]
-    domains = sorted(out["domain"].dropna().unique().tolist())
+    kind, host = email_types(leads["email"], load_lists())
+    website = leads["website"].astype(object).where(leads["website"].notna(), None)
+    domains = sorted(company_domain(host, kind, website).dropna().unique().tolist())
     answers, stats = firmographics.resolve(
-        engine,
+        conn.engine,
         context.provider,
         domains,
         now=now,
         ttl_days=context.ttl_days,
         not_found_ttl_days=context.not_found_ttl_days,
     )
+    return Lookups(answers, stats.as_dict())
+
+
+def enrich_frame(leads: pd.DataFrame, lookups: Lookups, context: EnrichContext) -> pd.DataFrame:
+    """Everything the hop derives for a batch (pure): local fields, the firmographics
+    answers, the account match. Same index as ``leads``."""
+    from tasks import firmographics
+
+    out = derive(leads)
+    out["country"] = leads["country"]
+    answers = lookups.answers
     status = pd.Series(
         "none" if context.provider is None else "skipped", index=leads.index, dtype=object
     )
@@ -450,21 +438,19 @@ def enrich_frame(
     out["employees"] = pd.array(out["employees"], dtype="Int64")
     out["revenue"] = pd.array(out["revenue"], dtype="Float64")
     out["enrichment_notes"] = notes
-    match = matching.match_accounts(
+    match = match_accounts(
         out["domain"],
         out["company_clean"],
         context.accounts,
         threshold=context.threshold,
         min_name_length=context.min_name_length,
     )
-    out = pd.concat([out, match], axis=1)
-    matched = match["account_id"].notna().sum()
-    lookups = stats.as_dict()
-    lookups["accounts_matched"] = int(matched)
-    return out, lookups
+    return pd.concat([out, match], axis=1)
 
 
-def enrichment_changes(leads: pd.DataFrame, enriched: pd.DataFrame, now: datetime) -> pd.DataFrame:
+def enrichment_changes(
+    leads: pd.DataFrame, enriched: pd.DataFrame, now: datetime, started: datetime | None = None
+) -> pd.DataFrame:
     """The lifecycle changes: enriched, or enrichment_pending when the provider was down."""
     pending = enriched["firmographics"] == "pending"
     to_status = pd.Series(Status.ENRICHED.value, index=leads.index)
@@ -475,7 +461,7 @@ def enrichment_changes(leads: pd.DataFrame, enriched: pd.DataFrame, now: datetim
     changes["to_status"] = to_status.to_numpy()
     changes["reason"] = ["firmographics provider unavailable" if p else "enriched" for p in pending]
     changes["enriched_at"] = pd.Series(pd.Timestamp(now), index=leads.index).where(~pending, pd.NaT)
-    changes["enrich_attempted_at"] = pd.Timestamp(store.utcnow())
+    changes["enrich_attempted_at"] = pd.Timestamp(started or now)
     # A pending lead that is retried and still pending stays put: no ledger row for that.
     return changes
 
@@ -496,3 +482,99 @@ def gate_frame(leads: pd.DataFrame, enriched: pd.DataFrame) -> pd.DataFrame:
     ].copy()
     frame.insert(0, "id", leads["id"].to_numpy())
     return frame
+
+
+def enrich_batch(
+    leads: pd.DataFrame, lookups: Lookups, context: EnrichContext, now: datetime
+) -> HopResult:
+    """The hop's pure function: a claimed batch and its lookups -> changes and gate frame."""
+    enriched = enrich_frame(leads, lookups, context)
+    stats = dict(lookups.stats)
+    stats["accounts_matched"] = int(enriched["account_id"].notna().sum())
+    return HopResult(
+        changes=enrichment_changes(leads, enriched, now, context.started),
+        checked=gate_frame(leads, enriched),
+        stats=stats,
+    )
+
+
+def _waiting(context: EnrichContext) -> Any:
+    """Captured leads, and pending ones not yet retried in this run."""
+    from sqlalchemy import or_
+
+    from leadflow import tables as t
+
+    leads = t.leads
+    if context.started is None:
+        return None
+    return or_(
+        leads.c.status == Status.CAPTURED.value,
+        leads.c.enrich_attempted_at.is_(None),
+        leads.c.enrich_attempted_at < context.started,
+    )
+
+
+HOP = Hop(
+    name="enrich",
+    inputs=(Status.CAPTURED, Status.ENRICHMENT_PENDING),
+    suite=SUITE,
+    # Lease: firmographics lookups are network calls, never inside an open transaction.
+    strategy=Strategy.LEASE,
+    columns=lambda _context: INPUT_COLUMNS,
+    fetch=lookup_firmographics,
+    transform=enrich_batch,
+    where=_waiting,
+)
+
+
+@task(name="enrich-context", cache_policy=NO_CACHE)
+def build_context(
+    database_url: str, provider: str | None, rules_path: str | None, started: datetime
+) -> EnrichContext:
+    """The provider and the account index, once per run."""
+    from sqlalchemy import select
+
+    from leadflow import store
+    from leadflow import tables as t
+    from leadflow.enrichment_rules import load_enrichment_rules
+
+    rules, _ = load_enrichment_rules(rules_path)
+    accounts = t.accounts
+    with store.get_engine(database_url).connect() as conn:
+        frame = store.read_frame(
+            conn,
+            select(
+                accounts.c.id,
+                accounts.c.name,
+                accounts.c.domain,
+                accounts.c.aliases,
+                accounts.c.owner_rep_id,
+            ),
+        )
+    return EnrichContext(
+        provider=make_provider(provider or rules.provider),
+        accounts=build_index(frame, load_lists().legal_suffixes),
+        threshold=rules.match.fuzzy_threshold,
+        min_name_length=rules.match.min_name_length,
+        started=started,
+    )
+
+
+def summarise(run: HopRun) -> dict[str, Any]:
+    """The enrich run's summary: counts, lookups and match rates."""
+    stats = dict(run.stats)
+    matched = stats.pop("accounts_matched", 0)
+    enriched = run.statuses.get(Status.ENRICHED.value, 0)
+    pending = run.statuses.get(Status.ENRICHMENT_PENDING.value, 0)
+    asked = stats.get("found", 0) + stats.get("not_found", 0) + stats.get("invalid", 0)
+    return {
+        "enriched": enriched,
+        "pending": pending,
+        "quarantined": run.quarantined,
+        "batches": run.batches,
+        "taken_over": run.taken_over,
+        "accounts_matched": matched,
+        "lookups": stats,
+        "match_rate": round(matched / (enriched + pending), 4) if enriched + pending else 0.0,
+        "firmographics_match_rate": round(stats.get("found", 0) / asked, 4) if asked else 0.0,
+    }

@@ -1,51 +1,78 @@
-"""What every hop after capture does the same way: claim a bounded batch of leads in its
-input status, read it as a DataFrame, gate what it produced, and write results, new
-statuses, quarantined leads and the gate's verdict in one transaction."""
+"""The hop runner: what every hop after capture does, written once.
+
+A hop is a declaration (``Hop``): a name, its input statuses, how it claims (a
+``queue.Strategy``), the columns it reads, an optional ``fetch`` (the I/O it needs besides
+the leads: engagement events, firmographics, rep state), its **pure** ``transform``
+(DataFrames in, ``HopResult`` out: no database, no Prefect), its GX suite, and an optional
+``persist`` for rows beyond the leads. For each batch the runner
+
+1. claims a bounded batch of leads in the input statuses (``leadflow.queue``);
+2. reads it as a DataFrame and fetches what the hop needs;
+3. calls the pure transform;
+4. gates the result with the suite (failing rows to quarantine, a batch verdict);
+5. writes results, transitions (through ``lifecycle``), quarantine rows, the hop's own rows
+   and the verdict in one transaction, and gives the claim back.
+
+``drain`` runs batches until none are left and adds them up; a flow is a few lines around it.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Connection, Engine, select
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import quote
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError, OperationalError, PendingRollbackError
 
-from leadflow import lifecycle, store
+from leadflow import lifecycle, queue, store
 from leadflow import tables as t
 from leadflow.lifecycle import Status
+from leadflow.settings import get_settings
 from tasks import quality
 
-
-def load_claimed(engine: Engine, token: str, columns: Sequence[Any]) -> pd.DataFrame:
-    """The leads claimed by ``token`` (columns by name, or SQLAlchemy column expressions)."""
-    leads = t.leads
-    statement = (
-        select(*[leads.c[c] if isinstance(c, str) else c for c in columns])
-        .where(leads.c.claimed_by == token)
-        .order_by(leads.c.id)
-    )
-    with engine.connect() as conn:
-        return store.read_frame_fast(conn, statement)
+log = logging.getLogger(__name__)
 
 
-def release(engine: Engine, token: str) -> int:
-    with engine.begin() as conn:
-        return store.release_claims(conn, token)
+@dataclass
+class HopResult:
+    """What a hop's pure transform returns for one batch.
+
+    ``changes``: what ``lifecycle.apply`` takes (id, from_status, to_status, reason, fields).
+    ``checked``: what the suite reads, one row per lead, keyed by ``id``.
+    ``rows``: other tables' rows (name -> frame with ``lead_id``), written in the batch's
+    transaction except for leads the gate quarantined.
+    ``stats``: counts added up over the run. ``report``: anything else the flow reads back.
+    """
+
+    changes: pd.DataFrame
+    checked: pd.DataFrame
+    rows: dict[str, pd.DataFrame] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    report: Any = None
 
 
-@contextmanager
-def claimed(engine: Engine, token: str) -> Iterator[None]:
-    """Give the claim back if processing the batch fails, so the next run can retry it
-    without waiting for the lease to expire."""
-    try:
-        yield
-    except BaseException:
-        release(engine, token)
-        raise
+@dataclass(frozen=True)
+class Hop:
+    """A hop, declared. ``context`` is whatever the hop's run built once (rules, provider)."""
+
+    name: str
+    inputs: tuple[Status, ...]
+    suite: str
+    strategy: queue.Strategy
+    columns: Callable[[Any], Sequence[Any]]
+    transform: Callable[[pd.DataFrame, Any, Any, datetime], HopResult]
+    fetch: Callable[[Connection, pd.DataFrame, Any, datetime], Any] | None = None
+    persist: Callable[[Connection, HopResult, Any, set[int]], None] | None = None
+    where: Callable[[Any], Any] | None = None
+    batch_size: int | None = None  # default: LEADFLOW_BATCH_SIZE
 
 
 @dataclass
@@ -57,12 +84,91 @@ class HopOutcome:
     moved: dict[str, int] = field(default_factory=dict)  # to-status -> leads that changed status
     statuses: dict[str, int] = field(default_factory=dict)  # to-status -> all leads of the batch
     quarantined: int = 0
+    taken_over: int = 0
+    next_after: int = 0
     gate: quality.GateResult | None = field(default=None, repr=False)
-    extra: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    report: Any = field(default=None, repr=False)
 
 
-def _jsonable_rows(frame: pd.DataFrame) -> list[str]:
-    return [json.dumps(row, default=str, ensure_ascii=False) for row in frame.to_dict("records")]
+# --------------------------------------------------------------------------- one batch
+
+
+def batch_ref(hop: str, flow_run_id: str | None, token: str, batch_no: int) -> str:
+    """The gate verdict's reference: unique across runs (run id, else a fresh token)."""
+    return f"{hop}:{(flow_run_id or token)[:12]}:{batch_no}"
+
+
+def run_batch(
+    hop: Hop,
+    context: Any,
+    engine: Engine,
+    *,
+    now: datetime,
+    after: int = 0,
+    candidates: Sequence[int] | None = None,
+    batch_no: int = 1,
+    flow_run_id: str | None = None,
+    max_quarantine_rate: float | None = None,
+    dry_run: bool = False,
+    batch_size: int | None = None,
+) -> HopOutcome | None:
+    """Claim, read, transform, gate and write one batch; None when nothing is waiting.
+
+    A batch-level gate failure writes nothing but the verdict and raises
+    ``quality.GateFailed``. ``dry_run`` transforms and returns the result, writing nothing.
+    """
+    request = queue.Request(
+        hop=hop.name,
+        statuses=tuple(s.value for s in hop.inputs),
+        size=batch_size or hop.batch_size or get_settings().batch_size,
+        strategy=hop.strategy,
+        after=after,
+        ids=candidates,
+        where=hop.where(context) if hop.where else None,
+        flow_run_id=flow_run_id,
+    )
+    failed: quality.GateResult | None = None
+    with queue.claim(engine, request) as batch:
+        if batch is None:
+            return None
+        with batch.reading() as conn:
+            leads = batch.read(conn, hop.columns(context))
+        side = None
+        if hop.fetch is not None:
+            # Its own connection: on SQLite a connection that has read holds the write lock
+            # until it closes, and a fetch may write (the firmographics cache).
+            with batch.reading() as conn:
+                side = hop.fetch(conn, leads, context, now)
+        result = hop.transform(leads, side, context, now)
+        outcome = HopOutcome(hop=hop.name, taken_over=batch.taken_over, next_after=batch.next_after)
+        outcome.stats, outcome.report = dict(result.stats), result.report
+        if dry_run:
+            outcome.claimed = len(leads)
+            return outcome
+        ref = batch_ref(hop.name, flow_run_id, batch.token or queue.new_token(hop.name), batch_no)
+        split, verdict = gate(
+            hop.suite, result.checked, batch_ref=ref, max_quarantine_rate=max_quarantine_rate
+        )
+        if verdict.success:
+            with batch.writing() as conn:
+                write_gated(
+                    conn,
+                    hop,
+                    context,
+                    result,
+                    split,
+                    verdict,
+                    outcome,
+                    batch.guard,
+                    now,
+                    flow_run_id,
+                )
+            return outcome
+        failed = verdict  # recorded below, once the claim's transaction has ended
+    with engine.begin() as conn:
+        quality.record(conn, failed, flow_run_id=flow_run_id, at=store.utcnow())
+    raise quality.GateFailed(failed)
 
 
 def gate(
@@ -83,42 +189,43 @@ def gate(
     return split, result
 
 
+def _jsonable_rows(frame: pd.DataFrame) -> list[str]:
+    return [json.dumps(row, default=str, ensure_ascii=False) for row in frame.to_dict("records")]
+
+
 def write_gated(
     conn: Connection,
+    hop: Hop,
+    context: Any,
+    result: HopResult,
     split: quality.RowSplit,
-    result: quality.GateResult,
-    *,
-    hop: str,
-    suite: str,
-    actor: str,
-    changes: pd.DataFrame,
+    verdict: quality.GateResult,
+    outcome: HopOutcome,
+    guard: str | None,
     now: datetime,
     flow_run_id: str | None,
-    token: str | None = None,
-    also: Callable[[Connection, set[Any]], None] | None = None,
-) -> HopOutcome:
-    """Write a batch that passed its gate, in ``conn``'s transaction.
+) -> None:
+    """Write a batch that passed its gate, in ``conn``'s transaction, and fill ``outcome``.
 
-    ``changes`` is what ``lifecycle.apply`` takes (id, from_status, to_status, fields...).
-    Leads failing a row-level expectation move to ``quarantined`` instead, with a
-    quarantine row naming what they broke. ``also(conn, quarantined_ids)`` writes whatever
-    else belongs in the same transaction. With a claim ``token``, only leads still claimed
-    by it are written, and the claim is released.
+    Leads failing a row-level expectation move to ``quarantined`` instead, with a quarantine
+    row naming what they broke; their rows in ``result.rows`` are not written. With a lease
+    ``guard``, only leads still claimed by it are written (else ``StaleTransition``).
     """
     bad_ids = set(split.quarantined["id"].tolist())
-    changes = changes.copy()
-    if token is not None:
+    changes = result.changes.copy()
+    if guard is not None:
         changes["claimed_by"] = None
         changes["claim_expires_at"] = pd.NaT
     if bad_ids:
         held = changes["id"].isin(bad_ids)
         reasons = dict(zip(split.quarantined["id"], split.quarantined["reasons"], strict=True))
         changes.loc[held, "to_status"] = Status.QUARANTINED.value
-        if "reason" in changes.columns:
-            changes.loc[held, "reason"] = [
-                f"gate {suite}: " + ", ".join(reasons[i]) for i in changes.loc[held, "id"]
-            ]
-    lifecycle.apply(conn, changes, actor=actor, at=now, claimed_by=token, flow_run_id=flow_run_id)
+        changes.loc[held, "reason"] = [
+            f"gate {hop.suite}: " + ", ".join(reasons[i]) for i in changes.loc[held, "id"]
+        ]
+    lifecycle.apply(
+        conn, changes, actor=hop.name, at=now, claimed_by=guard, flow_run_id=flow_run_id
+    )
     if bad_ids:
         bad = split.quarantined
         store.bulk_insert(
@@ -126,7 +233,7 @@ def write_gated(
             t.quarantine,
             pd.DataFrame(
                 {
-                    "hop": hop,
+                    "hop": hop.name,
                     "lead_id": bad["id"].to_numpy(),
                     "record": _jsonable_rows(bad.drop(columns=["reasons"])),
                     "reasons": store.json_column(bad["reasons"]),
@@ -135,60 +242,189 @@ def write_gated(
                 }
             ),
         )
-    if also is not None:
-        also(conn, bad_ids)
-    quality.record(conn, result, flow_run_id=flow_run_id, at=store.utcnow())
-    outcome = HopOutcome(hop=hop, claimed=len(changes), gate=result, quarantined=len(bad_ids))
+    for name, rows in result.rows.items():
+        keep = rows[~rows["lead_id"].isin(bad_ids)] if bad_ids else rows
+        if "flow_run_id" in keep.columns:  # pure functions cannot know the run they are in
+            keep = keep.assign(flow_run_id=flow_run_id)
+        store.bulk_insert(conn, t.metadata.tables[name], keep)
+    if hop.persist is not None:
+        hop.persist(conn, result, context, bad_ids)
+    quality.record(conn, verdict, flow_run_id=flow_run_id, at=store.utcnow())
+    outcome.gate = verdict
+    outcome.claimed = len(changes)
+    outcome.quarantined = len(bad_ids)
     outcome.statuses = changes["to_status"].value_counts().to_dict()
     changed = changes["to_status"] != changes["from_status"]
     outcome.moved = changes.loc[changed, "to_status"].value_counts().to_dict()
-    return outcome
 
 
-def record_failure(
-    engine: Engine, result: quality.GateResult, *, flow_run_id: str | None, token: str | None = None
-) -> None:
-    """Keep a failed gate's verdict (and give the claim back) after the batch rolled back."""
-    with engine.begin() as conn:
-        quality.record(conn, result, flow_run_id=flow_run_id, at=store.utcnow())
-        if token is not None:
-            store.release_claims(conn, token)
+# --------------------------------------------------------------------------- the task
 
 
-def gate_and_write(
-    engine: Engine,
-    *,
-    hop: str,
-    suite: str,
-    actor: str,
-    token: str,
-    produced: pd.DataFrame,
-    changes: pd.DataFrame,
+def is_transient(exc: BaseException) -> bool:
+    """A dropped connection or a lost race: worth another try. Never a gate's verdict."""
+    if isinstance(exc, quality.GateFailed):
+        return False
+    if isinstance(exc, OperationalError | PendingRollbackError | lifecycle.StaleTransition):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    try:
+        state.result()
+    except Exception as exc:
+        return is_transient(exc)
+    return False
+
+
+@task(
+    name="hop-batch",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=[1, 5],
+    retry_condition_fn=_retry_transient,
+    task_run_name="{hop.name}-batch-{batch_no}",
+)
+def hop_batch(
+    hop: Hop,
+    context: Any,
+    database_url: str,
     now: datetime,
-    flow_run_id: str | None,
+    after: int,
+    candidates: Sequence[int] | None,
+    batch_no: int,
     max_quarantine_rate: float | None = None,
-    batch_ref: str,
-    also: Callable[[Connection, set[Any]], None] | None = None,
-) -> HopOutcome:
-    """Gate a claimed batch and write it in one transaction; a batch-level failure writes
-    nothing but the verdict, releases the claim and raises ``quality.GateFailed``."""
-    split, result = gate(
-        suite, produced, batch_ref=batch_ref, max_quarantine_rate=max_quarantine_rate
+    dry_run: bool = False,
+    batch_size: int | None = None,
+) -> HopOutcome | None:
+    """One batch of ``hop`` as a Prefect task run (retried on a dropped connection)."""
+    from prefect.runtime import flow_run
+
+    return run_batch(
+        hop,
+        context,
+        store.get_engine(database_url),
+        now=now,
+        after=after,
+        candidates=candidates,
+        batch_no=batch_no,
+        flow_run_id=flow_run.get_id(),
+        max_quarantine_rate=max_quarantine_rate,
+        dry_run=dry_run,
+        batch_size=batch_size,
     )
-    if not result.success:
-        record_failure(engine, result, flow_run_id=flow_run_id, token=token)
-        raise quality.GateFailed(result)
-    with engine.begin() as conn:
-        return write_gated(
-            conn,
-            split,
-            result,
-            hop=hop,
-            suite=suite,
-            actor=actor,
-            changes=changes,
-            now=now,
-            flow_run_id=flow_run_id,
-            token=token,
-            also=also,
+
+
+# --------------------------------------------------------------------------- a whole run
+
+
+@dataclass
+class HopRun:
+    """A hop's run, added up: what flows report and turn into a state."""
+
+    hop: str
+    batches: int = 0
+    claimed: int = 0
+    quarantined: int = 0
+    taken_over: int = 0
+    moved: dict[str, int] = field(default_factory=dict)
+    statuses: dict[str, int] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    gates: list[quality.GateResult] = field(default_factory=list)
+    failure: str | None = None
+
+    def add(self, outcome: HopOutcome) -> None:
+        self.batches += 1
+        self.claimed += outcome.claimed
+        self.quarantined += outcome.quarantined
+        self.taken_over += outcome.taken_over
+        for target, counts in ((self.moved, outcome.moved), (self.statuses, outcome.statuses)):
+            for name, value in counts.items():
+                target[name] = target.get(name, 0) + int(value)
+        for name, value in outcome.stats.items():
+            if isinstance(value, bool):
+                self.stats[name] = self.stats.get(name, False) or value
+            elif isinstance(value, int | float):
+                self.stats[name] = self.stats.get(name, 0) + value
+        if outcome.gate is not None:
+            self.gates.append(outcome.gate)
+
+
+def drain(
+    hop: Hop,
+    context: Any,
+    *,
+    database_url: str,
+    now: datetime,
+    candidates: Sequence[int] | None = None,
+    max_quarantine_rate: float | None = None,
+    dry_run: bool = False,
+    batch_size: int | None = None,
+    on_batch: Callable[[HopOutcome], None] | None = None,
+    publish: bool = True,
+) -> HopRun:
+    """Run batches of ``hop`` until nothing is waiting (or a gate fails, or a batch fails
+    after its retries); publish the ``dq-<suite>`` artifact and Data Docs."""
+    run = HopRun(hop=hop.name)
+    after = 0
+    while True:
+        state = hop_batch(
+            quote(hop),
+            quote(context),
+            database_url,
+            now,
+            after,
+            quote(candidates),
+            run.batches + 1,
+            max_quarantine_rate,
+            dry_run,
+            batch_size,
+            return_state=True,
         )
+        try:
+            outcome = state.result()
+        except quality.GateFailed as exc:
+            run.gates.append(exc.result)
+            run.failure = str(exc)
+            break
+        except Exception as exc:  # retries exhausted: say what really happened
+            run.failure = f"{hop.name} batch {run.batches + 1} failed: {type(exc).__name__}: {exc}"
+            break
+        if outcome is None:
+            break
+        run.add(outcome)
+        if on_batch is not None:
+            on_batch(outcome)
+        after = outcome.next_after
+    if run.taken_over:
+        log.warning("%s took over %d leads from a dead run's claim", hop.name, run.taken_over)
+    if publish and run.gates:
+        publish_gates(hop.suite, run.gates)
+    return run
+
+
+def run_name(prefix: str) -> Callable[[], str]:
+    """A flow run name that says what ran and for when: ``pipeline-2026-11-22T10:00``."""
+
+    def name() -> str:
+        from prefect.runtime import flow_run
+
+        now = (flow_run.parameters or {}).get("now") or datetime.now(UTC)
+        if isinstance(now, str):
+            now = datetime.fromisoformat(now)
+        return f"{prefix}-{now:%Y-%m-%dT%H:%M}"
+
+    return name
+
+
+def publish_gates(suite: str, gates: list[quality.GateResult]) -> None:
+    """The hop's gate results as a ``dq-<suite>`` table artifact, and Data Docs."""
+    from prefect.artifacts import create_table_artifact
+
+    quality.publish_docs(gates)
+    create_table_artifact(
+        key=f"dq-{suite}",
+        table=quality.artifact_rows(gates),
+        description=f"Data-quality gate results for the {suite} hop in this run",
+    )

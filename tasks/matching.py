@@ -6,13 +6,27 @@ Every match says why: ``domain``, ``alias`` or ``name~0.93`` (the similarity).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import pandas as pd
 from rapidfuzz import fuzz, process
 
-from tasks.enrich import clean_company
 from tasks.normalise import registered_domain
+
+
+def clean_company(values: pd.Series, suffixes: tuple[str, ...]) -> pd.Series:
+    """Company names reduced for matching: lower case, no punctuation, no legal suffixes."""
+    text = values.astype("str").str.lower().str.replace(".", "", regex=False)  # "S.A." -> "sa"
+    text = text.str.replace("&", " and ", regex=False).str.replace(
+        r"[^0-9a-z\u00c0-\u024f]+", " ", regex=True
+    )
+    trailing = r"(?: (?:and|" + "|".join(re.escape(s) for s in suffixes) + r"))+$"
+    # " Holdings Inc", " GmbH and Co KG": legal words at the end go, however many.
+    text = (" " + text.str.strip()).str.replace(trailing, "", regex=True)
+    text = text.str.replace(r" +", " ", regex=True).str.strip()
+    return text.where(values.notna() & (text != ""), None).astype(object)
+
 
 
 @dataclass(frozen=True)

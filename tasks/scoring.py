@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from sqlalchemy import func, select
 
+from leadflow.lifecycle import Status
 from leadflow.scoring_rules import Condition, ScoringRules
 
 DAY = np.timedelta64(1, "D")
@@ -173,9 +174,11 @@ def engagement_points(
 
 
 class Decision:
-    MQL = "mql"
-    NURTURING = "nurturing"
-    DISQUALIFIED = "disqualified"
+    """What the rules decide, named as the lifecycle statuses they lead to."""
+
+    MQL = Status.MQL.value
+    NURTURING = Status.NURTURING.value
+    DISQUALIFIED = Status.DISQUALIFIED.value
 
 
 def _first_rule(rules: tuple, frame: pd.DataFrame) -> pd.Series:
@@ -294,14 +297,16 @@ SUITE = "scored"
 def rule_source(spec: str | None) -> tuple[ScoringRules, str, str]:
     """Rules from a file path, or ``block:NAME`` (a saved rules block); default
     ``rules/scoring.yaml``. Returns (rules, version, text)."""
+    from blocks.resolve import block_name
     from leadflow import config
     from leadflow.scoring_rules import load_rules, parse_rules
     from leadflow.settings import get_settings
 
-    if spec and spec.startswith("block:"):
+    if name := block_name(spec):
+        from blocks import resolve
         from blocks.rules import ScoringRulesBlock
 
-        text = ScoringRulesBlock.load(spec[6:]).text
+        text = resolve.load(name, (ScoringRulesBlock,), "scoring rules").text
         return parse_rules(text, spec), config.content_version(text), text
     return load_rules(spec or get_settings().rules_dir / "scoring.yaml")
 

@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import DBAPIError
 
-from leadflow import lifecycle, store
+from leadflow import lifecycle, queue, store
 from leadflow import tables as t
 from leadflow.lifecycle import ALLOWED, IllegalTransition, StaleTransition, Status
 
@@ -112,11 +112,15 @@ def test_field_only_changes_write_no_event(engine):
 
 def test_claims_guard_transitions(engine):
     ids = admit(engine, 2)
-    token = store.new_claim_token("test")
-    assert store.claim_leads(engine, ["captured"], 1, token) == 1
-    assert (
-        store.claim_leads(engine, ["captured"], 5, store.new_claim_token("other")) == 1
-    )  # the other one
+
+    def lease(size: int) -> tuple[str, int]:
+        request = queue.Request("test", ("captured",), size, queue.Strategy.LEASE)
+        token, count, _ = queue.take_lease(engine, request)
+        return token, count
+
+    token, count = lease(1)
+    assert count == 1
+    assert lease(5)[1] == 1  # the other one
     with engine.connect() as conn:
         mine = (
             conn.execute(select(t.leads.c.id).where(t.leads.c.claimed_by == token)).scalars().all()
@@ -128,7 +132,7 @@ def test_claims_guard_transitions(engine):
         lifecycle.apply(
             conn, changes[changes["id"].isin(mine)], actor="test", at=NOW, claimed_by=token
         )
-        assert store.release_claims(conn, token) == 1
+        assert queue.release_in(conn, token) == 1
 
 
 def test_ledger_is_append_only_in_the_database(engine):

@@ -192,7 +192,8 @@ def test_invalid_rules_stop_before_any_lead_is_touched(database_url, tmp_path, c
 
 
 def test_rescore_scope_by_status_and_condition(database_url, scored, tmp_path):
-    from flows.score import parse_scope, rescore
+    from flows.score import rescore
+    from tasks.score_hop import parse_scope
 
     assert parse_scope("status:nurturing")[0] == ["nurturing"]
     with pytest.raises(Exception, match="unknown or unscored"):
