@@ -371,6 +371,41 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parser
 
 
+def _human_claims(data: dict[str, Any]) -> str:
+    lines = [
+        f"{c['hop']:<10} {c['held']:>8} leads  {'DEAD' if c['dead'] else 'live':<4}  "
+        f"holder {c.get('holder') or '?'}  expires {c.get('expires_at') or '-'}  {c['token']}"
+        for c in data["claims"]
+    ]
+    if not lines:
+        lines = ["no leads are claimed"]
+    if data.get("released") is not None:
+        lines.append(f"released {data['released']} leads")
+    return "\n".join(lines)
+
+
+def cmd_claims(args: argparse.Namespace) -> int:
+    """List the claims holding leads; ``--release`` frees those whose holder died."""
+    from leadflow import queue, store
+    from leadflow.settings import get_settings
+
+    engine = store.get_engine(get_settings().database_url)
+    released = None
+    if args.release:
+        with engine.begin() as conn:
+            released = queue.release_dead(conn)
+    if args.token:
+        released = (released or 0) + queue.release(engine, args.token)
+    with engine.connect() as conn:
+        frame = queue.list_claims(conn)
+    claims = [
+        {k: (None if v is None or v != v else v) for k, v in row.items()}
+        for row in frame.to_dict("records")
+    ]
+    _emit(args, {"claims": claims, "released": released}, _human_claims)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leadflow", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -465,6 +500,13 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("kind", choices=["reps", "accounts"])
     load.add_argument("path")
     load.add_argument("--json", action="store_true")
+
+    claims = add("claims", cmd_claims, "list the claims holding leads; free those of dead runs")
+    claims.add_argument(
+        "--release", action="store_true", help="free leads held by dead (expired) claims"
+    )
+    claims.add_argument("--token", help="free this claim, live or not (its run is gone)")
+    claims.add_argument("--json", action="store_true")
 
     demo = add("demo", cmd_demo, "the whole thing on sample data (what `make run` does)")
     demo.add_argument("--leads", type=int, default=5000)

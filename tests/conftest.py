@@ -26,12 +26,26 @@ PG_URL = os.environ.get("LEADFLOW_TEST_DATABASE_URL")
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-@pytest.fixture(scope="session", autouse=True)
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "unit: pure logic: no database, no Prefect server (run alone: pytest -m unit)"
+    )
+
+
+@pytest.fixture(scope="session")
 def prefect_api() -> Iterator[None]:
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=90):
         yield
+
+
+@pytest.fixture(autouse=True)
+def _prefect_unless_unit(request: pytest.FixtureRequest) -> None:
+    """A real Prefect API (started once) for every test but the pure ones: unit tests of
+    hop functions run with no server at all."""
+    if request.node.get_closest_marker("unit") is None:
+        request.getfixturevalue("prefect_api")
 
 
 def _postgres_schema_url(schema: str) -> str:
