@@ -517,6 +517,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     _quiet_prefect()
+    if argv is None:  # a real command, not a call from Python: tie its children to it
+        from leadflow.watchdog import guard_children
+
+        guard_children()
     args = build_parser().parse_args(argv)
     from leadflow.config import ConfigError
 
