@@ -35,7 +35,7 @@ def normalised_leads(count: int, seed: int):
     from leadflow.mapping import SourceMapping
     from leadflow.settings import get_settings
     from tasks import sources
-    from tasks.capture import prepare_records
+    from tasks.capture.mapping import prepare_records
 
     now = datetime(2026, 11, 1, tzinfo=UTC)
     sample = get_settings().var_dir / "bench" / f"leads-{count}-seed{seed}"

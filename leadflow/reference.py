@@ -14,7 +14,7 @@ from sqlalchemy import Connection, select, update
 
 from leadflow import store
 from leadflow import tables as t
-from tasks.normalise import country_code, host_of
+from leadflow.normalise_core import country_code, host_of
 
 
 class ReferenceError(ValueError):

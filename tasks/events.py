@@ -20,8 +20,12 @@ from sqlalchemy import Connection, Engine, select
 from leadflow import store
 from leadflow import tables as t
 from leadflow.mapping import SourceMapping
-from tasks import capture, quality
 from tasks import normalise as nz
+from tasks import quality
+from tasks.capture import mapping as fields
+from tasks.capture import write as capture
+from tasks.capture.prepare import rejected_records
+from tasks.capture.units import log_outcome, not_a_gate_failure
 from tasks.sources import PARSE_ERROR, RAW, RECORD_NO, RecordChunk
 
 SUITE = "events"
@@ -80,9 +84,9 @@ def prepare_events(
             column = mapping.external_id
         if column is None or column not in records.columns:
             return pd.Series([None] * len(records), index=index, dtype=object)
-        text, _ = capture._as_text(records[column])
-        text = capture._null_markers(text, mapping.null_markers)
-        return capture._value_map(text, mapping.values.get(name, {}))
+        text, _ = fields.as_text(records[column])
+        text = fields.null_markers(text, mapping.null_markers)
+        return fields.value_map(text, mapping.values.get(name, {}))
 
     out["email"], _ = nz.normalise_email(field("email"))
     namespace = mapping.external_id_namespace or source
@@ -98,7 +102,7 @@ def prepare_events(
     used = set(mapping.columns) | set(mapping.ignore) | {mapping.external_id}
     extra = [c for c in chunk.columns if c not in used and c in records.columns]
     out["properties"] = (
-        capture._attributes(records[extra], SourceMapping(), extra, {}) if extra else None
+        fields.attributes_json(records[extra], SourceMapping(), extra, {}) if extra else None
     )
     return out
 
@@ -205,9 +209,9 @@ def write_events_chunk(
                 "quarantined": len(quarantined),
             }
         else:
-            quarantined = capture.rejected_records(prepared, quarantined, gate)
+            quarantined = rejected_records(prepared, quarantined, gate)
             counts = {"received": received, "inserted": 0, "merged": 0, "quarantined": received}
-        capture._write_quarantine(conn, batch_id, quarantined, flow_run_id=flow_run_id)
+        capture.write_quarantine(conn, batch_id, quarantined, flow_run_id=flow_run_id)
         content, digest = capture.compress(chunk.text)
         numbers = prepared["record_no"]
         capture.keep_raw(
@@ -246,7 +250,7 @@ def write_events_chunk(
     cache_policy=NO_CACHE,
     retries=2,
     retry_delay_seconds=2,
-    retry_condition_fn=capture._not_a_gate_failure,
+    retry_condition_fn=not_a_gate_failure,
     task_run_name="events-{batch_id}-chunk-{chunk.chunk_no}",
 )
 def capture_events_chunk(
@@ -272,5 +276,5 @@ def capture_events_chunk(
         max_quarantine_rate=max_quarantine_rate,
         cursor=cursor,
     )
-    capture.log_outcome(outcome)
+    log_outcome(outcome)
     return outcome

@@ -8,7 +8,6 @@ Expensive parsers (phone numbers, countries, domains, IDNA) run once per distinc
 from __future__ import annotations
 
 import re
-import unicodedata
 import warnings
 from collections.abc import Callable
 from datetime import datetime
@@ -18,6 +17,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from leadflow.normalise_core import (
+    country_code,
+    host_of,
+)
+from leadflow.normalise_core import idna_host as _idna
 from tasks import phones
 
 MAX_FIELD_CHARS = 1000  # a longer value in a lead field is a broken record, not a name
@@ -27,7 +31,6 @@ _SPACES = re.compile(r"\s+")
 _EMAIL_LOCAL = r"[^\s@\"(),:;<>\[\]\\]+"
 _DOMAIN = r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+(?:[a-z]{2,63}|xn--[a-z0-9-]{2,59})"
 EMAIL_PATTERN = rf"^{_EMAIL_LOCAL}@{_DOMAIN}$"
-DOMAIN_PATTERN = rf"^{_DOMAIN}$"
 E164_PATTERN = r"^\+[1-9][0-9]{6,14}$"
 ISO2_PATTERN = r"^[A-Z]{2}$"
 
@@ -118,15 +121,6 @@ def _email(raw: str) -> str | None:
     return f"{local}@{domain}"
 
 
-def _idna(domain: str) -> str | None:
-    import idna
-
-    try:
-        return idna.encode(domain, uts46=True).decode("ascii")
-    except (idna.IDNAError, UnicodeError):
-        return None
-
-
 def normalise_email(values: pd.Series) -> Result:
     """Trim, lower-case, IDNA-encode the domain. Invalid addresses are flagged by the gate."""
     text = clean_text(values)
@@ -152,129 +146,7 @@ def normalise_phone(
     return out, present & out.isna()
 
 
-def _fold(value: str) -> str:
-    decomposed = unicodedata.normalize("NFKD", value)
-    plain = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
-    plain = (
-        plain.lower().replace("\u2019", "'").replace(".", "").replace(",", " ").replace("&", "and")
-    )
-    plain = _SPACES.sub(" ", plain).strip()
-    return plain[4:] if plain.startswith("the ") else plain
-
-
 # Names people write that are not in ISO 3166 (or are, under another spelling).
-COUNTRY_VARIANTS = {
-    "uk": "GB",
-    "great britain": "GB",
-    "britain": "GB",
-    "england": "GB",
-    "scotland": "GB",
-    "wales": "GB",
-    "northern ireland": "GB",
-    "united kingdom": "GB",
-    "usa": "US",
-    "us": "US",
-    "america": "US",
-    "united states": "US",
-    "united states of america": "US",
-    "estados unidos": "US",
-    "holland": "NL",
-    "netherlands": "NL",
-    "nederland": "NL",
-    "south korea": "KR",
-    "korea": "KR",
-    "republic of korea": "KR",
-    "north korea": "KP",
-    "russia": "RU",
-    "uae": "AE",
-    "emirates": "AE",
-    "czech republic": "CZ",
-    "czechia": "CZ",
-    "turkey": "TR",
-    "turkiye": "TR",
-    "vietnam": "VN",
-    "iran": "IR",
-    "syria": "SY",
-    "laos": "LA",
-    "bolivia": "BO",
-    "venezuela": "VE",
-    "tanzania": "TZ",
-    "moldova": "MD",
-    "macedonia": "MK",
-    "ivory coast": "CI",
-    "cote d'ivoire": "CI",
-    "deutschland": "DE",
-    "germany": "DE",
-    "espana": "ES",
-    "brasil": "BR",
-    "mexico": "MX",
-    "schweiz": "CH",
-    "suisse": "CH",
-    "svizzera": "CH",
-    "osterreich": "AT",
-    "italia": "IT",
-    "sverige": "SE",
-    "norge": "NO",
-    "danmark": "DK",
-    "suomi": "FI",
-    "polska": "PL",
-    "nippon": "JP",
-    "hong kong": "HK",
-    "taiwan": "TW",
-    "palestine": "PS",
-    "cape verde": "CV",
-    "swaziland": "SZ",
-    "burma": "MM",
-    "east timor": "TL",
-    "vatican": "VA",
-    "bahamas": "BS",
-    "gambia": "GM",
-    "prc": "CN",
-    "china": "CN",
-    "mainland china": "CN",
-    "republic of ireland": "IE",
-    "eire": "IE",
-    "belgique": "BE",
-    "belgie": "BE",
-    "france": "FR",
-    "india": "IN",
-    "bharat": "IN",
-}
-
-
-@lru_cache(maxsize=1)
-def _country_index() -> dict[str, str]:
-    import pycountry
-
-    index: dict[str, str] = {}
-    for country in pycountry.countries:
-        code = country.alpha_2
-        for name in (
-            country.alpha_2,
-            country.alpha_3,
-            country.name,
-            getattr(country, "official_name", None),
-            getattr(country, "common_name", None),
-        ):
-            if name:
-                index[_fold(name)] = code
-    for name, code in COUNTRY_VARIANTS.items():
-        index[_fold(name)] = code
-    return index
-
-
-def country_code(raw: str) -> str | None:
-    """ISO-3166 alpha-2 for a code, a name or a common variant; None if unknown."""
-    index = _country_index()
-    folded = _fold(raw)
-    if folded in index:
-        return index[folded]
-    # "Germany (DE)", "DE - Germany": try the parts.
-    for part in re.split(r"[()/\-|]", folded):
-        part = part.strip()
-        if part in index:
-            return index[part]
-    return None
 
 
 def normalise_country(values: pd.Series) -> Result:
@@ -289,19 +161,6 @@ def _tld_extract():
 
     # Offline: the suffix list bundled with the package, never fetched.
     return tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
-
-
-def host_of(raw: str) -> str | None:
-    """The host name of a URL or bare domain, lower-case, without ``www.``; None if not one."""
-    value = raw.strip().lower()
-    value = re.sub(r"^[a-z][a-z0-9+.-]*://", "", value)
-    value = value.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
-    value = value.rsplit("@", 1)[-1].split(":", 1)[0].strip(".")
-    if value.startswith("www."):
-        value = value[4:]
-    if not value.isascii():
-        value = _idna(value) or ""
-    return value if re.fullmatch(DOMAIN_PATTERN, value) else None
 
 
 @lru_cache(maxsize=1 << 18)

@@ -1,0 +1,72 @@
+"""Capture hop: records as received -> mapped, normalised, gated, de-duplicated leads.
+
+Read in this order, one concern per module:
+
+- ``mapping``: a chunk's records mapped to candidate lead rows (``prepare_records``, pure);
+- ``identity``: which lead each record belongs to and the merged values (``plan_merge``, pure);
+- ``prepare``: a chunk prepared without the database, optionally in worker processes;
+- ``write``: one chunk written in one transaction; batches, raw bytes, quarantine, cursors;
+- ``units``: the ``@task`` units; ``run``: a capture run's batches, composed by the flow.
+
+A *batch* is one received input (a file or an API page); it is read in bounded *chunks*,
+each gated and written in one transaction. Accounting, for every chunk and so for every
+batch: received = inserted + merged + quarantined. A record that creates a lead is
+*inserted*; a record that lands on a lead that already exists (in the store or earlier in
+the chunk) is *merged*; a record the gate refuses is *quarantined*.
+"""
+
+from tasks.capture.identity import MERGED_FIELDS, STORED_FIELDS, MergePlan, plan_merge
+from tasks.capture.mapping import prepare_records
+from tasks.capture.prepare import (
+    HOP,
+    PreparedChunk,
+    prepare_chunk,
+    prepared_chunks,
+    rejected_records,
+)
+from tasks.capture.units import capture_chunk, log_outcome
+from tasks.capture.write import (
+    ACTOR,
+    ChunkOutcome,
+    close_batch,
+    close_chunk,
+    compress,
+    find_existing,
+    keep_raw,
+    load_cursor,
+    open_batch,
+    resolve_against_store,
+    save_cursor,
+    write_capture_chunk,
+    write_quarantine,
+    write_raw,
+)
+
+__all__ = [
+    "ACTOR",
+    "HOP",
+    "MERGED_FIELDS",
+    "STORED_FIELDS",
+    "ChunkOutcome",
+    "MergePlan",
+    "PreparedChunk",
+    "capture_chunk",
+    "close_batch",
+    "close_chunk",
+    "compress",
+    "find_existing",
+    "keep_raw",
+    "load_cursor",
+    "log_outcome",
+    "open_batch",
+    "plan_merge",
+    "prepare_chunk",
+    "prepare_records",
+    "prepared_chunks",
+    "rejected_records",
+    "resolve_against_store",
+    "save_cursor",
+    "write_capture_chunk",
+    "write_quarantine",
+    "write_raw",
+]

@@ -1,0 +1,254 @@
+"""A capture run: its inputs checked, each received input opened as a batch, its chunks
+written by the capture (or events) task, the batch closed, and the run's summary.
+
+The capture flow composes these; everything here that touches the store or a DataFrame
+runs inside a task or a function the tasks share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from leadflow import store
+from leadflow.mapping import SourceMapping
+from tasks import events as events_tasks
+from tasks import quality, sources
+from tasks.capture import prepare, units, write
+from tasks.sources import RecordChunk
+
+
+@dataclass
+class InputInfo:
+    uri: str
+    content_hash: str
+    size: int
+    header: list[str] | None
+    mapping: SourceMapping
+
+
+@task(name="inspect-input", cache_policy=NO_CACHE, task_run_name="inspect-{uri}")
+def inspect_input(uri: str, mapping: SourceMapping) -> InputInfo:
+    """Hash the input and check its header against the mapping (nothing is written)."""
+    digest, size = sources.content_hash(uri)
+    kind = sources._format_of(uri, mapping.format)
+    if kind == "csv":
+        header = sources.read_header(uri, encoding=mapping.encoding, delimiter=mapping.delimiter)
+    else:
+        header = sources.peek_columns(uri, encoding=mapping.encoding)
+    if header:
+        mapping = mapping.resolve(header)
+        sources.check_columns(uri, header, mapping.required_columns())
+    return InputInfo(uri=uri, content_hash=digest, size=size, header=header, mapping=mapping)
+
+
+@task(name="api-token", cache_policy=NO_CACHE)
+def api_token(block_name: str | None) -> str | None:
+    """The API's bearer token from its Secret block (None when the API needs none)."""
+    if not block_name:
+        return None
+    from prefect.blocks.system import Secret
+
+    return Secret.load(block_name).get()
+
+
+@task(name="load-cursor", cache_policy=NO_CACHE)
+def source_cursor(database_url: str, source: str) -> str | None:
+    """Where the source's API left off last time (None the first time)."""
+    with store.get_engine(database_url).connect() as conn:
+        return write.load_cursor(conn, source)
+
+
+def empty_summary() -> dict[str, Any]:
+    return {
+        "received": 0,
+        "inserted": 0,
+        "merged": 0,
+        "quarantined": 0,
+        "batch_ids": [],
+        "duplicates": [],
+        "rejected_chunks": [],
+        "blanked": {},
+    }
+
+
+@dataclass
+class CaptureRun:
+    """What every batch of one capture run shares, and its running summary."""
+
+    database_url: str
+    source: str
+    now: datetime
+    max_quarantine_rate: float | None
+    version: str
+    flow_run_id: str | None
+    summary: dict[str, Any] = field(default_factory=empty_summary)
+    gates: list[quality.GateResult] = field(default_factory=list)
+    accepted: bool = True
+
+    def open(self, **batch: Any) -> int | None:
+        """Record a received input; None when identical content was already captured."""
+        batch_id, earlier = write.open_batch(
+            store.get_engine(self.database_url),
+            source=self.source,
+            mapping_version=self.version,
+            flow_run_id=self.flow_run_id,
+            **batch,
+        )
+        self.summary["batch_ids"].append(batch_id)
+        if earlier:
+            self.summary["duplicates"].append(batch_id)
+            return None
+        return batch_id
+
+    def write(
+        self,
+        batch_id: int,
+        chunks: Iterable[RecordChunk],
+        mapping: SourceMapping,
+        *,
+        workers: int = 0,
+        cursor: tuple[str, str] | None = None,
+    ) -> bool:
+        """Write one batch's chunks (leads or events, as the mapping's target says) and
+        close the batch; True when every chunk was accepted."""
+        if mapping.target == "events":
+            states = (
+                (
+                    chunk.chunk_no,
+                    events_tasks.capture_events_chunk(
+                        self.database_url,
+                        batch_id,
+                        chunk,
+                        mapping,
+                        self.source,
+                        self.now,
+                        self.max_quarantine_rate,
+                        cursor,
+                        return_state=True,
+                    ),
+                )
+                for chunk in chunks
+            )
+        else:
+            prepared = prepare.prepared_chunks(
+                chunks,
+                mapping,
+                self.source,
+                self.now,
+                batch_id=batch_id,
+                max_quarantine_rate=self.max_quarantine_rate,
+                workers=workers,
+            )
+            states = (
+                (
+                    chunk.chunk_no,
+                    units.capture_chunk(
+                        self.database_url, chunk, mapping, self.now, cursor, return_state=True
+                    ),
+                )
+                for chunk in prepared
+            )
+        accepted = True
+        for chunk_no, state in states:
+            try:
+                outcome = state.result()
+            except quality.GateFailed as failure:
+                accepted = False
+                self.gates.append(failure.result)
+                self.summary["rejected_chunks"].append(f"{batch_id}/{chunk_no}")
+                self.summary["received"] += failure.result.evaluated
+                self.summary["quarantined"] += failure.result.evaluated
+                continue
+            self._add(outcome)
+            self.gates.append(outcome.gate)
+        write.close_batch(
+            store.get_engine(self.database_url),
+            batch_id,
+            status="complete" if accepted else "failed",
+        )
+        self.accepted &= accepted
+        return accepted
+
+    def _add(self, outcome: write.ChunkOutcome) -> None:
+        for name, value in outcome.counts().items():
+            self.summary[name] += value
+        for name, count in outcome.blanked.items():
+            self.summary["blanked"][name] = self.summary["blanked"].get(name, 0) + count
+
+    def capture_api(self, url: str, mapping: SourceMapping) -> None:
+        """Every page the API has past the source's cursor, one batch per page."""
+        assert mapping.api is not None
+        token = api_token(mapping.api.token_block)
+        since = source_cursor(self.database_url, self.source)
+        for page in sources.fetch_pages(url, mapping.api, token=token, since=since):
+            if not page.records:
+                continue  # nothing new since the cursor: not a delivery
+            batch_id = self.open(
+                target=mapping.target,
+                kind="api",
+                uri=page.uri,
+                content_hash=page.content_hash,
+                size=len(page.body),
+                header=None,
+            )
+            if batch_id is None:
+                continue
+            chunk = sources.page_chunk(page)
+            value = sources.cursor_from(chunk.records, mapping.api.cursor_field)
+            self.write(batch_id, [chunk], mapping, cursor=(self.source, value) if value else None)
+
+    def capture_file(
+        self, info: InputInfo, mapping: SourceMapping, *, chunk_size: int, workers: int
+    ) -> None:
+        """One checked input file (or object) as one batch, read in chunks."""
+        is_csv = sources._format_of(info.uri, mapping.format) == "csv"
+        batch_id = self.open(
+            target=mapping.target,
+            kind="file",
+            uri=info.uri,
+            content_hash=info.content_hash,
+            size=info.size,
+            header=info.header if is_csv else None,
+        )
+        if batch_id is None:
+            return
+        chunks = sources.read_chunks(
+            info.uri,
+            file_format=info.mapping.format,
+            encoding=info.mapping.encoding,
+            delimiter=info.mapping.delimiter,
+            chunk_size=chunk_size,
+        )
+        self.write(batch_id, chunks, info.mapping, workers=workers)
+
+    def describe(self) -> str:
+        s = self.summary
+        return (
+            f"received {s['received']}, inserted {s['inserted']}, merged "
+            f"{s['merged']}, quarantined {s['quarantined']}"
+        )
+
+    def rejection(self) -> str:
+        return (
+            f"gate 'captured' rejected chunk(s) {', '.join(self.summary['rejected_chunks'])}; "
+            "their records are quarantined"
+        )
+
+
+def publish_gates(gates: list[quality.GateResult], hop: str) -> None:
+    """Data Docs for this run's validations and one table artifact with every chunk's gate."""
+    if not gates:
+        return
+    quality.publish_docs(gates)
+    create_table_artifact(
+        key=f"dq-{hop}",
+        table=quality.artifact_rows(gates),
+        description=f"Data-quality gate results for the {hop} hop in this run",
+    )
