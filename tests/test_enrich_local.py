@@ -6,6 +6,8 @@ import pytest
 from tasks import enrich, firmographics, matching
 from tasks.firmographics import parse_company
 
+pytestmark = pytest.mark.unit  # no database, no Prefect server
+
 FIELDS = {
     "industry": "industry",
     "employees": "employees",

@@ -10,6 +10,8 @@ from leadflow.config import ConfigError
 from leadflow.scoring_rules import parse_rules
 from tasks import scoring
 
+pytestmark = pytest.mark.unit  # no database, no Prefect server
+
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 
 RULES = """
