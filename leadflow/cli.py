@@ -114,6 +114,17 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         mapping, _ = load_mapping(args.mapping)
     except ConfigError as exc:
         return _fail(str(exc))
+    if args.target and args.target != mapping.target:
+        mapping = mapping.model_copy(update={"target": args.target})
+    if mapping.api is None:
+        from tasks.capture.run import check_inputs
+        from tasks.sources import InputError
+
+        # A typo'd column or a missing file is one clear line, before a flow starts.
+        try:
+            check_inputs(args.path, mapping)
+        except InputError as exc:
+            return _fail(str(exc))
     from flows.capture import capture
 
     return _run_flow(

@@ -123,6 +123,10 @@ class SourceMapping(_Strict):
     external_id: str | None = None  # source column holding a CRM/form id
     external_id_namespace: str | None = None  # defaults to the source name
     required: tuple[str, ...] | None = None  # source columns that must be present
+    # Source columns the mapping names that a file may lack (their fields stay empty);
+    # any other named column missing from a file's header is an error before anything is
+    # written, so a typo is never a silently empty field.
+    optional: tuple[str, ...] = ()
     null_markers: tuple[str, ...] = DEFAULT_NULL_MARKERS
     values: dict[str, dict[str, str]] = Field(default_factory=dict)  # field -> {raw: value}
     ignore: tuple[str, ...] = ()
@@ -185,6 +189,32 @@ class SourceMapping(_Strict):
         if self.outcome and self.outcome.column in self.columns:
             raise ValueError(f"outcome column {self.outcome.column!r} is also in columns")
         return self
+
+    @model_validator(mode="after")
+    def _optional_names_a_column(self) -> SourceMapping:
+        named = set(self.named_columns())
+        unknown = [c for c in self.optional if c not in named]
+        if unknown:
+            raise ValueError(
+                f"optional column(s) {unknown} are not named in columns, external_id or outcome"
+            )
+        required = set(self.required or ())
+        both = sorted(required & set(self.optional))
+        if both:
+            raise ValueError(f"column(s) {both} are both required and optional")
+        return self
+
+    def named_columns(self) -> tuple[str, ...]:
+        """Every source column this mapping refers to by name."""
+        names = [*self.columns, *(c for c in (self.external_id,) if c)]
+        if self.outcome is not None:
+            names.append(self.outcome.column)
+        names += [c for c in self.required or () if c not in names]
+        return tuple(dict.fromkeys(names))
+
+    def expected_columns(self) -> tuple[str, ...]:
+        """Columns a file must have: every named column not marked ``optional``."""
+        return tuple(c for c in self.named_columns() if c not in self.optional)
 
     def column_for(self, field: str) -> str | None:
         for column, target in self.columns.items():

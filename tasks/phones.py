@@ -186,7 +186,8 @@ def _lean_e164(digits: str, plus: bool, region_code: str | None) -> object:
     if not 2 <= len(national) <= 17:
         return None
     main = _main_region(country_code)
-    if main is None or _test_length(national, main) not in (POSSIBLE, LOCAL_ONLY):
+    # A number only dialable locally (US 555-0199) has no E.164 form: it is invalid.
+    if main is None or _test_length(national, main) != POSSIBLE:
         return None
     return f"+{country_code}{national}"
 
@@ -196,8 +197,9 @@ def _slow_e164(raw: str, region_code: str | None) -> str | None:
         number = phonenumbers.parse(raw, region_code)
     except phonenumbers.NumberParseException:
         return None
-    if not phonenumbers.is_possible_number(number):
-        return None
+    reason = phonenumbers.is_possible_number_with_reason(number)
+    if reason != phonenumbers.ValidationResult.IS_POSSIBLE:
+        return None  # local-only numbers included: they have no E.164 form
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 

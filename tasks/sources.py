@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import difflib
 import hashlib
 import io
 import itertools
@@ -213,13 +214,58 @@ def _clean_header(uri: str, header: list[str]) -> list[str]:
     return names
 
 
+_LOOKS_PERSONAL = re.compile(r"@|(?:\d[\s().+-]*){6,}")
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e\u00a0-\ud7ff\ue000-\ufffc]")
+
+
+def safe_name(name: str, limit: int = 40) -> str:
+    """A header name fit for a message or a log line: quoted, control characters and
+    undecodable bytes escaped, long names cut, and anything that looks like an email or a
+    phone number (a data row read as a header) masked."""
+    if _LOOKS_PERSONAL.search(name):
+        return "'<data value>'"
+    shown = _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()) & 0xFF:02x}", name)
+    if len(shown) > limit:
+        shown = shown[: limit - 1] + "…"
+    return repr(shown)
+
+
 def check_columns(uri: str, columns: list[str], required: tuple[str, ...]) -> None:
+    """Raise ``MissingColumnsError`` naming each missing column, the header names closest
+    to it, and how to mark it optional; header names are shown safely (``safe_name``)."""
     missing = [c for c in required if c not in columns]
-    if missing:
-        raise MissingColumnsError(
-            f"{uri}: required column(s) {', '.join(repr(c) for c in missing)} missing; "
-            f"the header has: {', '.join(columns) or '(nothing)'}"
+    if not missing:
+        return
+    looks_headerless = any(_LOOKS_PERSONAL.search(c) for c in columns)
+    hints = []
+    folded = {c.lower(): c for c in columns}
+    for name in missing:
+        close = difflib.get_close_matches(name, columns, n=3, cutoff=0.5)
+        # Same name in another case, or one name abbreviating the other ("Org").
+        close += [
+            c
+            for low, c in folded.items()
+            if c not in close and len(low) >= 3 and (low in name.lower() or name.lower() in low)
+        ]
+        if close and not looks_headerless:
+            hints.append(f"{safe_name(name)} -> {' or '.join(safe_name(c) for c in close)}")
+    header = ", ".join(safe_name(c) for c in columns[:30]) or "(nothing)"
+    raise MissingColumnsError(
+        f"{_safe_uri(uri)}: required column(s) {', '.join(safe_name(c) for c in missing)} "
+        "missing"
+        + (f"; closest header names: {'; '.join(hints)}" if hints else "")
+        # A data row read as a header is personal data: say what it looks like, not what it is.
+        + (
+            "; its first line looks like data, not a header row (add one, or fix the delimiter)"
+            if looks_headerless
+            else f"; the header has: {header}"
         )
+        + ". Fix the mapping, or list the column under `optional:` if files may lack it."
+    )
+
+
+def _safe_uri(uri: str) -> str:
+    return _UNPRINTABLE.sub("?", uri)
 
 
 def read_csv_chunks(

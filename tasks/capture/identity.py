@@ -222,7 +222,8 @@ def _merge_groups(
         for key, now_value, old_value in zip(
             known.index, known["attributes"], previous["attributes"], strict=True
         ):
-            if _as_dict(now_value) != _as_dict(old_value):
+            # Null keys carry nothing (merging drops them), so they are not a change.
+            if _without_nulls(now_value) != _without_nulls(old_value):
                 changed.setdefault(key, []).append("attributes")
     merged["changed"] = [changed.get(key) for key in merged["key"].tolist()]
     return merged
@@ -234,6 +235,11 @@ def _as_dict(value: Any) -> dict[str, Any] | None:
     if isinstance(value, str):
         return json.loads(value)
     return None
+
+
+def _without_nulls(value: Any) -> dict[str, Any]:
+    """Attributes as a dict with null-valued keys dropped ({} for none)."""
+    return {k: v for k, v in (_as_dict(value) or {}).items() if v is not None}
 
 
 def _merge_attributes(combined: pd.DataFrame) -> pd.Series:

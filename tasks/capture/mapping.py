@@ -84,7 +84,8 @@ def _split_name(full: pd.Series) -> tuple[pd.Series, pd.Series]:
 
 
 def _short(value: Any) -> Any:
-    text = str(value)
+    """A raw value for an ``_invalid`` note: text as is, anything else as JSON, cut if long."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
     return text if len(text) <= 200 else f"<{len(text)} characters>"
 
 

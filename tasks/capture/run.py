@@ -33,10 +33,13 @@ class InputInfo:
     mapping: SourceMapping
 
 
-@task(name="inspect-input", cache_policy=NO_CACHE, task_run_name="inspect-{uri}")
-def inspect_input(uri: str, mapping: SourceMapping) -> InputInfo:
-    """Hash the input and check its header against the mapping (nothing is written)."""
-    digest, size = sources.content_hash(uri)
+def check_header(uri: str, mapping: SourceMapping) -> tuple[list[str] | None, SourceMapping]:
+    """The input's header (CSV) or keys (JSON Lines), and the mapping resolved against it.
+
+    Raises ``sources.MissingColumnsError`` when a column the mapping names (and does not
+    mark optional) is not there, naming it and the closest header names. Reads only the
+    start of the input and writes nothing, so the CLI runs it before starting a flow.
+    """
     kind = sources._format_of(uri, mapping.format)
     if kind == "csv":
         header = sources.read_header(uri, encoding=mapping.encoding, delimiter=mapping.delimiter)
@@ -44,7 +47,24 @@ def inspect_input(uri: str, mapping: SourceMapping) -> InputInfo:
         header = sources.peek_columns(uri, encoding=mapping.encoding)
     if header:
         mapping = mapping.resolve(header)
-        sources.check_columns(uri, header, mapping.required_columns())
+        expected = dict.fromkeys([*mapping.required_columns(), *mapping.expected_columns()])
+        sources.check_columns(uri, header, tuple(expected))
+    return header or None, mapping
+
+
+def check_inputs(path: str, mapping: SourceMapping) -> list[str]:
+    """Every input under ``path``, each checked by ``check_header`` (nothing is written)."""
+    uris = sources.list_inputs(path)
+    for uri in uris:
+        check_header(uri, mapping)
+    return uris
+
+
+@task(name="inspect-input", cache_policy=NO_CACHE, task_run_name="inspect-{uri}")
+def inspect_input(uri: str, mapping: SourceMapping) -> InputInfo:
+    """Hash the input and check its header against the mapping (nothing is written)."""
+    header, mapping = check_header(uri, mapping)
+    digest, size = sources.content_hash(uri)
     return InputInfo(uri=uri, content_hash=digest, size=size, header=header, mapping=mapping)
 
 
