@@ -218,16 +218,16 @@ _LOOKS_PERSONAL = re.compile(r"@|(?:\d[\s().+-]*){6,}")
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e\u00a0-\ud7ff\ue000-\ufffc]")
 
 
-def safe_name(name: str, limit: int = 40) -> str:
+def safe_name(name: str, limit: int = 40, *, quote: bool = True) -> str:
     """A header name fit for a message or a log line: quoted, control characters and
     undecodable bytes escaped, long names cut, and anything that looks like an email or a
     phone number (a data row read as a header) masked."""
     if _LOOKS_PERSONAL.search(name):
-        return "'<data value>'"
+        return "'<data value>'" if quote else "<data value>"
     shown = _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()) & 0xFF:02x}", name)
     if len(shown) > limit:
         shown = shown[: limit - 1] + "…"
-    return repr(shown)
+    return repr(shown) if quote else shown
 
 
 def check_columns(uri: str, columns: list[str], required: tuple[str, ...]) -> None:
@@ -249,7 +249,7 @@ def check_columns(uri: str, columns: list[str], required: tuple[str, ...]) -> No
         ]
         if close and not looks_headerless:
             hints.append(f"{safe_name(name)} -> {' or '.join(safe_name(c) for c in close)}")
-    header = ", ".join(safe_name(c) for c in columns[:30]) or "(nothing)"
+    header = ", ".join(safe_name(c, quote=False) for c in columns[:30]) or "(nothing)"
     raise MissingColumnsError(
         f"{_safe_uri(uri)}: required column(s) {', '.join(safe_name(c) for c in missing)} "
         "missing"

@@ -301,7 +301,7 @@ def test_jsonl_wrong_types_and_folder_of_files(database_url, tmp_path):
         j1.phone == "+14155550100" and j1.first_name == "Jay" and j1.attributes == {"score_hint": 7}
     )
     j3 = leads.loc["j3@x.com"]
-    assert pd.isna(j3.first_name) and j3.attributes["_invalid"] == {"first_name": "{'nested': 1}"}
+    assert pd.isna(j3.first_name) and j3.attributes["_invalid"] == {"first_name": '{"nested": 1}'}
     assert str(j3.created_at) == "2024-01-05 10:00:00+00:00"
     reasons = sorted(map(tuple, table(database_url, "quarantine").reasons))
     assert reasons == [

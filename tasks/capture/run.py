@@ -112,20 +112,31 @@ class CaptureRun:
     gates: list[quality.GateResult] = field(default_factory=list)
     accepted: bool = True
 
-    def open(self, **batch: Any) -> int | None:
+    def open(self, **batch: Any) -> write.OpenedBatch | None:
         """Record a received input; None when identical content was already captured."""
-        batch_id, earlier = write.open_batch(
+        opened = write.open_batch(
             store.get_engine(self.database_url),
             source=self.source,
             mapping_version=self.version,
             flow_run_id=self.flow_run_id,
             **batch,
         )
-        self.summary["batch_ids"].append(batch_id)
-        if earlier:
-            self.summary["duplicates"].append(batch_id)
+        self.summary["batch_ids"].append(opened.batch_id)
+        if opened.earlier:
+            self.summary["duplicates"].append(opened.batch_id)
             return None
-        return batch_id
+        if opened.resumed:
+            self.summary.setdefault("resumed", []).append(opened.batch_id)
+        return opened
+
+    def lock(self, target: str, content_hash: str) -> Any:
+        """The input's lock, held from opening its batch to closing it."""
+        return write.content_lock(
+            store.get_engine(self.database_url),
+            source=self.source,
+            target=target,
+            content_hash=content_hash,
+        )
 
     def write(
         self,
@@ -135,9 +146,11 @@ class CaptureRun:
         *,
         workers: int = 0,
         cursor: tuple[str, str] | None = None,
+        rejected_before: bool = False,
     ) -> bool:
         """Write one batch's chunks (leads or events, as the mapping's target says) and
-        close the batch; True when every chunk was accepted."""
+        close the batch; True when every chunk was accepted (``rejected_before``: a chunk
+        an interrupted run committed was rejected)."""
         if mapping.target == "events":
             states = (
                 (
@@ -175,7 +188,7 @@ class CaptureRun:
                 )
                 for chunk in prepared
             )
-        accepted = True
+        accepted = not rejected_before
         for chunk_no, state in states:
             try:
                 outcome = state.result()
@@ -210,43 +223,57 @@ class CaptureRun:
         for page in sources.fetch_pages(url, mapping.api, token=token, since=since):
             if not page.records:
                 continue  # nothing new since the cursor: not a delivery
-            batch_id = self.open(
-                target=mapping.target,
-                kind="api",
-                uri=page.uri,
-                content_hash=page.content_hash,
-                size=len(page.body),
-                header=None,
-            )
-            if batch_id is None:
-                continue
-            chunk = sources.page_chunk(page)
-            value = sources.cursor_from(chunk.records, mapping.api.cursor_field)
-            self.write(batch_id, [chunk], mapping, cursor=(self.source, value) if value else None)
+            with self.lock(mapping.target, page.content_hash):
+                opened = self.open(
+                    target=mapping.target,
+                    kind="api",
+                    uri=page.uri,
+                    content_hash=page.content_hash,
+                    size=len(page.body),
+                    header=None,
+                )
+                if opened is None:
+                    continue
+                chunk = sources.page_chunk(page)
+                value = sources.cursor_from(chunk.records, mapping.api.cursor_field)
+                self.write(
+                    opened.batch_id,
+                    write.skip_committed([chunk], opened.committed),
+                    mapping,
+                    cursor=(self.source, value) if value else None,
+                    rejected_before=opened.rejected_before,
+                )
 
     def capture_file(
         self, info: InputInfo, mapping: SourceMapping, *, chunk_size: int, workers: int
     ) -> None:
         """One checked input file (or object) as one batch, read in chunks."""
         is_csv = sources._format_of(info.uri, mapping.format) == "csv"
-        batch_id = self.open(
-            target=mapping.target,
-            kind="file",
-            uri=info.uri,
-            content_hash=info.content_hash,
-            size=info.size,
-            header=info.header if is_csv else None,
-        )
-        if batch_id is None:
-            return
-        chunks = sources.read_chunks(
-            info.uri,
-            file_format=info.mapping.format,
-            encoding=info.mapping.encoding,
-            delimiter=info.mapping.delimiter,
-            chunk_size=chunk_size,
-        )
-        self.write(batch_id, chunks, info.mapping, workers=workers)
+        with self.lock(mapping.target, info.content_hash):
+            opened = self.open(
+                target=mapping.target,
+                kind="file",
+                uri=info.uri,
+                content_hash=info.content_hash,
+                size=info.size,
+                header=info.header if is_csv else None,
+            )
+            if opened is None:
+                return
+            chunks = sources.read_chunks(
+                info.uri,
+                file_format=info.mapping.format,
+                encoding=info.mapping.encoding,
+                delimiter=info.mapping.delimiter,
+                chunk_size=chunk_size,
+            )
+            self.write(
+                opened.batch_id,
+                write.skip_committed(chunks, opened.committed),
+                info.mapping,
+                workers=workers,
+                rejected_before=opened.rejected_before,
+            )
 
     def describe(self) -> str:
         s = self.summary

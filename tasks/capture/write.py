@@ -5,27 +5,46 @@ batches are opened and closed here, and an identical input is recognised by its 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import logging
 import zlib
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import ARRAY, Connection, Engine, Text, any_, bindparam, or_, select, union, update
+from sqlalchemy import (
+    ARRAY,
+    Connection,
+    Engine,
+    Text,
+    any_,
+    bindparam,
+    or_,
+    select,
+    text,
+    union,
+    update,
+)
 
 from leadflow import lifecycle, store
 from leadflow import tables as t
 from leadflow.mapping import MergePolicy, SourceMapping
 from tasks import quality
 from tasks.capture.identity import STORED_FIELDS, MergePlan, plan_merge
+from tasks.sources import InputError, RecordChunk
 
 if TYPE_CHECKING:
     from tasks.capture.prepare import PreparedChunk
 
 ACTOR = "capture"
+log = logging.getLogger(__name__)
 
 
 def find_existing(
@@ -380,6 +399,61 @@ def find_complete_batch(
     ).scalar()
 
 
+@dataclass
+class OpenedBatch:
+    """A received input, recorded: a new batch, a duplicate of a complete one, or a batch
+    an earlier (dead) run left ``running``, taken over to be finished."""
+
+    batch_id: int
+    earlier: int | None = None  # the complete batch with the same content, if any
+    # Chunks a dead run already committed: chunk number -> SHA-256 of its text.
+    committed: dict[int, str] = field(default_factory=dict)
+    resumed: bool = False
+    rejected_before: bool = False  # a committed chunk was rejected by the gate
+
+
+@contextmanager
+def content_lock(engine: Engine, *, source: str, target: str, content_hash: str) -> Iterator[None]:
+    """Hold, while one batch is written, a lock that one process at a time can have for a
+    given input (source, target, content). A second ingest of the same input waits here;
+    the lock dies with its holder (SIGKILL included), so whoever gets it next knows that a
+    batch still ``running`` for that input is dead, and can finish it."""
+    key = f"capture:{source}:{target}:{content_hash}"
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            lock = text("SELECT pg_try_advisory_lock(hashtextextended(:key, 0))")
+            if not conn.execute(lock, {"key": key}).scalar():
+                log.info("waiting for another ingest of the same input to finish")
+                conn.execute(
+                    text("SELECT pg_advisory_lock(hashtextextended(:key, 0))"), {"key": key}
+                )
+            try:
+                yield
+            finally:
+                conn.execute(
+                    text("SELECT pg_advisory_unlock(hashtextextended(:key, 0))"), {"key": key}
+                )
+        return
+    database = engine.url.database
+    if not database or database == ":memory:":
+        yield  # one process owns an in-memory database
+        return
+    # One small lock file per hash bucket beside the database; flock dies with the process.
+    folder = Path(f"{database}.capture-locks")
+    folder.mkdir(parents=True, exist_ok=True)
+    bucket = hashlib.sha256(key.encode()).hexdigest()[:2]
+    with open(folder / f"{bucket}.lock", "a+b") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another ingest of the same input to finish")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def open_batch(
     engine: Engine,
     *,
@@ -392,13 +466,55 @@ def open_batch(
     header: list[str] | None,
     mapping_version: str,
     flow_run_id: str | None,
-) -> tuple[int, int | None]:
-    """Record a received input. Returns (batch id, id of an earlier identical batch or None)."""
+) -> OpenedBatch:
+    """Record a received input (call it holding ``content_lock`` for that input).
+
+    Identical content already captured: a ``duplicate`` batch, nothing to do. A batch for
+    that content still ``running``: its run died (it held the lock), so it is taken over
+    and its committed chunks are returned, to be skipped. Otherwise a new ``running`` batch.
+    """
+    b = t.capture_batches
     with engine.begin() as conn:
         store.serialize_writers(conn, "capture")
         earlier = find_complete_batch(conn, source=source, target=target, content_hash=content_hash)
+        dead = None
+        if earlier is None:
+            dead = conn.execute(
+                select(b.c.id)
+                .where(
+                    b.c.source == source,
+                    b.c.target == target,
+                    b.c.content_hash == content_hash,
+                    b.c.status == "running",
+                )
+                .order_by(b.c.id.desc())
+                .limit(1)
+            ).scalar()
+        if dead is not None:
+            conn.execute(
+                update(b)
+                .where(b.c.id == dead)
+                .values(
+                    flow_run_id=flow_run_id,
+                    message=f"resumed at {store.utcnow():%Y-%m-%d %H:%M:%S} UTC after its run died",
+                )
+            )
+            raw = t.raw_captures
+            committed = {
+                int(no): digest
+                for no, digest in conn.execute(
+                    select(raw.c.chunk_no, raw.c.content_hash).where(raw.c.batch_id == dead)
+                )
+            }
+            c = t.capture_chunks
+            rejected = conn.execute(
+                select(c.c.id).where(c.c.batch_id == dead, c.c.status == "rejected").limit(1)
+            ).scalar()
+            return OpenedBatch(
+                dead, committed=committed, resumed=True, rejected_before=rejected is not None
+            )
         batch_id = conn.execute(
-            t.capture_batches.insert()
+            b.insert()
             .values(
                 source=source,
                 target=target,
@@ -414,9 +530,26 @@ def open_batch(
                 started_at=store.utcnow(),
                 finished_at=store.utcnow() if earlier else None,
             )
-            .returning(t.capture_batches.c.id)
+            .returning(b.c.id)
         ).scalar_one()
-    return batch_id, earlier
+    return OpenedBatch(batch_id, earlier=earlier)
+
+
+def skip_committed(
+    chunks: Iterable[RecordChunk], committed: dict[int, str]
+) -> Iterator[RecordChunk]:
+    """The chunks a resumed batch still needs: those a dead run committed are skipped, after
+    checking they are the same bytes (same input, same chunk size)."""
+    for chunk in chunks:
+        digest = committed.get(chunk.chunk_no)
+        if digest is None:
+            yield chunk
+            continue
+        if compress(chunk.text)[1] != digest:
+            raise InputError(
+                f"chunk {chunk.chunk_no} differs from the one the interrupted run committed: "
+                "rerun with the chunk size it used (LEADFLOW_BATCH_SIZE)"
+            )
 
 
 def close_batch(
