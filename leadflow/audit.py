@@ -138,7 +138,15 @@ def run_audit(conn: Connection, *, max_listed: int = 20) -> AuditReport:
                 f"{row.merged} + quarantined {row.quarantined}"
             )
         if row.status == "running":
-            continue  # still being written (or died mid-way): its chunks are checked below
+            # Still being written, or died mid-way (a rerun resumes it): its committed
+            # records must still be counted once each.
+            total, distinct = record_counts.get(batch, (0, 0))
+            if total != distinct:
+                problem(
+                    f"batch {batch}: {total - distinct} record(s) counted more than once "
+                    f"({total} entries for {distinct} records)"
+                )
+            continue
         sums = chunk_sums.get(batch)
         for name in ("received", "inserted", "merged", "quarantined"):
             chunk_total = int(getattr(sums, name) or 0) if sums is not None else 0
@@ -177,6 +185,20 @@ def run_audit(conn: Connection, *, max_listed: int = 20) -> AuditReport:
                 problem(
                     f"batch {batch}: {row.merged} merged but {merges.get(batch, 0)} merge events"
                 )
+
+    # One input's records belong to one batch: a second running or complete batch of the
+    # same content counts them again (the run that died mid-file and the rerun, say).
+    twice = conn.execute(
+        select(b.c.source, b.c.target, func.min(b.c.id), func.max(b.c.id), func.count())
+        .where(b.c.status.in_(("running", "complete")), b.c.received > 0)
+        .group_by(b.c.source, b.c.target, b.c.content_hash)
+        .having(func.count() > 1)
+    ).all()
+    for source, target, first, last, count in twice:
+        problem(
+            f"batches {first}..{last} ({count} of them, source {source!r}, {target}) hold the "
+            "same input: its records are counted more than once"
+        )
 
     leads = t.leads
     report.leads = conn.execute(select(func.count()).select_from(leads)).scalar_one()

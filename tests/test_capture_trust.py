@@ -277,3 +277,34 @@ def test_two_ingests_of_the_same_file_at_once_store_it_once(database_url, tmp_pa
         k: v for k, v in expected.items() if k != "batches"
     }
     assert_ledger_ok(database_url)
+
+
+def test_the_audit_catches_an_input_counted_by_two_batches(database_url, tmp_path):
+    """What a rerun after a crash used to do: a second batch of the same content."""
+    from sqlalchemy import insert, select, update
+
+    from leadflow import audit, store
+    from leadflow import tables as t
+
+    path = write(tmp_path / "a.csv", HEADER + "a@x.com,A,,,,,,,,\nbad@@x,B,,,,,,,,\n")
+    state, _ = ingest(path, max_quarantine_rate=0.9)
+    assert state.is_completed()
+    engine = store.get_engine(database_url)
+    b = t.capture_batches
+    with engine.begin() as conn:
+        first = conn.execute(select(b)).mappings().one()
+        copy = {k: v for k, v in first.items() if k != "id"} | {"status": "running"}
+        second = conn.execute(insert(b).values(copy).returning(b.c.id)).scalar_one()
+        conn.execute(update(b).where(b.c.id == second).values(received=1, quarantined=1))
+        quarantined = conn.execute(select(t.quarantine)).mappings().one()
+        row = {k: v for k, v in quarantined.items() if k != "id"}
+        conn.execute(insert(t.quarantine).values(row | {"batch_id": second}))
+        # ...and a record counted twice inside one running batch.
+        conn.execute(insert(t.quarantine).values(row | {"batch_id": second}))
+        conn.execute(update(b).where(b.c.id == second).values(received=2, quarantined=2))
+    with engine.connect() as conn:
+        report = audit.run_audit(conn)
+    assert not report.ok
+    text = "\n".join(report.problems)
+    assert "hold the same input" in text
+    assert f"batch {second}: 1 record(s) counted more than once" in text
