@@ -36,7 +36,9 @@ def score(
     database_url = database_url or get_settings().database_url
     now = now or datetime.now(UTC)
     rule_set, version, text = hop.load_rules(rules)
-    context = hop.ScoreContext(rule_set, version, text, mode="new")
+    # Events up to here count as seen by this run's scores; newer ones wait for the next run.
+    watermark = hop.event_watermark(database_url)
+    context = hop.ScoreContext(rule_set, version, text, mode="new", watermark=watermark)
     options: dict[str, Any] = dict(
         database_url=database_url,
         now=now,
@@ -45,8 +47,8 @@ def score(
     )
     runs = {"new": hops.drain(hop.SCORE_NEW, context, **options)}
     if not runs["new"].failure:
-        watermark, candidates = hop.engaged_candidates(database_url)
-        engaged = replace(context, mode="engaged", watermark=watermark)
+        candidates = hop.engaged_candidates(database_url, watermark)
+        engaged = replace(context, mode="engaged")
         runs["engaged"] = hops.drain(hop.SCORE_ENGAGED, engaged, candidates=candidates, **options)
     summary = hop.summarise(version, runs)
     summary["seconds"] = round(time.monotonic() - started, 3)

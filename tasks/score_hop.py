@@ -155,14 +155,20 @@ def load_rules(spec: str | None) -> tuple[ScoringRules, str, str]:
     return scoring.rule_source(spec)
 
 
+@task(name="event-watermark", cache_policy=NO_CACHE)
+def event_watermark(database_url: str) -> int:
+    """The newest engagement event id now: a score records it as seen; later ones are new."""
+    with store.get_engine(database_url).connect() as conn:
+        return scoring.event_watermark(conn)
+
+
 @task(name="engaged-candidates", cache_policy=NO_CACHE)
-def engaged_candidates(database_url: str) -> tuple[int, list[int]]:
-    """The newest engagement event id, and the nurturing/MQL leads with engagement newer than
-    their score (in id order)."""
+def engaged_candidates(database_url: str, watermark: int) -> list[int]:
+    """Nurturing and MQL leads with engagement newer than their score, up to ``watermark``,
+    in id order."""
     leads, events = t.leads, t.engagement_events
     movable = sorted(lifecycle.MOVABLE_BY_SCORE)
     with store.get_engine(database_url).connect() as conn:
-        watermark = scoring.event_watermark(conn)
         bound = conn.execute(
             select(func.coalesce(func.min(func.coalesce(leads.c.scored_event_id, 0)), 0)).where(
                 leads.c.status.in_(movable)
@@ -180,7 +186,7 @@ def engaged_candidates(database_url: str) -> tuple[int, list[int]]:
             )
             .order_by(leads.c.id)
         )
-        return watermark, list(conn.execute(query).scalars())
+        return list(conn.execute(query).scalars())
 
 
 def parse_scope(scope: str) -> tuple[list[str], Condition | None]:

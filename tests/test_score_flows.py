@@ -207,3 +207,27 @@ def test_rescore_scope_by_status_and_condition(database_url, scored, tmp_path):
     ).result()
     assert diff["leads"] == 1  # the manager at gmail (the student is disqualified, out of scope)
     assert json.dumps(diff)  # the diff is plain data
+
+
+def test_leads_scored_for_the_first_time_have_seen_the_events_before_them(
+    database_url, tmp_path
+):
+    """A new lead's first score counts its engagement so far: the engaged pass of the same
+    run must not score it again (each lead scored once, one history row each)."""
+    rules = write(tmp_path / "rules.yaml", RULES)
+    ingest(write(tmp_path / "leads.csv", LEADS), now=NOW)
+    events = write(
+        tmp_path / "events.csv",
+        "email,event_type,occurred_at,url\n"
+        "vp@beta.io,page_view,2026-10-30T10:00:00Z,/pricing\n"
+        "mgr@gmail.com,page_view,2026-10-30T11:00:00Z,/pricing\n",
+    )
+    state, _ = ingest(events, target="events", now=NOW)
+    assert state.is_completed(), state.message
+    from flows.enrich import enrich
+    from flows.score import score
+
+    assert enrich(now=NOW, return_state=True).is_completed()
+    summary = score(now=NOW, rules=str(rules), return_state=True).result()
+    assert (summary["scored"], summary["rescored_engaged"]) == (4, 0)
+    assert len(table(database_url, "lead_scores")) == 4
