@@ -363,6 +363,8 @@ class RoutingRules(_Strict):
             )
         if self.fallback.owner not in rep_ids:
             problems.append(f"fallback.owner: unknown rep {self.fallback.owner!r}")
+        elif not self.rep(self.fallback.owner).active:
+            problems.append(f"fallback.owner: rep {self.fallback.owner!r} is inactive")
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -52,6 +52,21 @@ reps = Table(
     Column("active", Boolean, nullable=False, server_default=text("true")),
     Column("timezone", Text),
     Column("created_at", UTC, nullable=False),
+    # Routing (migration 0004): the rep as rules/routing.yaml describes them. `code` is the
+    # file's rep id (people write "ava-ng"); foreign keys keep the numeric id.
+    Column("code", Text),
+    Column("manager", Text),
+    Column("pools", JSONDoc),
+    Column("territories", JSONDoc),
+    Column("industries", JSONDoc),
+    Column("segments", JSONDoc),
+    Column("weight", Float, nullable=False, server_default=text("1")),
+    Column("max_open", Integer),
+    Column("max_new_per_day", Integer),
+    Column("working_hours", JSONDoc),
+    Column("out_of_office", JSONDoc),
+    Column("country", Text),  # public holidays (ISO country, or US-XX / CA-XX)
+    Index("uq_reps_code", "code", unique=True),
 )
 
 accounts = Table(
@@ -364,4 +379,66 @@ claims = Table(
     Column("claimed_at", UTC, nullable=False),
     Column("renewed_at", UTC, nullable=False),
     Column("expires_at", UTC, nullable=False),
+)
+
+routing_state = Table(
+    # The weighted round robin's memory (migration 0004): per pool and rep code, leads served
+    # (in lead units, lifted when a rep comes back) and whether the rep was available at the
+    # pool's last turn. Shared by concurrent runs, kept across restarts.
+    "routing_state",
+    metadata,
+    Column("pool", Text, primary_key=True),
+    Column("rep", Text, primary_key=True),
+    Column("served", Float, nullable=False),
+    Column("available", Boolean, nullable=False),
+    Column("updated_at", UTC, nullable=False),
+)
+
+assignments = Table(
+    # Every routing decision (migration 0004): who, by which step/rule/pool and rules version,
+    # why in words, and the candidates considered with why each was skipped.
+    "assignments",
+    metadata,
+    _id(),
+    Column("lead_id", ID, nullable=False),
+    Column("rep_id", ID, ForeignKey("reps.id")),
+    Column("rep_code", Text, nullable=False),
+    Column("step", Text, nullable=False),  # account_owner | rule | pool_fallback | fallback
+    Column("pool", Text),
+    Column("rule", Text),
+    Column("version", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("candidates", JSON),  # {rep code: "assigned" | why skipped}; written in bulk
+    Column("assigned_at", UTC, nullable=False),
+    Column("flow_run_id", Text),
+    Column("released_at", UTC),  # the lead left this owner (recycled, reassigned)
+    Column("released_reason", Text),
+    Index("ix_assignments_lead_id", "lead_id"),
+    Index("ix_assignments_rep_assigned", "rep_code", "assigned_at"),  # "new today" per rep
+)
+
+outbox = Table(
+    # Everything that leaves leadflow (migration 0004), written in the transaction of the
+    # decision that caused it; sent by tasks/notify.py. See leadflow/outbox.py.
+    "outbox",
+    metadata,
+    _id(),
+    Column("idempotency_key", Text, nullable=False),
+    Column("kind", Text, nullable=False),  # owner_notification | sla_escalation | nurture_touch | webhook
+    Column("channel", Text, nullable=False),  # email | webhook
+    Column("lead_id", ID),
+    Column("recipient", Text, nullable=False),
+    Column("subject", Text),
+    Column("body", Text),
+    Column("payload", JSON),
+    Column("attachments", JSON),  # [{filename, content_type, content}] (ICS invitations)
+    Column("status", Text, nullable=False),  # pending | sending | sent | failed | dead
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("last_error", Text),
+    Column("next_attempt_at", UTC, nullable=False),  # due time; while sending: lease expiry
+    Column("created_at", UTC, nullable=False),
+    Column("sent_at", UTC),
+    Column("flow_run_id", Text),
+    UniqueConstraint("idempotency_key", name="uq_outbox_idempotency_key"),
+    Index("ix_outbox_status_due", "status", "next_attempt_at"),
 )

@@ -434,3 +434,15 @@ def route_leads(
         },
     }
     return RoutingResult(assignments, state, stats)
+
+
+def gate_frame(result: RoutingResult, rules: RoutingRules) -> pd.DataFrame:
+    """What ``suites/routed.yaml`` reads: the routed leads (waiting ones excluded) with
+    ``owner_active`` and ``rule_and_pool_named`` beside the assignment columns."""
+    routed = result.assignments[result.assignments["step"] != "waiting"].copy()
+    active = {rep.id: rep.active for rep in rules.reps}
+    routed["owner_active"] = routed["owner"].map(active).fillna(False).astype(bool)
+    ruled = (routed["step"] == "rule").to_numpy()
+    named = (routed["rule"].notna() & routed["pool"].notna()).to_numpy()
+    routed["rule_and_pool_named"] = ~ruled | named
+    return routed

@@ -13,6 +13,7 @@ import pytest
 
 from leadflow.config import ConfigError
 from leadflow.routing_rules import load_reps_csv, load_rules, parse_rules, with_reps
+from tasks import routing
 from tasks.routing import empty_state, route_leads
 
 pytestmark = pytest.mark.unit
@@ -282,3 +283,19 @@ def test_100k_leads_route_fast() -> None:
     elapsed = time.perf_counter() - started
     assert len(result.assignments) == n
     assert elapsed < 6, elapsed  # ≈ 1.5 s measured on 2 shared cores
+
+
+def test_routed_suite_passes_good_assignments_and_quarantines_ownerless() -> None:
+    from tasks import quality
+
+    rules = parse_rules(rules_text({"a": 1, "b": 1}), "r.yaml")
+    result = route_leads(leads(20), rules, empty_state(), NOW, version="v1")
+    frame = routing.gate_frame(result, rules)
+    assert len(quality.split_rows("routed", frame).quarantined) == 0
+    broken = frame.copy()
+    broken.loc[broken.index[0], "owner"] = None
+    broken.loc[broken.index[1], "rule_and_pool_named"] = False
+    split = quality.split_rows("routed", broken)
+    assert sorted(split.quarantined["id"]) == [0, 1]
+    reasons = split.quarantined.set_index("id")["reasons"]
+    assert reasons[0] == ["owner_present"] and reasons[1] == ["rule_and_pool_named"]
