@@ -96,6 +96,10 @@ def _human_ingest(data: dict[str, Any]) -> str:
     ]
     if data.get("duplicates"):
         lines.append(f"already ingested (no-op): batch(es) {data['duplicates']}")
+    if data.get("resumed"):
+        lines.append(f"resumed interrupted batch(es) {data['resumed']} after their last chunk")
+    for warning in data.get("warnings", []):
+        print(f"leadflow: warning: {warning}", file=sys.stderr)
     if data.get("rejected_chunks"):
         lines.append(f"REJECTED by the gate: chunk(s) {data['rejected_chunks']}")
     if data.get("blanked"):
@@ -175,6 +179,9 @@ def _human_run(data: dict[str, Any]) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     from flows.pipeline import pipeline
 
+    if problem := _provider_problem(args.provider):
+        return _fail(problem)
+
     return _run_flow(args, pipeline, _human_run, now=args.now, provider=args.provider)
 
 
@@ -192,8 +199,21 @@ def _human_enrich(data: dict[str, Any]) -> str:
     )
 
 
+def _provider_problem(spec: str | None) -> str | None:
+    """A ``--provider`` that cannot work, in one line (checked before a flow starts)."""
+    if not spec or spec == "none" or spec.startswith("block:"):
+        return None
+    if spec.startswith("file:"):
+        path = Path(spec[5:])
+        return None if path.is_file() else f"--provider {spec}: no such file {path}"
+    return f"--provider {spec!r}: unknown provider; use none, file:PATH or block:NAME"
+
+
 def cmd_enrich(args: argparse.Namespace) -> int:
     from flows.enrich import enrich
+
+    if problem := _provider_problem(args.provider):
+        return _fail(problem)
 
     return _run_flow(args, enrich, _human_enrich, now=args.now, provider=args.provider)
 
@@ -202,8 +222,11 @@ def _run_flow(
     args: argparse.Namespace,
     flow_fn: Callable[..., Any],
     human: Callable[[dict[str, Any]], str],
+    refused_code: int | None = None,
     **kwargs: Any,
 ) -> int:
+    """Run a flow; print its summary. ``refused_code``: the exit code, with the state's
+    message as the one line printed, when the flow ends Failed on purpose (with data)."""
     from leadflow import store
 
     store.upgrade()
@@ -211,6 +234,8 @@ def _run_flow(
     data, code, message = _state_outcome(state)
     if "error" in data:
         return _fail(message or f"{getattr(flow_fn, 'name', 'flow')} failed", code)
+    if refused_code is not None and code == EXIT_FAILED:
+        return _fail(message or f"{getattr(flow_fn, 'name', 'flow')} failed", refused_code)
     _emit(args, data, human)
     if message:
         print(f"leadflow: {message}", file=sys.stderr)
@@ -288,7 +313,14 @@ def cmd_learn(args: argparse.Namespace) -> int:
     from flows.backtest import learn
 
     return _run_flow(
-        args, learn, _human_learn, out=args.out, exclude=args.exclude, now=args.now, seed=args.seed
+        args,
+        learn,
+        _human_learn,
+        refused_code=EXIT_BAD_INPUT,  # too few leads to learn from: the input, not a gate
+        out=args.out,
+        exclude=args.exclude,
+        now=args.now,
+        seed=args.seed,
     )
 
 
@@ -419,6 +451,7 @@ def cmd_claims(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leadflow", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(
@@ -534,11 +567,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         guard_children()
     args = build_parser().parse_args(argv)
     from leadflow.config import ConfigError
+    from tasks.sources import InputError
 
     try:
         return args.handler(args)
-    except ConfigError as exc:
+    except BrokenPipeError:
+        # `leadflow ... | head`: the reader left; nothing more to say, and nothing to flush.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except (ConfigError, InputError) as exc:
+        if args.debug:
+            raise
         return _fail(str(exc))
+    except Exception as exc:
+        if args.debug:
+            raise
+        return _fail(
+            f"{type(exc).__name__}: {exc} (run with --debug for the traceback)", EXIT_FAILED
+        )
 
 
 if __name__ == "__main__":

@@ -117,6 +117,24 @@ def content_hash(uri: str) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+def undecodable_at(uri: str, encoding: str) -> int | None:
+    """Byte offset of the first byte that is not valid ``encoding`` (None if all are)."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    offset = 0
+    with fsspec.open(uri, "rb", compression="infer") as handle:
+        while block := handle.read(1 << 20):
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as exc:
+                return offset + exc.start
+            offset += len(block)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return offset
+    return None
+
+
 def _printable(raw: str) -> str:
     """Raw text that can be stored: undecodable bytes as \\xNN, NUL as \\x00."""
     if _SURROGATES.search(raw):

@@ -308,3 +308,118 @@ def test_the_audit_catches_an_input_counted_by_two_batches(database_url, tmp_pat
     text = "\n".join(report.problems)
     assert "hold the same input" in text
     assert f"batch {second}: 1 record(s) counted more than once" in text
+
+
+# --------------------------------------------------------------------------- 5. personal data
+
+EMAILS = ["ann.secret@example.com", "bob.hidden@example.org", "carol.private@example.net"]
+PHONES = ["+1 415 555 0123", "+44 20 7946 0958", "+49 30 901820"]
+
+
+def bad_files(tmp_path) -> list:
+    """Files that go wrong in different ways, all of them full of personal data."""
+    rows = "".join(
+        f"{email},Name {i},{phone}\n"
+        for i, (email, phone) in enumerate(zip(EMAILS, PHONES, strict=True))
+    )
+    garbage = bytes(range(256)) + "\n".join(EMAILS + PHONES).encode() + b"\x00\x1b[31m\x07"
+    return [
+        write(tmp_path / "headerless.csv", rows),
+        write(tmp_path / "garbage.csv", garbage),
+        write(tmp_path / "semicolons.csv", "email;name;phone\n" + rows.replace(",", ";")),
+        write(tmp_path / "bad_rows.csv", "email,name,phone\n" + rows.replace("@", "@@")),
+        write(
+            tmp_path / "latin.csv", ("email,name,phone\n" + rows).encode() + b"x@y.com,Jos\xe9,1\n"
+        ),
+        write(
+            tmp_path / "json.jsonl",
+            "\n".join(
+                f'{{"mail": "{e}", "tel": "{p}"}}' for e, p in zip(EMAILS, PHONES, strict=True)
+            ),
+        ),
+    ]
+
+
+def personal_data_in(text: str) -> list[str]:
+    digits = "".join(ch for ch in text if ch.isdigit())
+    found = [e for e in EMAILS if e in text or e.split("@")[0] in text]
+    found += [p for p in PHONES if p in text or "".join(c for c in p if c.isdigit()) in digits]
+    return found
+
+
+def test_no_email_or_phone_reaches_the_logs_or_the_terminal(sqlite_url, tmp_path, capsys, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO)
+    codes = {}
+    for path in bad_files(tmp_path):
+        codes[path.name] = run_cli(capsys, "ingest", str(path), "--source", "t")
+        code, out, err = codes[path.name]
+        assert code in (1, 2), (path.name, code, err)
+        assert personal_data_in(out + err) == [], (path.name, out + err)
+        assert not any(ch in err for ch in "\x00\x07\x1b"), (path.name, err)
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.INFO)
+    assert personal_data_in(logged) == []
+    assert codes["headerless.csv"][0] == 2 and "looks like data" in codes["headerless.csv"][2]
+    assert codes["latin.csv"][0] == 1 and "not valid utf-8" in codes["latin.csv"][2]
+
+
+def test_a_headerless_file_in_a_real_process_prints_no_personal_data(sqlite_url, tmp_path):
+    path = bad_files(tmp_path)[0]
+    process = cli_process(sqlite_url, path)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert personal_data_in(out + err) == [] and len(err.strip().splitlines()) == 1, err
+
+
+# --------------------------------------------------------------------------- 6. exit codes
+
+
+def test_an_empty_file_and_a_header_only_file_are_the_same_empty_delivery(
+    sqlite_url, tmp_path, capsys
+):
+    empty = write(tmp_path / "empty.csv", "")
+    header_only = write(tmp_path / "header.csv", HEADER)
+    results = [
+        run_cli(capsys, "ingest", str(p), "--source", "t", "--json") for p in (empty, header_only)
+    ]
+    assert [code for code, _, _ in results] == [0, 0]
+    counts = [
+        {k: json.loads(out)[k] for k in ("received", "inserted", "merged", "quarantined")}
+        for _, out, _ in results
+    ]
+    assert counts[0] == counts[1] == {"received": 0, "inserted": 0, "merged": 0, "quarantined": 0}
+    assert batches(sqlite_url).status.tolist() == ["complete", "complete"]
+
+
+def test_user_errors_are_exit_2_in_one_line(sqlite_url, tmp_path, capsys):
+    cases = [
+        ("enrich", "--provider", str(tmp_path / "missing.csv").join(["file:", ""])),
+        ("enrich", "--provider", "bogus"),
+        ("run", "--provider", "bogus"),
+        ("ingest", str(tmp_path / "nowhere.csv"), "--source", "t"),
+        ("learn", "--out", str(tmp_path / "rules.yaml")),  # no leads with outcomes at all
+    ]
+    for argv in cases:
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 2, (argv, code, err)
+        assert err.startswith("leadflow: ") and err.count("\n") == 1, (argv, err)
+        assert "Traceback" not in err
+
+
+def test_output_into_a_closed_pipe_is_not_an_error(sqlite_url):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LEADFLOW_DATABASE_URL": sqlite_url}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "leadflow.cli", "audit"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    process.stdout.close()  # like `| head` that has read what it wanted
+    err = process.stderr.read().decode()
+    process.wait(timeout=60)
+    assert "BrokenPipeError" not in err and process.returncode == 0, err

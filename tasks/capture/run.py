@@ -31,6 +31,7 @@ class InputInfo:
     size: int
     header: list[str] | None
     mapping: SourceMapping
+    encoding_problem: str | None = None  # the bytes are not all in the mapping's encoding
 
 
 def check_header(uri: str, mapping: SourceMapping) -> tuple[list[str] | None, SourceMapping]:
@@ -65,7 +66,21 @@ def inspect_input(uri: str, mapping: SourceMapping) -> InputInfo:
     """Hash the input and check its header against the mapping (nothing is written)."""
     header, mapping = check_header(uri, mapping)
     digest, size = sources.content_hash(uri)
-    return InputInfo(uri=uri, content_hash=digest, size=size, header=header, mapping=mapping)
+    problem = None
+    if (offset := sources.undecodable_at(uri, mapping.encoding)) is not None:
+        problem = (
+            f"{sources.safe_name(uri.rsplit('/', 1)[-1], 80, quote=False)}: byte {offset} is not "
+            f"valid {mapping.encoding} (the mapping's encoding); records with such bytes are "
+            "quarantined: set `encoding:` in the mapping (e.g. cp1252) and ingest again"
+        )
+    return InputInfo(
+        uri=uri,
+        content_hash=digest,
+        size=size,
+        header=header,
+        mapping=mapping,
+        encoding_problem=problem,
+    )
 
 
 @task(name="api-token", cache_policy=NO_CACHE)
@@ -249,6 +264,8 @@ class CaptureRun:
     ) -> None:
         """One checked input file (or object) as one batch, read in chunks."""
         is_csv = sources._format_of(info.uri, mapping.format) == "csv"
+        if info.encoding_problem:
+            self.summary.setdefault("warnings", []).append(info.encoding_problem)
         with self.lock(mapping.target, info.content_hash):
             opened = self.open(
                 target=mapping.target,
@@ -267,6 +284,8 @@ class CaptureRun:
                 delimiter=info.mapping.delimiter,
                 chunk_size=chunk_size,
             )
+            # A header-only file is an empty delivery, like a 0-byte one: no chunk to gate.
+            chunks = (chunk for chunk in chunks if len(chunk.records))
             self.write(
                 opened.batch_id,
                 write.skip_committed(chunks, opened.committed),
@@ -283,10 +302,44 @@ class CaptureRun:
         )
 
     def rejection(self) -> str:
+        """Why the gate rejected chunks: rates against the limit, the top reasons, and the
+        option that changes the limit."""
+        rejected = [g for g in self.gates if not g.success]
         return (
             f"gate 'captured' rejected chunk(s) {', '.join(self.summary['rejected_chunks'])}; "
-            "their records are quarantined"
+            "their records are quarantined. "
+            + "; ".join(describe_rejection(g) for g in rejected[:3])
+            + ". Records: leadflow quarantine list --batch "
+            + ",".join(str(b) for b in dict.fromkeys(self.summary["batch_ids"]))
         )
+
+
+def describe_rejection(gate: quality.GateResult) -> str:
+    """One rejected chunk in a sentence: quarantine rate and limit, top three reasons with
+    counts, other failed batch checks, and the option that changes the limit."""
+    rows = sorted(
+        (c for c in gate.checks if c["level"] == "row" and c.get("unexpected")),
+        key=lambda c: -c["unexpected"],
+    )
+    reasons = ", ".join(f"{c['name']} {c['unexpected']}" for c in rows[:3]) or "none"
+    limit_check = next(
+        (c for c in gate.checks if c["name"] == "quarantine_rate_within_limit"), None
+    )
+    others = [
+        c["name"]
+        for c in gate.checks
+        if c["level"] == "batch" and not c["success"] and c is not limit_check
+    ]
+    text = f"{gate.batch_ref}: {gate.quarantined} of {gate.evaluated} records failed row checks"
+    if limit_check is not None:
+        text += (
+            f" ({gate.quarantine_rate:.1%}, limit {limit_check['limit']:.1%}: "
+            "change it with --max-quarantine-rate or LEADFLOW_MAX_QUARANTINE_RATE)"
+        )
+    text += f"; top reasons: {reasons}"
+    if others:
+        text += f"; failed batch checks: {', '.join(others)}"
+    return text
 
 
 def publish_gates(gates: list[quality.GateResult], hop: str) -> None:
