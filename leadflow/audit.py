@@ -81,7 +81,8 @@ def run_audit(conn: Connection, *, max_listed: int = 20) -> AuditReport:
         select(e.c.batch_id, e.c.record_no).where(
             e.c.batch_id.is_not(None), e.c.record_no.is_not(None)
         ),
-        select(q.c.batch_id, q.c.record_no).where(q.c.hop == "capture"),
+        # A released record is counted by the ledger event it caused, not by its old row.
+        select(q.c.batch_id, q.c.record_no).where(q.c.hop == "capture", q.c.released_at.is_(None)),
         select(ev.c.batch_id, ev.c.record_no).where(ev.c.batch_id.is_not(None)),
     ).subquery()
     stored_events = _count_by_batch(
@@ -114,7 +115,10 @@ def run_audit(conn: Connection, *, max_listed: int = 20) -> AuditReport:
         )
     }
     quarantine_rows = _count_by_batch(
-        conn, select(q.c.batch_id, func.count()).where(q.c.hop == "capture").group_by(q.c.batch_id)
+        conn,
+        select(q.c.batch_id, func.count())
+        .where(q.c.hop == "capture", q.c.released_at.is_(None))
+        .group_by(q.c.batch_id),
     )
     admitted = _count_by_batch(
         conn,

@@ -449,6 +449,72 @@ def cmd_claims(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _human_quarantine(data: dict[str, Any]) -> str:
+    if "released" in data:
+        lines = [
+            f"released {data['released']} of {data['selected']} held record(s): inserted "
+            f"{data['inserted']}, merged {data['merged']}; still held {data['still_held']}"
+        ]
+        return "\n".join(lines + [f"refused by the gate: {r}" for r in data["refused"]])
+    if "exported" in data:
+        return f"wrote {data['exported']} record(s) as received to {data['out']}"
+    reasons = ", ".join(f"{k} {v}" for k, v in data["by_reason"].items()) or "none"
+    lines = [f"{data['held']} record(s) held; by reason: {reasons}"]
+    for r in data["records"]:
+        where = (
+            f"batch {r['batch_id']} record {r['record_no']}"
+            if r["batch_id"]
+            else f"lead {r['lead_id']}"
+        )
+        lines.append(f"  #{r['id']} {r['hop']} {where}: {'; '.join(r['reasons'])}")
+        lines.append(f"      {r['record']}")
+    if data["held"] > len(data["records"]):
+        lines.append(
+            f"  ... {data['held'] - len(data['records'])} more (narrow with --batch/--reason)"
+        )
+    return "\n".join(lines)
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    """List, export or release quarantined records."""
+    from leadflow import quarantine, store
+
+    store.upgrade()
+    engine = store.get_engine()
+    selection = quarantine.Selection(
+        ids=tuple(getattr(args, "ids", None) or ()),
+        batch_id=args.batch,
+        hop=getattr(args, "hop", None),
+        reason=getattr(args, "reason", None),
+    )
+    if args.action == "list":
+        with engine.connect() as conn:
+            data = quarantine.listing(conn, selection)
+    elif args.action == "export":
+        with engine.connect() as conn:
+            data = {
+                "exported": quarantine.export(conn, args.batch, Path(args.out)),
+                "out": args.out,
+            }
+    else:
+        if not (selection.ids or selection.batch_id is not None or selection.reason):
+            return _fail("say which records to release: IDs, --batch N or --reason R")
+        from leadflow.mapping import load_mapping
+        from tasks.capture.release import release_capture
+
+        mapping, version = load_mapping(args.mapping) if args.mapping else (None, "default")
+        data = release_capture(
+            engine,
+            selection,
+            now=datetime.now(UTC),
+            mapping=mapping,
+            mapping_version=version,
+            max_quarantine_rate=args.max_quarantine_rate,
+        )
+    _emit(args, data, _human_quarantine)
+    return EXIT_FAILED if data.get("refused") else EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leadflow", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
@@ -551,6 +617,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     claims.add_argument("--token", help="free this claim, live or not (its run is gone)")
     claims.add_argument("--json", action="store_true")
+
+    held = add("quarantine", cmd_quarantine, "list, export or release quarantined records")
+    actions = held.add_subparsers(dest="action", required=True)
+    listed = actions.add_parser(
+        "list", help="held records (emails, phones masked), counts by reason"
+    )
+    listed.add_argument("--batch", type=int)
+    listed.add_argument("--hop", help="capture, enriched, scored, ...")
+    listed.add_argument("--reason", help="an expectation name, e.g. email_is_valid")
+    listed.add_argument("--json", action="store_true")
+    release = actions.add_parser("release", help="feed held capture records through the hop again")
+    release.add_argument("ids", nargs="*", type=int, help="quarantine ids (from `list`)")
+    release.add_argument("--batch", type=int)
+    release.add_argument("--reason")
+    release.add_argument("--mapping", help="the (fixed) mapping to read them with")
+    release.add_argument("--max-quarantine-rate", type=float)
+    release.add_argument("--json", action="store_true")
+    exported = actions.add_parser("export", help="a batch's held records as received, to fix")
+    exported.add_argument("--batch", type=int, required=True)
+    exported.add_argument("--out", required=True)
+    exported.add_argument("--json", action="store_true")
 
     demo = add("demo", cmd_demo, "the whole thing on sample data (what `make run` does)")
     demo.add_argument("--leads", type=int, default=5000)

@@ -152,7 +152,7 @@ def write_capture_chunk(
         if gate.success:
             existing = find_existing(conn, chunk.local.leads)
             plan = resolve_against_store(chunk, existing, mapping.merge)
-            counts = _write_accepted(conn, chunk, plan, now=now, **where)
+            counts = write_accepted(conn, chunk, plan, now=now, **where)
         else:
             write_quarantine(conn, batch_id, chunk.quarantined, flow_run_id=flow_run_id)
             counts = {
@@ -220,7 +220,7 @@ def close_chunk(
     return chunk_id
 
 
-def _write_accepted(
+def write_accepted(
     conn: Connection,
     chunk: PreparedChunk,
     plan: MergePlan,

@@ -1,0 +1,127 @@
+"""The quarantine, worked by people: list held records (personal data masked), export them
+as received, and mark records released once a hop has taken them after a fix.
+
+Only the store side lives here; feeding released records through a hop again is the hop's
+(``tasks/capture/release.py`` for capture). A released row stays in the table, with
+``released_at`` and ``released_by``, so the ledger keeps the whole story; the audit counts
+only rows still held.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Select, select, update
+
+from leadflow import tables as t
+
+_EMAIL = re.compile(r"([^\s,;:\"'<>()\[\]]+)@([^\s,;:\"'<>()\[\]@]+)")
+_PHONE = re.compile(r"\+?\d(?:[\s().-]*\d){6,}")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def mask(text: str | None) -> str | None:
+    """A record fit to show a person: emails as ``a…@domain``, phone-like digit runs as
+    ``…12`` (last two digits), control characters as ``?``."""
+    if text is None:
+        return None
+    text = _EMAIL.sub(lambda m: f"{m.group(1)[:1]}…@{m.group(2)}", text)
+    text = _PHONE.sub(lambda m: "…" + re.sub(r"\D", "", m.group())[-2:], text)
+    return _CONTROL.sub("?", text)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which held records a command works on (all given parts must match)."""
+
+    ids: tuple[int, ...] = ()
+    batch_id: int | None = None
+    hop: str | None = None
+    reason: str | None = None  # an expectation name, as listed by ``quarantine list``
+
+    def statement(self) -> Select:
+        q = t.quarantine
+        statement = select(q).where(q.c.released_at.is_(None)).order_by(q.c.id)
+        if self.ids:
+            statement = statement.where(q.c.id.in_(self.ids))
+        if self.batch_id is not None:
+            statement = statement.where(q.c.batch_id == self.batch_id)
+        if self.hop is not None:
+            statement = statement.where(q.c.hop == self.hop)
+        return statement
+
+
+def reason_names(reasons: Any) -> list[str]:
+    """The expectation names in a row's reasons (``"chunk_rejected: x"`` -> ``chunk_rejected``)."""
+    out = []
+    for reason in reasons or []:
+        text = reason if isinstance(reason, str) else str(reason)
+        out.append(text.split(":", 1)[0].strip())
+    return out
+
+
+def held(conn: Connection, selection: Selection) -> list[dict[str, Any]]:
+    """Held (not released) quarantine rows matching ``selection``, unmasked, oldest first."""
+    rows = [dict(r) for r in conn.execute(selection.statement()).mappings()]
+    if selection.reason:
+        rows = [r for r in rows if selection.reason in reason_names(r["reasons"])]
+    return rows
+
+
+def listing(conn: Connection, selection: Selection, *, limit: int = 200) -> dict[str, Any]:
+    """What ``leadflow quarantine list`` shows: counts by reason over every matching row,
+    and the first ``limit`` rows with emails and phones masked."""
+    rows = held(conn, selection)
+    by_reason = Counter(name for r in rows for name in reason_names(r["reasons"]))
+    shown = [
+        {
+            "id": int(r["id"]),
+            "hop": r["hop"],
+            "batch_id": r["batch_id"],
+            "lead_id": r["lead_id"],
+            "record_no": r["record_no"],
+            "reasons": [mask(str(x)) for x in r["reasons"] or []],
+            "record": mask(r["record"]),
+            "held_since": r["created_at"],
+        }
+        for r in rows[:limit]
+    ]
+    return {"held": len(rows), "by_reason": dict(by_reason.most_common()), "records": shown}
+
+
+def export(conn: Connection, batch_id: int, out: Path) -> int:
+    """Write the held records of a capture batch to ``out`` as received (a CSV batch gets
+    its header line first), to be fixed by hand and ingested again. Returns the count."""
+    rows = held(conn, Selection(batch_id=batch_id, hop="capture"))
+    b = t.capture_batches
+    header = conn.execute(select(b.c.header).where(b.c.id == batch_id)).scalar()
+    with open(out, "w", encoding="utf-8", newline="") as handle:
+        if header:
+            buffer = io.StringIO()
+            csv.writer(buffer, lineterminator="\n").writerow(header)
+            handle.write(buffer.getvalue())
+        for row in rows:
+            handle.write((row["record"] or "") + "\n")
+    return len(rows)
+
+
+def mark_released(
+    conn: Connection, ids: list[int], *, at: datetime, by: str = "leadflow quarantine release"
+) -> int:
+    """Mark quarantine rows released (they stay, for the record); returns how many were held."""
+    if not ids:
+        return 0
+    q = t.quarantine
+    result = conn.execute(
+        update(q)
+        .where(q.c.id.in_(ids), q.c.released_at.is_(None))
+        .values(released_at=at, released_by=by)
+    )
+    return int(result.rowcount or 0)
