@@ -184,6 +184,20 @@ def mark_failed(
     return status
 
 
+def defer(conn: Connection, ids: Iterable[int], error: str, now: datetime) -> int:
+    """Give claimed messages back untried (the server was unreachable, no notifier for the
+    channel): ``pending`` again, due after ``BACKOFF_BASE``, attempts unchanged."""
+    ids = list(ids)
+    if not ids:
+        return 0
+    table = t.outbox
+    return conn.execute(
+        update(table)
+        .where(table.c.id.in_(ids), table.c.status == "sending")
+        .values(status="pending", last_error=error[:2000], next_attempt_at=_utc(now) + BACKOFF_BASE)
+    ).rowcount
+
+
 def counts(conn: Connection) -> dict[str, int]:
     """Messages per status (for summaries and the UI)."""
     table = t.outbox
