@@ -539,6 +539,21 @@ def read_jsonl_chunks(
             yield RecordChunk(chunk_no=1, columns=[], records=_frame([], [], [], [], []))
 
 
+def empty_chunk(columns: list[str] | None = None) -> RecordChunk:
+    """The one chunk of an input with no records (a 0-byte file, or a header alone)."""
+    columns = list(columns or [])
+    return RecordChunk(chunk_no=1, columns=columns, records=_frame(columns, [], [], [], []))
+
+
+def has_records(uri: str, *, file_format: str, encoding: str, delimiter: str) -> bool:
+    """Whether the input holds at least one record (reads only as far as the first)."""
+    for chunk in read_chunks(
+        uri, file_format=file_format, encoding=encoding, delimiter=delimiter, chunk_size=1
+    ):
+        return len(chunk.records) > 0
+    return False
+
+
 def read_chunks(
     uri: str, *, file_format: str, encoding: str, delimiter: str, chunk_size: int
 ) -> Iterator[RecordChunk]:

@@ -380,16 +380,23 @@ def test_an_empty_file_and_a_header_only_file_are_the_same_empty_delivery(
 ):
     empty = write(tmp_path / "empty.csv", "")
     header_only = write(tmp_path / "header.csv", HEADER)
-    results = [
-        run_cli(capsys, "ingest", str(p), "--source", "t", "--json") for p in (empty, header_only)
-    ]
-    assert [code for code, _, _ in results] == [0, 0]
-    counts = [
-        {k: json.loads(out)[k] for k in ("received", "inserted", "merged", "quarantined")}
-        for _, out, _ in results
-    ]
-    assert counts[0] == counts[1] == {"received": 0, "inserted": 0, "merged": 0, "quarantined": 0}
-    assert batches(sqlite_url).status.tolist() == ["complete", "complete"]
+    # On the command line: bad input, one line, nothing written.
+    for path in (empty, header_only):
+        code, out, err = run_cli(capsys, "ingest", str(path), "--source", "t")
+        assert code == 2 and out == "" and err.count("\n") == 1, err
+        assert f"{path.name}: no records (the file is empty or has only a header)" in err
+    assert batches(sqlite_url).empty
+    # As a flow (a deployment): the gate rejects both the same way.
+    verdicts = []
+    for path in (empty, header_only):
+        state, data = ingest(path)
+        assert state.is_failed() and data["received"] == 0
+        verdicts.append(data["rejected_chunks"])
+    assert verdicts == [["1/1"], ["2/1"]]
+    checks = table(sqlite_url, "dq_results").checks
+    failed = [[c["name"] for c in row if not c["success"]] for row in checks]
+    assert failed == [["batch_not_empty"], ["batch_not_empty"]]
+    assert_ledger_ok(sqlite_url)
 
 
 def test_user_errors_are_exit_2_in_one_line(sqlite_url, tmp_path, capsys):

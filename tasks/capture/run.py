@@ -7,7 +7,7 @@ runs inside a task or a function the tasks share.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -54,11 +54,33 @@ def check_header(uri: str, mapping: SourceMapping) -> tuple[list[str] | None, So
 
 
 def check_inputs(path: str, mapping: SourceMapping) -> list[str]:
-    """Every input under ``path``, each checked by ``check_header`` (nothing is written)."""
+    """Every input under ``path``, each checked by ``check_header`` and for holding at least
+    one record (nothing is written): what the CLI refuses with exit 2 before a flow."""
     uris = sources.list_inputs(path)
     for uri in uris:
-        check_header(uri, mapping)
+        _, resolved = check_header(uri, mapping)
+        if not sources.has_records(
+            uri,
+            file_format=resolved.format,
+            encoding=resolved.encoding,
+            delimiter=resolved.delimiter,
+        ):
+            raise sources.InputError(
+                f"{sources.safe_name(uri, 200, quote=False)}: no records "
+                "(the file is empty or has only a header)"
+            )
     return uris
+
+
+def _never_empty(chunks: Iterable[RecordChunk], header: list[str] | None) -> Iterator[RecordChunk]:
+    """The chunks, or one empty chunk when there are none: a 0-byte file is judged by the
+    gate exactly like a header-only one."""
+    empty = True
+    for chunk in chunks:
+        empty = False
+        yield chunk
+    if empty:
+        yield sources.empty_chunk(header)
 
 
 @task(name="inspect-input", cache_policy=NO_CACHE, task_run_name="inspect-{uri}")
@@ -284,8 +306,7 @@ class CaptureRun:
                 delimiter=info.mapping.delimiter,
                 chunk_size=chunk_size,
             )
-            # A header-only file is an empty delivery, like a 0-byte one: no chunk to gate.
-            chunks = (chunk for chunk in chunks if len(chunk.records))
+            chunks = _never_empty(chunks, info.header)
             self.write(
                 opened.batch_id,
                 write.skip_committed(chunks, opened.committed),
