@@ -58,9 +58,9 @@ import numpy as np
 import pandas as pd
 
 from leadflow.routing_rules import Rep, RoutingRules
+from leadflow.routing_store import STATE_COLUMNS  # defined once, beside the I/O that fills it
 from tasks.scoring import condition_mask
 
-STATE_COLUMNS = ("pool", "rep", "served", "available", "open_leads", "new_today")
 ASSIGNMENT_COLUMNS = (
     "id",
     "owner",  # rep id (the rules' id, not the database key); None while waiting

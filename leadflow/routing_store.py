@@ -1,0 +1,170 @@
+"""Routing's I/O at the edges: reps into the database, the round robin's state and reps' load
+out of it, and assignment rows back in. The routing decision itself is pure
+(``tasks/routing.py``); the routing hop calls these around it, in the claim's transaction,
+with the ``SERIAL`` claim strategy so two routers take turns on the shared state.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, time, timedelta
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import Connection, delete, func, select, update
+
+from leadflow import store
+from leadflow import tables as t
+from leadflow.lifecycle import Status
+from leadflow.routing_rules import Rep, RoutingRules
+
+STATE_COLUMNS = ("pool", "rep", "served", "available", "open_leads", "new_today")
+# A lead counts against its owner's capacity until it is closed or recycled.
+OPEN_STATUSES = (Status.ROUTED.value, Status.ACCEPTED.value, Status.QUALIFIED.value)
+
+
+def _rep_row(rep: Rep) -> dict[str, Any]:
+    return {
+        "code": rep.id,
+        "email": rep.email.lower(),
+        "name": rep.name,
+        "manager": rep.manager,
+        "pools": list(rep.pools),
+        "territories": list(rep.territories) or None,
+        "countries": [c for c in rep.territories if "-" not in c] or None,
+        "industries": list(rep.industries) or None,
+        "segments": list(rep.segments) or None,
+        "weight": rep.weight,
+        "max_open": rep.capacity.max_open,
+        "max_new_per_day": rep.capacity.max_new_per_day,
+        "capacity": rep.capacity.max_open if rep.capacity.max_open is not None else 50,
+        "active": rep.active,
+        "timezone": rep.timezone,
+        "working_hours": rep.working_hours,
+        "out_of_office": [w.model_dump(mode="json") for w in rep.out_of_office] or None,
+        "country": rep.country,
+    }
+
+
+def sync_reps(conn: Connection, rules: RoutingRules, now: datetime) -> dict[str, int]:
+    """Upsert the rules' reps into ``reps`` (matched by code, else by email, so reps loaded
+    from a reference CSV get their code); returns rep code -> ``reps.id``. Reps the rules no
+    longer list are left as they are (their leads keep their owner)."""
+    table = t.reps
+    existing = conn.execute(select(table.c.id, table.c.code, table.c.email)).all()
+    by_code = {row.code: row.id for row in existing if row.code}
+    by_email = {row.email.lower(): row.id for row in existing}
+    ids: dict[str, int] = {}
+    for rep in rules.reps:
+        row = _rep_row(rep)
+        rep_id = by_code.get(rep.id) or by_email.get(row["email"])
+        if rep_id is None:
+            rep_id = conn.execute(
+                table.insert().values(**row, created_at=now).returning(table.c.id)
+            ).scalar_one()
+        else:
+            conn.execute(update(table).where(table.c.id == rep_id).values(**row))
+        ids[rep.id] = int(rep_id)
+    return ids
+
+
+def _day_start(rep: Rep, now: datetime) -> datetime:
+    """Midnight of ``now``'s day in the rep's time zone, as UTC: "new today" is their today."""
+    local = now.astimezone(rep.zone)
+    return datetime.combine(local.date(), time(), tzinfo=rep.zone).astimezone(UTC)
+
+
+def read_state(
+    conn: Connection, rules: RoutingRules, rep_ids: dict[str, int], now: datetime
+) -> pd.DataFrame:
+    """``route_leads``'s ``reps_state``: the saved counters per (pool, rep) plus each rep's
+    load now: open leads (owned, in ``OPEN_STATUSES``) and leads assigned since their local
+    midnight."""
+    saved = pd.DataFrame(
+        conn.execute(
+            select(
+                t.routing_state.c.pool,
+                t.routing_state.c.rep,
+                t.routing_state.c.served,
+                t.routing_state.c.available,
+            )
+        ).all(),
+        columns=["pool", "rep", "served", "available"],
+    )
+    code_of = {v: k for k, v in rep_ids.items()}
+    open_rows = conn.execute(
+        select(t.leads.c.owner_rep_id, func.count())
+        .where(
+            t.leads.c.owner_rep_id.in_(list(rep_ids.values())), t.leads.c.status.in_(OPEN_STATUSES)
+        )
+        .group_by(t.leads.c.owner_rep_id)
+    ).all()
+    open_leads = {code_of[rep_id]: int(n) for rep_id, n in open_rows}
+    since = now - timedelta(hours=38)  # the earliest local midnight anywhere on Earth
+    recent = pd.DataFrame(
+        conn.execute(
+            select(t.assignments.c.rep_code, t.assignments.c.assigned_at).where(
+                t.assignments.c.assigned_at >= since
+            )
+        ).all(),
+        columns=["rep", "assigned_at"],
+    )
+    recent["assigned_at"] = pd.to_datetime(recent["assigned_at"], utc=True)
+    new_today = {}
+    for rep in rules.reps:
+        mine = recent[recent["rep"] == rep.id]
+        new_today[rep.id] = int((mine["assigned_at"] >= pd.Timestamp(_day_start(rep, now))).sum())
+    rows = []
+    for pool in rules.pools:
+        for rep in rules.pool_reps(pool.name):
+            hit = saved[(saved["pool"] == pool.name) & (saved["rep"] == rep.id)]
+            rows.append(
+                {
+                    "pool": pool.name,
+                    "rep": rep.id,
+                    "served": float(hit["served"].iloc[0]) if len(hit) else 0.0,
+                    "available": bool(hit["available"].iloc[0]) if len(hit) else False,
+                    "open_leads": open_leads.get(rep.id, 0),
+                    "new_today": new_today[rep.id],
+                }
+            )
+    return pd.DataFrame(rows, columns=list(STATE_COLUMNS))
+
+
+def write_state(conn: Connection, state: pd.DataFrame, now: datetime) -> None:
+    """Replace the saved counters with ``state`` (rows of reps no longer in a pool go)."""
+    conn.execute(delete(t.routing_state))
+    frame = state[["pool", "rep", "served", "available"]].copy()
+    frame["available"] = frame["available"].astype(bool)
+    frame["updated_at"] = pd.Timestamp(now)
+    store.bulk_insert(conn, t.routing_state, frame)
+
+
+def assignment_rows(
+    assignments: pd.DataFrame, rep_ids: dict[str, int], now: datetime, flow_run_id: str | None
+) -> pd.DataFrame:
+    """Rows for the ``assignments`` table from ``route_leads``'s assignments (waiting leads
+    excluded)."""
+    routed = assignments[assignments["owner"].notna()]
+    return pd.DataFrame(
+        {
+            "lead_id": routed["id"].to_numpy(),
+            "rep_id": routed["owner"].map(rep_ids).to_numpy(),
+            "rep_code": routed["owner"].to_numpy(),
+            "step": routed["step"].to_numpy(),
+            "pool": routed["pool"].to_numpy(),
+            "rule": routed["rule"].to_numpy(),
+            "version": routed["version"].to_numpy(),
+            "reason": routed["reason"].to_numpy(),
+            "candidates": routed["candidates"].to_numpy(),  # JSON text already
+            "assigned_at": pd.Timestamp(now),
+            "flow_run_id": flow_run_id,
+        }
+    )
+
+
+def account_owner_codes(leads: pd.DataFrame, rep_ids: dict[str, int]) -> pd.Series:
+    """``route_leads``'s ``account_owner`` (rep code) from ``leads.account_owner_rep_id``."""
+    code_of = {v: k for k, v in rep_ids.items()}
+    if "account_owner_rep_id" not in leads.columns:
+        return pd.Series([None] * len(leads), index=leads.index, dtype=object)
+    return leads["account_owner_rep_id"].map(lambda v: None if pd.isna(v) else code_of.get(int(v)))
