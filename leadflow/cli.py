@@ -330,11 +330,33 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     store.upgrade()
     with store.get_engine().connect() as conn:
-        data = explain_lead(conn, args.lead_id)
+        lead_id = _lead_id(conn, args.lead_id)
+        data = explain_lead(conn, lead_id) if lead_id is not None else None
     if data is None:
-        return _fail(f"no lead with id {args.lead_id}")
+        return _fail(f"no lead with id, email or external id {args.lead_id!r}")
     _emit(args, data, _human_explain)
     return EXIT_OK
+
+
+def _lead_id(conn: Any, key: str) -> int | None:
+    """A lead's id from its id, its email (any case) or its external id (with or without
+    the ``source:`` namespace)."""
+    from sqlalchemy import or_, select
+
+    from leadflow import tables as t
+
+    leads = t.leads
+    if key.strip().isdigit():
+        return int(key)
+    if "@" in key:
+        where = leads.c.email == key.strip().lower()
+    else:
+        where = or_(leads.c.external_id == key, leads.c.external_id.like(f"%:{key}"))
+    # Two leads can share an external id across sources: then the key says nothing.
+    ids = list(
+        conn.execute(select(leads.c.id).where(where).order_by(leads.c.id).limit(2)).scalars()
+    )
+    return ids[0] if len(ids) == 1 else None
 
 
 def _human_explain(data: dict[str, Any]) -> str:
@@ -363,7 +385,13 @@ def _human_explain(data: dict[str, Any]) -> str:
             if event["kind"] == "transition"
             else event["kind"]
         )
-        lines.append(f"  {event['occurred_at']}  {arrow}: {event['reason'] or ''}")
+        changed = (event.get("details") or {}).get("changed") if event["kind"] == "merge" else None
+        note = (
+            f" (changed: {', '.join(changed) if changed else 'nothing'})"
+            if event["kind"] == "merge"
+            else ""
+        )
+        lines.append(f"  {event['occurred_at']}  {arrow}: {event['reason'] or ''}{note}")
     return "\n".join(lines)
 
 
@@ -582,7 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
     rescore.add_argument("--json", action="store_true")
 
     explain = add("explain", cmd_explain, "why a lead has its score")
-    explain.add_argument("lead_id", type=int)
+    explain.add_argument("lead_id", help="the lead's id, email or external id")
     explain.add_argument("--json", action="store_true")
 
     backtest = add(

@@ -486,6 +486,7 @@ def explain_lead(conn: Any, lead_id: int) -> dict[str, Any] | None:
                 events.c.to_status,
                 events.c.reason,
                 events.c.occurred_at,
+                events.c.details,  # a merge's details name the fields it changed
             )
             .where(events.c.lead_id == lead_id)
             .order_by(events.c.id)

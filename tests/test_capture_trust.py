@@ -507,3 +507,29 @@ def test_quarantined_records_are_listed_masked_exported_and_released(
     )
     assert json.loads(out)["selected"] == 0
     assert_ledger_ok(database_url)
+
+
+def test_explain_finds_a_lead_by_email_or_external_id_and_shows_what_merges_changed(
+    sqlite_url, tmp_path, capsys
+):
+    header = "email,external_id,company\n"
+    run_cli(
+        capsys,
+        "ingest",
+        str(write(tmp_path / "a.csv", header + "Ann@X.com,A-1,Old\n")),
+        "--source",
+        "crm",
+    )
+    run_cli(
+        capsys,
+        "ingest",
+        str(write(tmp_path / "b.csv", header + "ann@x.com,A-1,New\n")),
+        "--source",
+        "crm",
+    )
+    for key in ("ANN@x.com", "A-1", "crm:A-1", "1"):
+        code, out, err = run_cli(capsys, "explain", key)
+        assert code == 0, (key, err)
+        assert "merge: merged (changed: company)" in out, out
+    code, _, err = run_cli(capsys, "explain", "nobody@x.com")
+    assert code == 2 and "nobody@x.com" in err
