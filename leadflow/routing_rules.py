@@ -418,6 +418,9 @@ REP_CSV_COLUMNS = (
     "out_of_office",  # "2026-12-20..2027-01-02; 2027-02-10..2027-02-11"
 )
 
+# Columns the reference loader reads (leadflow/reference.py); accepted here and ignored.
+REFERENCE_ONLY_COLUMNS = ("team", "region", "countries", "capacity")
+
 
 def _split(value: str | None) -> list[str]:
     return [v.strip() for v in re.split(r"[;,]", value or "") if v.strip()]
@@ -441,7 +444,7 @@ def load_reps_csv(path: str | Path) -> tuple[Rep, ...]:
     missing = [c for c in ("id", "name", "email") if c not in header]
     if missing:
         raise ConfigError(f"{path}: required column(s) {missing} missing; header has {header}")
-    unknown = [c for c in header if c not in REP_CSV_COLUMNS]
+    unknown = [c for c in header if c not in REP_CSV_COLUMNS and c not in REFERENCE_ONLY_COLUMNS]
     if unknown:
         raise ConfigError(f"{path}: unknown column(s) {unknown}; known: {list(REP_CSV_COLUMNS)}")
     reps: list[Rep] = []

@@ -299,3 +299,18 @@ def test_routed_suite_passes_good_assignments_and_quarantines_ownerless() -> Non
     assert sorted(split.quarantined["id"]) == [0, 1]
     reasons = split.quarantined.set_index("id")["reasons"]
     assert reasons[0] == ["owner_present"] and reasons[1] == ["rule_and_pool_named"]
+
+
+def test_generated_reps_load_as_csv_and_someone_is_away_now(tmp_path: Path) -> None:
+    from leadflow.generate_reps import reps_frame
+
+    frame = reps_frame(np.random.default_rng(7), NOW)
+    path = tmp_path / "reps.csv"
+    frame.to_csv(path, index=False)
+    reps = load_reps_csv(path)
+    rules, _, _ = load_rules(ROOT / "rules" / "routing.yaml")
+    merged = with_reps(rules, reps, str(path))
+    away = [rep.id for rep in merged.reps if rep.out_of_office_at(NOW)]
+    assert len(away) == 2
+    assert len({rep.timezone for rep in merged.reps}) >= 6
+    assert merged.rep("ava-ng").capacity.max_open == 400 and merged.rep("ava-ng").weight == 2
