@@ -83,6 +83,12 @@ def _text(value: Any) -> str | None:
     return text or None
 
 
+def _texts(values: pd.Series) -> list[str | None]:
+    """A column as stripped text, blanks and missing values as None (vectorised ``_text``)."""
+    text = values.astype(object).where(values.notna(), "").astype(str).str.strip()
+    return text.where(text != "", None).astype(object).tolist()
+
+
 def meeting_invitation(
     rep: Rep, lead: dict[str, Any], slot: tuple[datetime, datetime], uid: str, now: datetime
 ) -> str:
@@ -110,6 +116,31 @@ def meeting_invitation(
         event.add("attendee", attendee)
     calendar.add_component(event)
     return calendar.to_ical().decode("utf-8")
+
+
+_SHAPES: dict[tuple[int, tuple[Any, ...]], str] = {}
+
+
+def _render(template: Any, values: dict[str, Any], shape: tuple[Any, ...]) -> str:
+    """``template.render(values)``, fast for a batch: Jinja renders each *shape* of message
+    once (``shape``: which optional parts are present, how many slots) with placeholders, and
+    each message fills its shape with ``str.format_map`` (a Jinja render costs ~20 µs)."""
+    key = (id(template), shape)
+    form = _SHAPES.get(key)
+    if form is None:
+        holders = {
+            name: (
+                [f"{{{name}[{k}]}}" for k in range(len(v))]
+                if isinstance(v, list)
+                else None
+                if v is None
+                else f"{{{name}}}"
+            )
+            for name, v in values.items()
+        }
+        form = template.render(holders)
+        _SHAPES[key] = form
+    return form.format_map(values)
 
 
 def owner_messages(
@@ -155,30 +186,42 @@ def owner_messages(
             )
     used: dict[str, int] = {}
     rows = []
-    records = details.reset_index().to_dict("records")
-    for assignment, lead in zip(routed.itertuples(index=False), records, strict=True):
-        rep = reps[assignment.owner]
-        first, last = _text(lead.get("first_name")), _text(lead.get("last_name"))
-        lead_name = " ".join(p for p in (first, last) if p) or f"lead #{assignment.id}"
-        temperature = _text(lead.get("temperature"))
+    column = {
+        name: (_texts(details[name]) if name in details.columns else [None] * len(details))
+        for name in (
+            "first_name",
+            "last_name",
+            "title",
+            "company",
+            "email",
+            "phone",
+            "score",
+            "temperature",
+        )
+    }
+    ids = routed["id"].tolist()
+    owners = routed["owner"].tolist()
+    reasons = routed["reason"].tolist()
+    versions = routed["version"].tolist()
+    for i, lead_id in enumerate(ids):
+        rep = reps[owners[i]]
+        lead = {name: values[i] for name, values in column.items()}  # fixed key order
+        first, last = lead["first_name"], lead["last_name"]
+        lead_name = " ".join(p for p in (first, last) if p) or f"lead #{lead_id}"
+        temperature = lead["temperature"]
         slots: list[tuple[datetime, datetime]] = []
         if temperature == "hot" and rep.id in free:
             start = used.get(rep.id, 0)
             slots = free[rep.id][start : start + SLOTS_PER_HOT_LEAD]
             used[rep.id] = start + SLOTS_PER_HOT_LEAD
-        key = f"owner:{assignment.id}:{rep.id}"
+        key = f"owner:{lead_id}:{rep.id}"
         values = {
+            **lead,
             "rep_name": rep.name.split(" ")[0],
             "lead_name": lead_name,
-            "title": _text(lead.get("title")),
-            "company": _text(lead.get("company")),
-            "email": _text(lead.get("email")),
-            "phone": _text(lead.get("phone")),
-            "score": _text(lead.get("score")),
-            "temperature": temperature,
-            "reason": assignment.reason,
-            "lead_id": assignment.id,
-            "version": assignment.version,
+            "reason": reasons[i],
+            "lead_id": lead_id,
+            "version": versions[i],
             "time_zone": rep.timezone,
             "slots": [
                 s.astimezone(rep.zone).strftime("%a %d %b %H:%M")
@@ -186,6 +229,7 @@ def owner_messages(
                 for s, e in slots
             ],
         }
+        shape = (*(value is not None for value in lead.values()), len(slots))
         attachments = None
         if slots:
             uid = hashlib.sha256(key.encode()).hexdigest()[:24] + "@leadflow"
@@ -202,13 +246,13 @@ def owner_messages(
                 "kind": "owner_notification",
                 "channel": "email",
                 "recipient": rep.email,
-                "lead_id": int(assignment.id),
-                "subject": SUBJECT.render(values),
-                "body": BODY.render(values),
+                "lead_id": int(lead_id),
+                "subject": _render(SUBJECT, values, shape),
+                "body": _render(BODY, values, shape),
                 "payload": {
-                    "lead_id": int(assignment.id),
+                    "lead_id": int(lead_id),
                     "owner": rep.id,
-                    "reason": assignment.reason,
+                    "reason": reasons[i],
                     "slots": [[s.isoformat(), e.isoformat()] for s, e in slots],
                 },
                 "attachments": attachments,
