@@ -446,3 +446,71 @@ def gate_frame(result: RoutingResult, rules: RoutingRules) -> pd.DataFrame:
     named = (routed["rule"].notna() & routed["pool"].notna()).to_numpy()
     routed["rule_and_pool_named"] = ~ruled | named
     return routed
+
+
+# --------------------------------------------------------------------------- dry run
+
+
+@dataclass
+class RoutingDiff:
+    """What a changed rules file would do to a set of leads, compared with what happened.
+
+    ``per_rep``: rep, before, after, change. ``per_rule``: rule, before, after, change.
+    ``changed``: id, owner_before, owner_after, reason_after (leads that would change owner).
+    """
+
+    per_rep: pd.DataFrame
+    per_rule: pd.DataFrame
+    changed: pd.DataFrame
+
+    def to_markdown(self, limit: int = 50) -> str:
+        """The diff as a markdown artifact: per rep, per rule, then the first changed leads."""
+
+        def table(frame: pd.DataFrame) -> str:
+            if frame.empty:
+                return "_none_\n"
+            head = "| " + " | ".join(frame.columns) + " |\n"
+            rule = "|" + "---|" * len(frame.columns) + "\n"
+            body = "".join(
+                "| " + " | ".join("" if pd.isna(v) else str(v) for v in row) + " |\n"
+                for row in frame.itertuples(index=False)
+            )
+            return head + rule + body
+
+        return (
+            "## Routing dry run\n\n### Per rep\n\n"
+            + table(self.per_rep)
+            + "\n### Per rule\n\n"
+            + table(self.per_rule)
+            + f"\n### Leads that would change owner ({len(self.changed)})\n\n"
+            + table(self.changed.head(limit))
+        )
+
+
+def _tally(before: pd.Series, after: pd.Series, name: str) -> pd.DataFrame:
+    counts = pd.DataFrame(
+        {"before": before.value_counts(dropna=False), "after": after.value_counts(dropna=False)}
+    ).fillna(0)
+    counts = counts.astype(int)
+    counts["change"] = counts["after"] - counts["before"]
+    counts.index = ["(waiting)" if pd.isna(k) else k for k in counts.index]
+    return counts.rename_axis(name).reset_index().sort_values(name, ignore_index=True)
+
+
+def diff_assignments(current: pd.DataFrame, proposed: pd.DataFrame) -> RoutingDiff:
+    """Compare the owners leads have (``current``: id, owner, rule) with ``route_leads``'s
+    ``proposed`` assignments for the same leads under other rules. Pure; writes nothing."""
+    merged = current[["id", "owner", "rule"]].merge(
+        proposed[["id", "owner", "rule", "reason"]], on="id", suffixes=("_before", "_after")
+    )
+    moved = merged["owner_before"].astype(object).fillna("") != merged["owner_after"].astype(
+        object
+    ).fillna("")
+    changed = merged.loc[moved, ["id", "owner_before", "owner_after", "reason"]].rename(
+        columns={"reason": "reason_after"}
+    )
+    return RoutingDiff(
+        _tally(merged["owner_before"], merged["owner_after"], "rep"),
+        _tally(merged["rule_before"], merged["rule_after"], "rule"),
+        changed.reset_index(drop=True),
+    )

@@ -314,3 +314,16 @@ def test_generated_reps_load_as_csv_and_someone_is_away_now(tmp_path: Path) -> N
     assert len(away) == 2
     assert len({rep.timezone for rep in merged.reps}) >= 6
     assert merged.rep("ava-ng").capacity.max_open == 400 and merged.rep("ava-ng").weight == 2
+
+
+def test_dry_run_diff_per_rep_rule_and_changed_leads() -> None:
+    before = parse_rules(rules_text({"a": 1, "b": 1}), "r.yaml")
+    after = parse_rules(rules_text({"a": 3, "b": 1}), "r.yaml")
+    current = route_leads(leads(8), before, empty_state(), NOW).assignments
+    proposed = route_leads(leads(8), after, empty_state(), NOW).assignments
+    diff = routing.diff_assignments(current, proposed)
+    assert diff.per_rep.set_index("rep")["change"].to_dict() == {"a": 2, "b": -2}
+    assert diff.per_rule["change"].tolist() == [0]
+    assert len(diff.changed) == 2 and set(diff.changed["owner_after"]) == {"a"}
+    text = diff.to_markdown()
+    assert "| rep | before | after | change |" in text and "would change owner (2)" in text
