@@ -22,9 +22,18 @@ from sqlalchemy import Connection, Select, select, update
 
 from leadflow import tables as t
 
-_EMAIL = re.compile(r"([^\s,;:\"'<>()\[\]]+)@([^\s,;:\"'<>()\[\]@]+)")
+# An address, or what is left of a broken one ("ann@", "ann@@x.com"): anything around an @.
+_EMAIL = re.compile(r"([^\s,;:\"'<>()\[\]]*)@+([^\s,;:\"'<>()\[\]@]*)")
 _PHONE = re.compile(r"\+?\d(?:[\s().-]*\d){6,}")
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _mask_phone(match: re.Match[str]) -> str:
+    digits = match.group()
+    if _DATE.match(digits):
+        return digits  # 2024-01-31: a date, not a phone number
+    return "…" + re.sub(r"\D", "", digits)[-2:]
 
 
 def mask(text: str | None) -> str | None:
@@ -33,7 +42,7 @@ def mask(text: str | None) -> str | None:
     if text is None:
         return None
     text = _EMAIL.sub(lambda m: f"{m.group(1)[:1]}…@{m.group(2)}", text)
-    text = _PHONE.sub(lambda m: "…" + re.sub(r"\D", "", m.group())[-2:], text)
+    text = _PHONE.sub(_mask_phone, text)
     return _CONTROL.sub("?", text)
 
 

@@ -360,6 +360,10 @@ def test_no_email_or_phone_reaches_the_logs_or_the_terminal(sqlite_url, tmp_path
         assert not any(ch in err for ch in "\x00\x07\x1b"), (path.name, err)
     logged = "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.INFO)
     assert personal_data_in(logged) == []
+    # What the quarantine shows people is masked too, broken addresses included.
+    for argv in (("quarantine", "list"), ("quarantine", "list", "--json")):
+        code, out, _ = run_cli(capsys, *argv)
+        assert code == 0 and "held" in out and personal_data_in(out) == [], out
     assert codes["headerless.csv"][0] == 2 and "looks like data" in codes["headerless.csv"][2]
     assert codes["latin.csv"][0] == 1 and "not valid utf-8" in codes["latin.csv"][2]
 

@@ -412,6 +412,17 @@ class OpenedBatch:
     rejected_before: bool = False  # a committed chunk was rejected by the gate
 
 
+def _say_waiting() -> None:
+    """Tell whoever watches (the run's log, or the terminal) why nothing happens yet."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        get_run_logger().info("waiting for another ingest of the same input to finish")
+    except MissingContextError:
+        log.info("waiting for another ingest of the same input to finish")
+
+
 @contextmanager
 def content_lock(engine: Engine, *, source: str, target: str, content_hash: str) -> Iterator[None]:
     """Hold, while one batch is written, a lock that one process at a time can have for a
@@ -423,7 +434,7 @@ def content_lock(engine: Engine, *, source: str, target: str, content_hash: str)
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             lock = text("SELECT pg_try_advisory_lock(hashtextextended(:key, 0))")
             if not conn.execute(lock, {"key": key}).scalar():
-                log.info("waiting for another ingest of the same input to finish")
+                _say_waiting()
                 conn.execute(
                     text("SELECT pg_advisory_lock(hashtextextended(:key, 0))"), {"key": key}
                 )
@@ -446,7 +457,7 @@ def content_lock(engine: Engine, *, source: str, target: str, content_hash: str)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            log.info("waiting for another ingest of the same input to finish")
+            _say_waiting()
             fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
