@@ -343,6 +343,10 @@ class RoutingRules(_Strict):
                 problems.append(f"reps[{rep.id}].pools: unknown pool(s) {unknown}")
             if not rep.pools and rep.id not in owners:
                 problems.append(f"reps[{rep.id}].pools: the rep is in no pool")
+            if rep.manager and "@" not in rep.manager and rep.manager not in rep_ids:
+                problems.append(
+                    f"reps[{rep.id}].manager: unknown rep {rep.manager!r} (a rep id or an email)"
+                )
             bad = [s for s in rep.segments if s not in segments]
             if bad:
                 problems.append(f"reps[{rep.id}].segments: unknown segment(s) {bad}")

@@ -78,6 +78,10 @@ def test_example_rules_load() -> None:
         (("field: region, equals: APAC", "field: regio, equals: APAC"), "rules[apac].when"),
         (("id: jun-tanaka", "id: isha-sharma"), "duplicate rep id"),
         (("pools: [latam]", "pools: []"), "reps[lucas-silva].pools"),
+        (
+            ("manager: marcus-reed\n    pools: [latam]", "manager: marcus\n    pools: [latam]"),
+            "reps[lucas-silva].manager",
+        ),
         (("  - name: latam\n", "  - name: latam\n  - name: empty\n"), "pools[empty]"),
     ],
 )
