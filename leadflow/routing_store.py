@@ -6,6 +6,7 @@ with the ``SERIAL`` claim strategy so two routers take turns on the shared state
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
@@ -168,3 +169,31 @@ def account_owner_codes(leads: pd.DataFrame, rep_ids: dict[str, int]) -> pd.Seri
     if "account_owner_rep_id" not in leads.columns:
         return pd.Series([None] * len(leads), index=leads.index, dtype=object)
     return leads["account_owner_rep_id"].map(lambda v: None if pd.isna(v) else code_of.get(int(v)))
+
+
+def proposed_slots(
+    conn: Connection, rules: RoutingRules, now: datetime, lookback: timedelta = timedelta(days=14)
+) -> dict[str, list[tuple[datetime, datetime]]]:
+    """Meeting slots already proposed to leads (owner notifications of the last ``lookback``
+    that end after ``now``), per rep id: ``owner_messages``'s ``busy``, so two hot leads routed
+    in different runs are never offered the same slot."""
+    table = t.outbox
+    rows = conn.execute(
+        select(table.c.payload).where(
+            table.c.kind == "owner_notification",
+            table.c.attachments.is_not(None),
+            table.c.created_at >= now - lookback,
+        )
+    ).all()
+    known = {rep.id for rep in rules.reps}
+    busy: dict[str, list[tuple[datetime, datetime]]] = {}
+    for (payload,) in rows:
+        payload = json.loads(payload) if isinstance(payload, str) else payload or {}
+        owner = payload.get("owner")
+        if owner not in known:
+            continue
+        for start, end in payload.get("slots") or []:
+            interval = (datetime.fromisoformat(start), datetime.fromisoformat(end))
+            if interval[1] > now:
+                busy.setdefault(owner, []).append(interval)
+    return busy

@@ -190,3 +190,36 @@ def test_webhook_500_is_retried_with_backoff_then_sent_once(engine, httpserver) 
         row = conn.execute(select(t.outbox)).one()
     assert (row.status, row.attempts) == ("sent", 2)
     assert "s3cret" not in repr(hook)
+
+
+def test_slots_proposed_in_an_earlier_run_are_not_offered_again(engine) -> None:
+    from leadflow import routing_store
+
+    rules, version, _ = load_rules(ROOT / "rules" / "routing.yaml")
+    hot = pd.DataFrame(
+        {
+            "id": [1],
+            "first_name": ["Ada"],
+            "country": ["DE"],
+            "region": ["EMEA"],
+            "temperature": ["hot"],
+        }
+    )
+    first = notify.owner_messages(
+        route_leads(hot, rules, empty_state(), NOW, version=version).assignments, hot, rules, NOW
+    )
+    with engine.begin() as conn:
+        outbox.enqueue(conn, first, now=NOW)
+        busy = routing_store.proposed_slots(conn, rules, NOW)
+    assert len(busy["felix-weber"]) == 3
+    other = hot.assign(id=[2])
+    second = notify.owner_messages(
+        route_leads(other, rules, empty_state(), NOW, version=version).assignments,
+        other,
+        rules,
+        NOW,
+        busy=busy,
+    )
+    taken = {tuple(s) for s in first["payload"].iloc[0]["slots"]}
+    offered = {tuple(s) for s in second["payload"].iloc[0]["slots"]}
+    assert len(offered) == 3 and not taken & offered
