@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select, union_all
 
+from leadflow import capture_locks
 from leadflow import tables as t
 
 
@@ -55,7 +56,15 @@ def run_audit(conn: Connection, *, max_listed: int = 20) -> AuditReport:
     b = t.capture_batches
     rows = conn.execute(
         select(
-            b.c.id, b.c.target, b.c.status, b.c.received, b.c.inserted, b.c.merged, b.c.quarantined
+            b.c.id,
+            b.c.source,
+            b.c.target,
+            b.c.content_hash,
+            b.c.status,
+            b.c.received,
+            b.c.inserted,
+            b.c.merged,
+            b.c.quarantined,
         )
         .where(b.c.status != "duplicate")
         .order_by(b.c.id)
@@ -142,6 +151,14 @@ def run_audit(conn: Connection, *, max_listed: int = 20) -> AuditReport:
                 f"{row.merged} + quarantined {row.quarantined}"
             )
         if row.status == "running":
+            alive = capture_locks.is_held(
+                conn.engine, source=row.source, target=row.target, content_hash=row.content_hash
+            )
+            if not alive:  # its lock died with its process: the input is only partly in
+                problem(
+                    f"batch {batch}: still 'running' but its run has died; ingest the same "
+                    "input again (same source) to resume it after its last committed chunk"
+                )
             # Still being written, or died mid-way (a rerun resumes it): its committed
             # records must still be counted once each.
             total, distinct = record_counts.get(batch, (0, 0))

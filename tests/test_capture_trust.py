@@ -251,6 +251,11 @@ def test_an_ingest_killed_mid_file_resumes_and_ends_as_a_clean_run(sqlite_url, t
         kills.append(committed_chunks(database_url))
     assert kills[-1] < 20, f"the runs finished before they were killed: {kills}"
     assert table(database_url, "capture_batches").status.tolist() == ["running"]
+    from leadflow import audit, store
+
+    with store.get_engine(database_url).connect() as conn:
+        problems = audit.run_audit(conn).problems
+    assert any("still 'running' but its run has died" in p for p in problems), problems
 
     process = cli_process(database_url, path, "--json")
     out, err = process.communicate(timeout=120)

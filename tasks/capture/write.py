@@ -5,16 +5,14 @@ batches are opened and closed here, and an identical input is recognised by its 
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
 import zlib
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,12 +26,11 @@ from sqlalchemy import (
     bindparam,
     or_,
     select,
-    text,
     union,
     update,
 )
 
-from leadflow import lifecycle, store
+from leadflow import capture_locks, lifecycle, store
 from leadflow import tables as t
 from leadflow.mapping import MergePolicy, SourceMapping
 from tasks import quality
@@ -423,46 +420,13 @@ def _say_waiting() -> None:
         log.info("waiting for another ingest of the same input to finish")
 
 
-@contextmanager
-def content_lock(engine: Engine, *, source: str, target: str, content_hash: str) -> Iterator[None]:
-    """Hold, while one batch is written, a lock that one process at a time can have for a
-    given input (source, target, content). A second ingest of the same input waits here;
-    the lock dies with its holder (SIGKILL included), so whoever gets it next knows that a
-    batch still ``running`` for that input is dead, and can finish it."""
-    key = f"capture:{source}:{target}:{content_hash}"
-    if engine.dialect.name == "postgresql":
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            lock = text("SELECT pg_try_advisory_lock(hashtextextended(:key, 0))")
-            if not conn.execute(lock, {"key": key}).scalar():
-                _say_waiting()
-                conn.execute(
-                    text("SELECT pg_advisory_lock(hashtextextended(:key, 0))"), {"key": key}
-                )
-            try:
-                yield
-            finally:
-                conn.execute(
-                    text("SELECT pg_advisory_unlock(hashtextextended(:key, 0))"), {"key": key}
-                )
-        return
-    database = engine.url.database
-    if not database or database == ":memory:":
-        yield  # one process owns an in-memory database
-        return
-    # One small lock file per hash bucket beside the database; flock dies with the process.
-    folder = Path(f"{database}.capture-locks")
-    folder.mkdir(parents=True, exist_ok=True)
-    bucket = hashlib.sha256(key.encode()).hexdigest()[:2]
-    with open(folder / f"{bucket}.lock", "a+b") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            _say_waiting()
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def content_lock(
+    engine: Engine, *, source: str, target: str, content_hash: str
+) -> AbstractContextManager[None]:
+    """The input's lock (``leadflow.capture_locks``), saying in the run log when it waits."""
+    return capture_locks.content_lock(
+        engine, source=source, target=target, content_hash=content_hash, on_wait=_say_waiting
+    )
 
 
 def open_batch(
