@@ -57,4 +57,20 @@ class WebhookNotifier(Block):
         return "webhook"
 
 
-NOTIFIERS = (SmtpNotifier, WebhookNotifier)
+class MaildirNotifier(Block):
+    """Email messages delivered into a local Maildir folder instead of a server: for trials
+    and the demo (every mail client and ``mutt -f`` reads it), and for reviewing what would
+    be sent."""
+
+    _block_type_name: ClassVar[str] = "Leadflow Maildir Notifier"
+    _description: ClassVar[str] = "Delivers leadflow's email messages into a local Maildir."
+
+    directory: str
+    from_address: str = Field(default="leadflow@localhost", pattern=r"^[^@\s]+@[^@\s]+$")
+
+    @property
+    def channel(self) -> str:
+        return "email"
+
+
+NOTIFIERS = (SmtpNotifier, WebhookNotifier, MaildirNotifier)

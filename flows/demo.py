@@ -35,7 +35,11 @@ def demo(leads: int = 5000, seed: int = 7) -> State:
     summary["events"] = events.result(raise_on_failure=False)
     if not events.is_completed():
         return Failed(message=f"events: {events.message}", data=summary)
-    ran = pipeline(provider=f"file:{sample_file(summary, 'firmographics.csv')}", return_state=True)
+    ran = pipeline(
+        provider=f"file:{sample_file(summary, 'firmographics.csv')}",
+        notifier=f"maildir:{summary['mail']}",  # owners' notifications land in var/mail
+        return_state=True,
+    )
     summary["pipeline"] = ran.result(raise_on_failure=False)
     summary.update(ledger_report())
     summary["seconds"] = round(time.monotonic() - started, 1)

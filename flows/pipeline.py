@@ -12,11 +12,12 @@ from prefect import flow
 from prefect.states import Completed, Failed, State
 
 from flows.enrich import enrich
+from flows.route import route
 from flows.score import score
 from leadflow.settings import get_settings
 from tasks import hops, order, reports
 
-FLOWS = {"enrich": enrich, "score": score}  # hop name -> the flow that runs it
+FLOWS = {"enrich": enrich, "score": score, "route": route}  # hop name -> the flow that runs it
 
 
 @flow(name="pipeline", flow_run_name=hops.run_name("pipeline"))
@@ -24,15 +25,17 @@ def pipeline(
     now: datetime | None = None,
     database_url: str | None = None,
     provider: str | None = None,
+    notifier: str | None = None,
 ) -> State:
     """Run the hops in order. Returns a state whose data has each hop's summary and the
-    lead counts by status. ``provider`` is the enrich hop's firmographics provider."""
+    lead counts by status. ``provider`` is the enrich hop's firmographics provider;
+    ``notifier`` the route hop's (block:NAME or maildir:PATH; default $LEADFLOW_NOTIFIER)."""
     started = time.monotonic()
     now = now or datetime.now(UTC)
     database_url = database_url or get_settings().database_url
     summary: dict[str, Any] = {"hops": {}}
     failed = None
-    options = {"enrich": {"provider": provider}}
+    options = {"enrich": {"provider": provider}, "route": {"notifier": notifier}}
     for name in order.hop_names():
         state = FLOWS[name](
             now=now, database_url=database_url, **options.get(name, {}), return_state=True

@@ -413,6 +413,8 @@ def cmd_load(args: argparse.Namespace) -> int:
     from leadflow import reference, store
 
     store.upgrade()
+    if args.kind == "reps" and _routing_reps_csv(Path(args.path)):
+        return _load_routing_reps(args)
     try:
         with store.get_engine().begin() as conn:
             counts = reference.load(conn, args.kind, Path(args.path))
@@ -420,6 +422,88 @@ def cmd_load(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     _emit(args, counts, lambda d: f"{args.kind}: inserted {d['inserted']}, updated {d['updated']}")
     return EXIT_OK
+
+
+def _routing_reps_csv(path: Path) -> bool:
+    """A reps CSV in the routing format (it has pools), rather than the reference one."""
+    try:
+        header = path.read_text(encoding="utf-8").splitlines()[0]
+    except (OSError, IndexError, UnicodeDecodeError):
+        return False
+    return "pools" in [h.strip() for h in header.split(",")]
+
+
+def _load_routing_reps(args: argparse.Namespace) -> int:
+    """Validate routing reps against the routing rules' pools and store them; routing uses
+    them with ``--reps FILE`` or ``LEADFLOW_REPS_FILE``."""
+    from leadflow import routing_store, store
+    from leadflow.settings import get_settings
+    from tasks.route_hop import load_context
+
+    context = load_context.fn(args.rules, args.path)
+    with store.get_engine().begin() as conn:
+        ids = routing_store.sync_reps(conn, context.rules, store.utcnow())
+    data = {
+        "reps": len(ids),
+        "version": context.version,
+        "rules": args.rules or str(get_settings().rules_dir / "routing.yaml"),
+    }
+    _emit(
+        args,
+        data,
+        lambda d: (
+            f"reps: {d['reps']} valid against {d['rules']} "
+            f"(routing version {d['version']}); route with --reps {args.path}"
+        ),
+    )
+    return EXIT_OK
+
+
+def _human_route(data: dict[str, Any]) -> str:
+    if "markdown" in data:
+        return data["markdown"] + (
+            f"\n\n{data['would_change_owner']} of {data['leads']} leads would change owner"
+        )
+    lines = [
+        f"routed {data.get('routed', 0)}, waiting {data.get('waiting', 0)}, quarantined "
+        f"{data.get('quarantined', 0)} (rules {data.get('version')}, {data.get('seconds', 0)} s)"
+    ]
+    for rep, count in (data.get("per_rep") or {}).items():
+        lines.append(f"  {rep:<20} {count}")
+    for pool, count in (data.get("waiting_per_pool") or {}).items():
+        lines.append(f"  waiting in {pool}: {count} (pool full; routed as capacity frees)")
+    sent = data.get("notifications") or {}
+    lines.append(
+        f"notifications: queued {data.get('queued', 0)}"
+        + (
+            f", sent {sent.get('sent', 0)}, failed {sent.get('failed', 0)}"
+            if sent
+            else " (no notifier: set LEADFLOW_NOTIFIER=block:NAME to send)"
+        )
+    )
+    return "\n".join(lines)
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        from flows.route import route_dry_run
+
+        if not args.rules:
+            return _fail("route --dry-run needs --rules FILE (the changed rules to replay)")
+        return _run_flow(
+            args, route_dry_run, _human_route, rules=args.rules, since=args.since, now=args.now
+        )
+    from flows.route import route
+
+    return _run_flow(
+        args,
+        route,
+        _human_route,
+        now=args.now,
+        rules=args.rules,
+        notifier=args.notifier,
+        reps=args.reps,
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -637,7 +721,21 @@ def build_parser() -> argparse.ArgumentParser:
     load = add("load", cmd_load, "load reference data (reps, accounts) from CSV")
     load.add_argument("kind", choices=["reps", "accounts"])
     load.add_argument("path")
+    load.add_argument(
+        "--rules", help="reps in the routing format: the routing rules they are checked against"
+    )
     load.add_argument("--json", action="store_true")
+
+    route = add("route", cmd_route, "route MQLs to reps (or --dry-run a changed rules file)")
+    route.add_argument("--rules", help="routing rules file (default rules/routing.yaml)")
+    route.add_argument("--reps", help="reps CSV replacing the rules' reps (or LEADFLOW_REPS_FILE)")
+    route.add_argument("--notifier", help="block:NAME[,block:NAME] (default LEADFLOW_NOTIFIER)")
+    route.add_argument(
+        "--dry-run", action="store_true", help="replay; show the diff; write nothing"
+    )
+    route.add_argument("--since", type=_timestamp, help="dry run: MQLs routed since this time")
+    route.add_argument("--now", type=_timestamp)
+    route.add_argument("--json", action="store_true")
 
     claims = add("claims", cmd_claims, "list the claims holding leads; free those of dead runs")
     claims.add_argument(

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from leadflow import generate_reps
 from leadflow.mapping import EVENT_TYPES  # the event weights below follow its order
 
 # Shares of lead rows with each defect (chosen to stay well under the 5% quarantine limit).
@@ -646,7 +647,7 @@ def generate(
     frame = frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)
 
     # --- reference data
-    reps = _reps(rng, max(8, leads // 500))
+    reps = generate_reps.reps_frame(rng, now)  # the reps of rules/routing.yaml
     accounts = _accounts(rng, companies, company, reps)
     firmographics = pd.DataFrame(
         {
@@ -724,39 +725,6 @@ def _events(
             "url": url,
         }
     ).dropna(subset=["email"])
-
-
-def _reps(rng: np.random.Generator, count: int) -> pd.DataFrame:
-    teams = [
-        ("NA Enterprise", "NA", "US;CA"),
-        ("NA Commercial", "NA", "US;CA"),
-        ("EMEA", "EMEA", "GB;DE;FR;NL;ES;SE;CH;IE"),
-        ("APAC", "APAC", "AU;IN;JP;SG"),
-        ("LATAM", "LATAM", "BR"),
-    ]
-    zones = {
-        "NA": "America/New_York",
-        "EMEA": "Europe/London",
-        "APAC": "Asia/Singapore",
-        "LATAM": "America/Sao_Paulo",
-    }
-    rows = []
-    for position in range(count):
-        team, region, countries = teams[position % len(teams)]
-        first, last = FIRST[(position * 7) % len(FIRST)], LAST[(position * 11) % len(LAST)]
-        rows.append(
-            {
-                "email": f"{first.lower()}.{last.lower().replace(' ', '')}{position}@leadflow-demo.example",
-                "name": f"{first} {last}",
-                "team": team,
-                "region": region,
-                "countries": countries,
-                "capacity": int(rng.integers(30, 90)),
-                "active": "true",
-                "timezone": zones[region],
-            }
-        )
-    return pd.DataFrame(rows)
 
 
 def _accounts(

@@ -31,6 +31,7 @@ def prepare_sample(leads: int, seed: int) -> dict[str, Any]:
         "revision": revision,
         "sample": str(sample),
         "reference": {"reps": reps, "accounts": accounts},
+        "mail": str(settings.var_dir / "mail"),
     }
 
 
@@ -79,6 +80,17 @@ def describe(summary: dict[str, Any]) -> str:
             if isinstance(v, int | float | str) and k != "seconds"
         }
         lines.append(f"{hop}: " + ", ".join(f"{k} {v}" for k, v in shown.items()))
+    route = (pipe.get("hops") or {}).get("route") or {}
+    if route.get("per_rep"):
+        lines.append(
+            "routed per rep: " + ", ".join(f"{k} {v}" for k, v in route["per_rep"].items())
+        )
+    sent = route.get("notifications") or {}
+    if sent:
+        lines.append(
+            f"owner notifications: sent {sent.get('sent', 0)}, failed {sent.get('failed', 0)}"
+            f" (mail in {summary.get('mail')})"
+        )
     counts = summary.get("status_counts", {})
     lines.append("leads by status: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     report = summary.get("audit", {})

@@ -142,9 +142,9 @@ def run_batch(
                 side = hop.fetch(conn, leads, context, now)
         result = hop.transform(leads, side, context, now)
         outcome = HopOutcome(hop=hop.name, taken_over=batch.taken_over, next_after=batch.next_after)
-        outcome.stats, outcome.report = dict(result.stats), result.report
         if dry_run:
             outcome.claimed = len(leads)
+            outcome.stats, outcome.report = dict(result.stats), result.report
             return outcome
         ref = batch_ref(hop.name, flow_run_id, batch.token or queue.new_token(hop.name), batch_no)
         split, verdict = gate(
@@ -164,6 +164,7 @@ def run_batch(
                     now,
                     flow_run_id,
                 )
+            outcome.stats, outcome.report = dict(result.stats), result.report  # as persisted
             return outcome
         failed = verdict  # recorded below, once the claim's transaction has ended
     with engine.begin() as conn:

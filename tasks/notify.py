@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import mailbox
 import re
 import smtplib
 import ssl as ssl_module
@@ -37,7 +38,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy import Engine
 
-from blocks.notifier import NOTIFIERS, SmtpNotifier, WebhookNotifier
+from blocks.notifier import NOTIFIERS, MaildirNotifier, SmtpNotifier, WebhookNotifier
 from leadflow import outbox, store
 from leadflow.business_time import next_free_slots
 from leadflow.routing_rules import Rep, RoutingRules
@@ -391,6 +392,22 @@ def _post_webhook(
     raise RuntimeError(error)
 
 
+class _MaildirClient:
+    """The SMTP client's two methods, over a local Maildir."""
+
+    def __init__(self, notifier: MaildirNotifier) -> None:
+        try:
+            self.box = mailbox.Maildir(notifier.directory, create=True)
+        except OSError as exc:
+            raise Unreachable(f"maildir {notifier.directory}: {type(exc).__name__}") from exc
+
+    def send_message(self, message: EmailMessage) -> None:
+        self.box.add(message)
+
+    def quit(self) -> None:
+        self.box.close()
+
+
 def _by_channel(notifiers: Sequence[SmtpNotifier | WebhookNotifier]) -> dict[str, Any]:
     return {n.channel: n for n in notifiers}
 
@@ -428,7 +445,12 @@ def send_due(
             continue
         client: Any
         try:
-            client = _smtp_connect(notifier) if channel == "email" else requests.Session()
+            if isinstance(notifier, MaildirNotifier):
+                client = _MaildirClient(notifier)
+            elif channel == "email":
+                client = _smtp_connect(notifier)
+            else:
+                client = requests.Session()
         except Unreachable as exc:
             put_back(batch, str(exc))
             continue
@@ -492,7 +514,8 @@ def _failed(
 
 
 def resolve_notifiers(spec: Any) -> list[SmtpNotifier | WebhookNotifier]:
-    """Notifiers from a block instance, ``block:NAME``, or a list/comma-separated mix."""
+    """Notifiers from a block instance, ``block:NAME``, ``maildir:PATH``, or a list or
+    comma-separated mix of those."""
     from blocks import resolve
 
     if spec is None:
@@ -506,9 +529,12 @@ def resolve_notifiers(spec: Any) -> list[SmtpNotifier | WebhookNotifier]:
         if isinstance(item, NOTIFIERS):
             out.append(item)
             continue
+        if item.startswith("maildir:"):  # no credentials involved: a local folder
+            out.append(MaildirNotifier(directory=item[len("maildir:") :]))
+            continue
         name = resolve.block_name(item)
         if name is None:
-            raise ValueError(f"a notifier is block:NAME, got {item!r}")
+            raise ValueError(f"a notifier is block:NAME or maildir:PATH, got {item!r}")
         out.append(resolve.load(name, NOTIFIERS, "notifier"))
     return out
 

@@ -5,10 +5,15 @@ A hop's flow runs every declaration of that name (score runs new, then engaged l
 
 from __future__ import annotations
 
-from tasks import enrich, score_hop
+from tasks import enrich, route_hop, score_hop
 from tasks.hops import Hop
 
-PIPELINE: tuple[Hop, ...] = (enrich.HOP, score_hop.SCORE_NEW, score_hop.SCORE_ENGAGED)
+PIPELINE: tuple[Hop, ...] = (
+    enrich.HOP,
+    score_hop.SCORE_NEW,
+    score_hop.SCORE_ENGAGED,
+    route_hop.HOP,
+)
 
 
 def hop_names() -> list[str]:
