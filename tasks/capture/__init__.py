@@ -6,7 +6,11 @@ Read in this order, one concern per module:
 - ``identity``: which lead each record belongs to and the merged values (``plan_merge``, pure);
 - ``prepare``: a chunk prepared without the database, optionally in worker processes;
 - ``write``: one chunk written in one transaction; batches, raw bytes, quarantine, cursors;
-- ``units``: the ``@task`` units; ``run``: a capture run's batches, composed by the flow.
+- ``units``: the ``@task`` units; ``run``: a capture run's batches, composed by the flow;
+- ``release``: quarantined records fed through the hop again (``leadflow quarantine release``).
+
+One ingest of a given input runs at a time (``leadflow.capture_locks``); a batch left
+``running`` by a dead run is resumed after its last committed chunk by the next ingest.
 
 A *batch* is one received input (a file or an API page); it is read in bounded *chunks*,
 each gated and written in one transaction. Accounting, for every chunk and so for every
