@@ -87,7 +87,8 @@ def _text(value: Any) -> str | None:
 def _texts(values: pd.Series) -> list[str | None]:
     """A column as stripped text, blanks and missing values as None (vectorised ``_text``)."""
     text = values.astype(object).where(values.notna(), "").astype(str).str.strip()
-    return text.where(text != "", None).astype(object).tolist()
+    # Not ``where(text != "", None)``: on pandas 3 string columns that gives NaN, not None.
+    return [value or None for value in text.tolist()]
 
 
 def meeting_invitation(

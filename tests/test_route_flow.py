@@ -1,0 +1,207 @@
+"""The routing hop end to end on SQLite and PostgreSQL: MQLs get owners with reasons and the
+owners are told once; a full pool waits; a rerun reassigns nothing; two routers at once never
+double-assign or overfill; a dry run writes nothing."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from sqlalchemy import func, select
+
+from leadflow import lifecycle, store
+from leadflow import tables as t
+from leadflow.routing_rules import parse_rules
+from tasks import hops, route_hop
+
+from conftest import write
+from helpers import table
+
+NOW = datetime(2026, 11, 2, 15, tzinfo=UTC)  # a Monday, 10:00 in New York
+
+RULES = """
+name: test-routing
+account_owner: true
+pools:
+  - {name: na}
+  - {name: emea}
+rules:
+  - {name: north-america, when: {field: country, in: [US, CA]}, pool: na}
+  - {name: europe, when: {field: country, in: [DE, FR, GB]}, pool: emea}
+fallback: {queue: sales-ops, owner: olga}
+reps:
+  - {id: ann, name: Ann A, email: ann@reps.example, pools: [na], weight: 2, timezone: America/New_York, capacity: {max_open: CAP}}
+  - {id: bob, name: Bob B, email: bob@reps.example, pools: [na], weight: 1, timezone: America/Chicago, capacity: {max_open: CAP}}
+  - {id: cem, name: Cem C, email: cem@reps.example, pools: [emea], timezone: Europe/Berlin}
+  - {id: olga, name: Olga O, email: olga@reps.example, pools: [], timezone: UTC}
+"""
+
+
+def rules_file(tmp_path: Path, capacity: int | None = None, name: str = "routing.yaml") -> Path:
+    return write(
+        tmp_path / name, RULES.replace("CAP", "null" if capacity is None else str(capacity))
+    )
+
+
+def mqls(engine, countries: list[str], temperature: str = "warm") -> list[int]:
+    """Leads that reached ``mql`` through the lifecycle (captured -> enriched -> mql)."""
+    with engine.begin() as conn:
+        ids = store.allocate_ids(conn, t.leads, len(countries))
+        rows = pd.DataFrame(
+            {
+                "id": ids,
+                "email": [f"lead{i}@buyer{i}.com" for i in ids],
+                "first_name": "Lee",
+                "company": [f"Buyer {i}" for i in ids],
+                "country": countries,
+                "captured_at": pd.Timestamp(NOW),
+                "last_seen_at": pd.Timestamp(NOW),
+                "updated_at": pd.Timestamp(NOW),
+            }
+        )
+        lifecycle.admit(conn, rows, actor="test", at=NOW)
+        for source, target in (("captured", "enriched"), ("enriched", "mql")):
+            changes = pd.DataFrame({"id": ids, "from_status": source, "to_status": target})
+            if target == "mql":
+                changes["temperature"] = temperature
+                changes["score"] = 80.0
+            lifecycle.apply(conn, changes, actor="test", at=NOW)
+    return [int(i) for i in ids]
+
+
+def run_route(database_url: str, tmp_path: Path, **kwargs) -> dict:
+    from flows.route import route
+
+    if "rules" not in kwargs:  # not setdefault: that would rewrite the file it was given
+        kwargs["rules"] = str(rules_file(tmp_path))
+    kwargs.setdefault("notifier", f"maildir:{tmp_path / 'mail'}")
+    state = route(now=NOW, database_url=database_url, return_state=True, **kwargs)
+    assert state.is_completed(), state.message
+    return state.result()
+
+
+def mail(tmp_path: Path) -> list[str]:
+    folder = tmp_path / "mail" / "new"
+    return sorted(p.read_text() for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_mqls_are_routed_explained_and_their_owners_told_once(database_url, tmp_path):
+    engine = store.get_engine(database_url)
+    mqls(engine, ["US"] * 6 + ["DE", "BR"])
+    summary = run_route(database_url, tmp_path)
+    assert (summary["routed"], summary["waiting"], summary["queued"]) == (8, 0, 8)
+    assert summary["per_rep"] == {"ann": 4, "bob": 2, "cem": 1, "olga": 1}
+    assert summary["notifications"]["sent"] == 8 and len(mail(tmp_path)) == 8
+    leads = table(database_url, "leads")
+    assert set(leads["status"]) == {"routed"} and leads["owner_rep_id"].notna().all()
+    rows = table(database_url, "assignments").set_index("rep_code")
+    assert rows.loc["cem", "reason"].startswith("rule europe")
+    assert "fallback" in rows.loc["olga", "reason"]  # Brazil: no rule, the fallback queue
+    ledger = table(database_url, "lead_events")
+    assert (ledger["to_status"] == "routed").sum() == 8
+    # Rerunning routes nobody again and sends nothing again.
+    again = run_route(database_url, tmp_path)
+    assert (again["routed"], again["queued"]) == (0, 0) and len(mail(tmp_path)) == 8
+    assert len(table(database_url, "assignments")) == 8
+
+
+def test_a_full_pool_waits_oldest_first_and_routes_as_capacity_frees(database_url, tmp_path):
+    engine = store.get_engine(database_url)
+    first = mqls(engine, ["US"] * 3)
+    later = mqls(engine, ["US"] * 2)
+    rules = str(rules_file(tmp_path, capacity=1))
+    summary = run_route(database_url, tmp_path, rules=rules)
+    assert (summary["routed"], summary["waiting"]) == (2, 3)
+    assert summary["waiting_per_pool"] == {"na": 3}
+    routed = table(database_url, "leads").query("status == 'routed'")["id"].tolist()
+    assert routed == first[:2]  # the oldest two
+    # Ann's lead is accepted and won: she has room again; the oldest waiting lead is hers.
+    with engine.begin() as conn:
+        ann = conn.execute(select(t.reps.c.id).where(t.reps.c.code == "ann")).scalar_one()
+        mine = conn.execute(select(t.leads.c.id).where(t.leads.c.owner_rep_id == ann)).scalar_one()
+        for source, target in (
+            ("routed", "accepted"),
+            ("accepted", "qualified"),
+            ("qualified", "won"),
+        ):
+            changes = pd.DataFrame({"id": [mine], "from_status": source, "to_status": target})
+            lifecycle.apply(conn, changes, actor="test", at=NOW)
+    summary = run_route(database_url, tmp_path, rules=rules)
+    assert (summary["routed"], summary["waiting"], summary["per_rep"]) == (1, 2, {"ann": 1})
+    assert table(database_url, "leads").set_index("id").loc[first[2], "status"] == "routed"
+    assert set(table(database_url, "leads").set_index("id").loc[later, "status"]) == {"mql"}
+
+
+def test_two_routers_at_once_never_double_assign_or_overfill(database_url, tmp_path):
+    if not store.is_postgres(store.get_engine(database_url)):
+        pytest.skip("SQLite has one writer")
+    engine = store.get_engine(database_url)
+    mqls(engine, ["US"] * 300)
+    rules, version, text = route_hop.load_rules(rules_file(tmp_path, capacity=100))
+    context = route_hop.RouteContext(rules, version, text)
+    hop = route_hop.HOP.__class__(**{**route_hop.HOP.__dict__, "batch_size": 40})
+    errors: list[BaseException] = []
+
+    def router() -> None:
+        try:
+            after = 0
+            while (
+                outcome := hops.run_batch(hop, context, engine, now=NOW, after=after)
+            ) is not None:
+                after = outcome.next_after
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=router) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    with engine.connect() as conn:
+        per_lead = conn.execute(
+            select(t.assignments.c.lead_id, func.count()).group_by(t.assignments.c.lead_id)
+        ).all()
+        per_rep = dict(
+            conn.execute(
+                select(t.assignments.c.rep_code, func.count()).group_by(t.assignments.c.rep_code)
+            ).all()
+        )
+    assert {n for _, n in per_lead} == {1}  # nobody assigned twice
+    assert per_rep == {"ann": 100, "bob": 100}  # both full, neither past capacity
+    assert len(per_lead) == 200
+
+
+def test_a_dry_run_shows_what_changed_rules_would_do_and_writes_nothing(database_url, tmp_path):
+    engine = store.get_engine(database_url)
+    mqls(engine, ["US"] * 6)
+    run_route(database_url, tmp_path)
+    before = table(database_url, "assignments")
+    changed = write(
+        tmp_path / "changed.yaml",
+        RULES.replace("CAP", "null")
+        .replace("weight: 2", "weight: 1")
+        .replace(
+            "pools: [na], weight: 1, timezone: America/Chicago",
+            "pools: [na], weight: 5, timezone: America/Chicago",
+        ),
+    )
+    from flows.route import route_dry_run
+
+    report = route_dry_run(rules=str(changed), now=NOW, database_url=database_url)
+    per_rep = {row["rep"]: (row["before"], row["after"]) for row in report["per_rep"]}
+    assert per_rep["ann"][0] == 4 and per_rep["ann"][1] < 4 and per_rep["bob"][1] > 2
+    assert report["would_change_owner"] > 0 and "Routing dry run" in report["markdown"]
+    assert table(database_url, "assignments").equals(before)
+    assert set(table(database_url, "leads")["status"]) == {"routed"}
+
+
+def test_bad_routing_rules_are_refused_naming_the_rep_and_field(tmp_path):
+    from leadflow.config import ConfigError
+
+    bad = RULES.replace("CAP", "null").replace("Europe/Berlin", "Europe/Atlantis")
+    with pytest.raises(ConfigError, match=r"cem.*timezone"):
+        parse_rules(bad, "routing.yaml")
