@@ -332,6 +332,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     with store.get_engine().connect() as conn:
         lead_id = _lead_id(conn, args.lead_id)
         data = explain_lead(conn, lead_id) if lead_id is not None else None
+        if data is not None:
+            from tasks.route_hop import explain_routing
+
+            data["routing"] = explain_routing(conn, lead_id)
     if data is None:
         return _fail(f"no lead with id, email or external id {args.lead_id!r}")
     _emit(args, data, _human_explain)
@@ -378,6 +382,17 @@ def _human_explain(data: dict[str, Any]) -> str:
             + (f", mapped from [{low:g}, {high:g}] to 0-100" if low is not None else "")
         )
         lines.append(f"{data['scores']} score(s) in history")
+    for decision in data.get("routing") or []:
+        lines.append(
+            f"routed to {decision['rep_code']} ({decision['step']}"
+            + (f", rule {decision['rule']}" if decision.get("rule") else "")
+            + (f", pool {decision['pool']}" if decision.get("pool") else "")
+            + f", routing rules {decision['version']}) at {decision['assigned_at']}: "
+            + f"{decision['reason']}"
+        )
+        skipped = {k: v for k, v in (decision.get("candidates") or {}).items() if v != "assigned"}
+        if skipped:
+            lines.append("  skipped: " + ", ".join(f"{k} ({v})" for k, v in skipped.items()))
     lines.append("ledger:")
     for event in data.get("ledger", []):
         arrow = (

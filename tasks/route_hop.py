@@ -276,3 +276,32 @@ def dry_run(
         "changed": diff.changed.head(200).to_dict("records"),
         "markdown": diff.to_markdown(),
     }
+
+
+def explain_routing(conn: Connection, lead_id: int) -> list[dict[str, Any]]:
+    """Every routing decision for a lead, oldest first: owner, step, rule, pool, rules
+    version, reason and the candidates considered (with why each was skipped)."""
+    import json
+
+    assignments = t.assignments
+    rows = conn.execute(
+        select(
+            assignments.c.rep_code,
+            assignments.c.step,
+            assignments.c.rule,
+            assignments.c.pool,
+            assignments.c.version,
+            assignments.c.reason,
+            assignments.c.candidates,
+            assignments.c.assigned_at,
+        )
+        .where(assignments.c.lead_id == lead_id)
+        .order_by(assignments.c.id)
+    ).mappings()
+    out = []
+    for row in rows:
+        item = dict(row)
+        if isinstance(item["candidates"], str):
+            item["candidates"] = json.loads(item["candidates"])
+        out.append(item)
+    return out

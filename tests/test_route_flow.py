@@ -205,3 +205,20 @@ def test_bad_routing_rules_are_refused_naming_the_rep_and_field(tmp_path):
     bad = RULES.replace("CAP", "null").replace("Europe/Berlin", "Europe/Atlantis")
     with pytest.raises(ConfigError, match=r"cem.*timezone"):
         parse_rules(bad, "routing.yaml")
+
+
+def test_explain_shows_the_routing_decision(database_url, tmp_path, capsys):
+    import json
+
+    from leadflow import cli
+
+    engine = store.get_engine(database_url)
+    (lead,) = mqls(engine, ["DE"])
+    run_route(database_url, tmp_path)
+    capsys.readouterr()
+    assert cli.main(["explain", str(lead), "--json"]) == 0
+    routing = json.loads(capsys.readouterr().out)["routing"]
+    assert [(r["rep_code"], r["step"], r["rule"], r["pool"]) for r in routing] == [
+        ("cem", "rule", "europe", "emea")
+    ]
+    assert routing[0]["candidates"] == {"cem": "assigned"}
