@@ -11,7 +11,18 @@ def test_demo_runs_every_hop_and_the_ledger_holds(sqlite_url, tmp_path, monkeypa
     assert summary["audit"]["ok"] and summary["capture"]["received"] > 400
     assert summary["pipeline"]["hops"]["enrich"]["enriched"] == summary["capture"]["inserted"]
     counts = summary["status_counts"]
-    assert set(counts) <= {"mql", "nurturing", "disqualified", "quarantined", "enrichment_pending"}
+    # MQLs are routed now: every one has an owner or waits (still mql) for capacity.
+    assert set(counts) <= {
+        "mql",
+        "routed",
+        "nurturing",
+        "disqualified",
+        "quarantined",
+        "enrichment_pending",
+    }
+    route = summary["pipeline"]["hops"]["route"]
+    assert route["routed"] + route["waiting"] == summary["pipeline"]["hops"]["score"]["mql"]
+    assert route["notifications"]["sent"] == route["routed"] == counts.get("routed", 0)
     assert sum(counts.values()) == summary["capture"]["inserted"]
     text = describe(summary)
     assert "ledger audit: OK" in text and "leads by status:" in text
