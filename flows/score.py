@@ -81,6 +81,7 @@ def rescore(
     now = now or datetime.now(UTC)
     rule_set, version, text = hop.load_rules(rules)
     statuses, condition = hop.parse_scope(scope)
+    warnings = hop.rule_warnings(database_url, rule_set)
     context = hop.ScoreContext(rule_set, version, text, mode="rescore", condition=condition)
     diff = Diff(top_movers, applied=not dry_run)
     run = hops.drain(
@@ -99,6 +100,7 @@ def rescore(
         "rescored": run.stats.get("scored", 0),
         "quarantined": run.quarantined,
         **diff.as_dict(biggest_movers(database_url, diff)),
+        "warnings": warnings + hop.hit_warnings(run),
         "seconds": round(time.monotonic() - started, 3),
     }
     create_markdown_artifact(

@@ -115,6 +115,7 @@ def run_backtest(
     result = scoring.score_leads(rules, history, events, now)
     metrics = evaluate(result, history["outcome"], rules)
     metrics["version"] = version
+    metrics["warnings"] = scoring.never_fired(result.attrs["hits"])
     return metrics
 
 
@@ -154,6 +155,7 @@ def report_markdown(metrics: dict[str, Any], chart: Path | None) -> str:
         f"({(metrics['conversion'] or 0):.1%}). **ROC AUC {metrics['roc_auc']}**.",
         f"MQL threshold {metrics['mql_threshold']:g}: {(metrics['mql_share'] or 0):.1%} of leads MQL, "
         f"precision {metrics['precision_at_threshold']}, recall {metrics['recall_at_threshold']}.",
+        *[f"**Warning:** {warning}" for warning in metrics.get("warnings", [])],
         "",
         "| decile | leads | won | conversion | lift | lowest score |",
         "|---|---|---|---|---|---|",

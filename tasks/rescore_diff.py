@@ -147,6 +147,8 @@ def diff_markdown(summary: dict[str, Any]) -> str:
     ]
     for before, row in matrix.items():
         lines.append(f"| {before} | {row['hot']} | {row['warm']} | {row['cold']} |")
+    if summary.get("warnings"):
+        lines += ["", "## Warnings", *[f"- {warning}" for warning in summary["warnings"]]]
     lines += [
         "",
         "## Biggest movers",

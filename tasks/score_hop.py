@@ -112,7 +112,11 @@ def score_batch(
         changes=changes,
         checked=scoring.gate_frame(leads["id"], result, context.version),
         rows={"lead_scores": history},
-        stats={"scored": len(leads), "hot": int((result["temperature"] == "hot").sum())},
+        stats={
+            "scored": len(leads),
+            "hot": int((result["temperature"] == "hot").sum()),
+            **{f"hits:{name}": count for name, count in result.attrs["hits"].items()},
+        },
         report=report,
     )
 
@@ -153,6 +157,24 @@ RESCORE = replace(SCORE_NEW, name="rescore", inputs=tuple(sorted(lifecycle.SCORE
 def load_rules(spec: str | None) -> tuple[ScoringRules, str, str]:
     """Rules from a path or ``block:NAME`` (default ``rules/scoring.yaml``)."""
     return scoring.rule_source(spec)
+
+
+@task(name="check-rules-against-leads", cache_policy=NO_CACHE)
+def rule_warnings(database_url: str, rules: ScoringRules) -> list[str]:
+    """Warnings about rules that read attributes no recent lead carries (logged, returned)."""
+    from prefect.logging import get_run_logger
+
+    with store.get_engine(database_url).connect() as conn:
+        warnings = scoring.unknown_attributes(conn, rules)
+    for warning in warnings:
+        get_run_logger().warning(warning)
+    return warnings
+
+
+def hit_warnings(run: HopRun) -> list[str]:
+    """ "rule X fired on 0 leads" for each rule that fired on no lead of the run."""
+    hits = {k[len("hits:") :]: int(v) for k, v in run.stats.items() if k.startswith("hits:")}
+    return scoring.never_fired(hits) if run.stats.get("scored") else []
 
 
 @task(name="event-watermark", cache_policy=NO_CACHE)

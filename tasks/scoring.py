@@ -241,7 +241,7 @@ def score_leads(
     decision = np.where(
         disqualify.notna(), Decision.DISQUALIFIED, np.where(mql, Decision.MQL, Decision.NURTURING)
     )
-    return pd.DataFrame(
+    result = pd.DataFrame(
         {
             "raw": raw.round(4),
             "score": score,
@@ -254,6 +254,59 @@ def score_leads(
         },
         index=leads.index,
     )
+    result.attrs["hits"] = rule_hits(rules, points, fast, disqualify)
+    return result
+
+
+def rule_hits(
+    rules: ScoringRules, points: pd.DataFrame, fast: pd.Series, disqualify: pd.Series
+) -> dict[str, int]:
+    """How many leads of the batch each rule fired on (0 included: a rule that never fires
+    is usually a typo, e.g. an attribute no lead carries)."""
+    hits = {
+        rule.name: 0
+        for rule in (*rules.fit, *rules.engagement, *rules.fast_track, *rules.disqualify)
+    }
+    for name in points.columns:
+        hits[name] = int((points[name].to_numpy(dtype="float64") != 0).sum())
+    for column in (fast, disqualify):
+        for name, count in column.value_counts().items():
+            hits[str(name)] = int(count)
+    return hits
+
+
+def never_fired(hits: dict[str, int]) -> list[str]:
+    """The rules that fired on no lead, as warnings people read."""
+    return [f"rule {name} fired on 0 leads" for name, count in hits.items() if count == 0]
+
+
+def unknown_attributes(conn: Any, rules: ScoringRules, sample: int = 10_000) -> list[str]:
+    """Warnings for rules reading ``attributes.<key>`` that none of the newest ``sample``
+    leads carry (checked at load: a typo'd key would otherwise just never fire)."""
+    from leadflow import tables as t
+
+    wanted = sorted(f for f in rules.fields() if f.startswith("attributes."))
+    if not wanted:
+        return []
+    leads = t.leads
+    rows = conn.execute(
+        select(leads.c.attributes)
+        .where(leads.c.attributes.is_not(None))
+        .order_by(leads.c.id.desc())
+        .limit(sample)
+    ).scalars()
+    seen: set[str] = set()
+    for value in rows:
+        data = json.loads(value) if isinstance(value, str) else value
+        if isinstance(data, dict):
+            seen.update(k for k, v in data.items() if v is not None)
+    if not seen:
+        return []  # no leads yet: nothing to compare with
+    return [
+        f"rules read {field}, which none of the {sample:,} newest leads carry"
+        for field in wanted
+        if field.split(".", 1)[1] not in seen
+    ]
 
 
 def decision_reason(result: pd.DataFrame, rules: ScoringRules, version: str) -> list[str]:

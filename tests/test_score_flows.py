@@ -209,9 +209,7 @@ def test_rescore_scope_by_status_and_condition(database_url, scored, tmp_path):
     assert json.dumps(diff)  # the diff is plain data
 
 
-def test_leads_scored_for_the_first_time_have_seen_the_events_before_them(
-    database_url, tmp_path
-):
+def test_leads_scored_for_the_first_time_have_seen_the_events_before_them(database_url, tmp_path):
     """A new lead's first score counts its engagement so far: the engaged pass of the same
     run must not score it again (each lead scored once, one history row each)."""
     rules = write(tmp_path / "rules.yaml", RULES)
@@ -231,3 +229,25 @@ def test_leads_scored_for_the_first_time_have_seen_the_events_before_them(
     summary = score(now=NOW, rules=str(rules), return_state=True).result()
     assert (summary["scored"], summary["rescored_engaged"]) == (4, 0)
     assert len(table(database_url, "lead_scores")) == 4
+
+
+def test_a_rule_that_fires_on_no_lead_is_reported(database_url, scored, tmp_path):
+    """A typo'd attribute (lead_from for lead_form) is warned about when the rules are
+    loaded, and the rescore and the backtest both say the rule fired on 0 leads."""
+    typo = write(
+        tmp_path / "typo.yaml",
+        RULES.replace(
+            "attributes.lead_form, equals: demo_request}, points: 10",
+            "attributes.lead_from, equals: demo_request}, points: 10",
+        ),
+    )
+    assert "attributes.lead_from" in typo.read_text()
+    from flows.score import rescore
+
+    diff = rescore(rules=str(typo), dry_run=True, now=NOW, return_state=True).result()
+    assert "rule demo fired on 0 leads" in diff["warnings"]
+    assert any("attributes.lead_from" in w and "none of the" in w for w in diff["warnings"])
+    assert not any("senior" in w for w in diff["warnings"])
+    from tasks.rescore_diff import diff_markdown
+
+    assert "rule demo fired on 0 leads" in diff_markdown(diff)

@@ -197,3 +197,16 @@ def test_event_types_are_the_ones_the_events_gate_accepts():
     suite = quality.load_suite("events")
     (check,) = [e for e in suite.rows if e.name == "event_type_known"]
     assert sorted(check.kwargs()["value_set"]) == sorted(EVENT_TYPES) == sorted(SCORABLE)
+
+
+def test_rules_that_fire_on_no_lead_are_named():
+    rules = parse_rules(RULES, "test")
+    events = pd.DataFrame(columns=["lead_id", "event_type", "occurred_at", "url"])
+    result = scoring.score_leads(rules, leads(), events, NOW)
+    hits = result.attrs["hits"]
+    assert set(hits) == {
+        r.name for r in (*rules.fit, *rules.engagement, *rules.fast_track, *rules.disqualify)
+    }
+    assert hits["unsub"] == 0 and hits["senior"] > 0
+    assert "rule unsub fired on 0 leads" in scoring.never_fired(hits)
+    assert "rule senior fired on 0 leads" not in scoring.never_fired(hits)
