@@ -35,6 +35,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError, PendingRollbackError
 from leadflow import lifecycle, queue, store
 from leadflow import tables as t
 from leadflow.lifecycle import Status
+from leadflow.queue import Strategy
 from leadflow.settings import get_settings
 from tasks import quality
 
@@ -86,6 +87,7 @@ class HopOutcome:
     quarantined: int = 0
     taken_over: int = 0
     next_after: int = 0
+    drained: bool = False  # the claim came back short: nothing else was waiting
     gate: quality.GateResult | None = field(default=None, repr=False)
     stats: dict[str, Any] = field(default_factory=dict)
     report: Any = field(default=None, repr=False)
@@ -142,6 +144,10 @@ def run_batch(
                 side = hop.fetch(conn, leads, context, now)
         result = hop.transform(leads, side, context, now)
         outcome = HopOutcome(hop=hop.name, taken_over=batch.taken_over, next_after=batch.next_after)
+        # Leases and serial claims take the first waiting leads: a short batch was all there
+        # was. (Id ranges and candidate lists can come back short with more to come.)
+        short = len(leads) < request.size and hop.strategy in (Strategy.LEASE, Strategy.SERIAL)
+        outcome.drained = short
         if dry_run:
             outcome.claimed = len(leads)
             outcome.stats, outcome.report = dict(result.stats), result.report
@@ -397,6 +403,8 @@ def drain(
         run.add(outcome)
         if on_batch is not None:
             on_batch(outcome)
+        if outcome.drained:  # no need for one more (empty) task run to find out
+            break
         after = outcome.next_after
     if run.taken_over:
         log.warning("%s took over %d leads from a dead run's claim", hop.name, run.taken_over)
