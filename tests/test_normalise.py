@@ -3,8 +3,11 @@
 from datetime import UTC, datetime
 
 import pandas as pd
+import pytest
 
 from tasks import normalise as nz
+
+pytestmark = pytest.mark.unit  # no database, no Prefect server
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 

@@ -8,6 +8,8 @@ import pytest
 
 from tasks import phones
 
+pytestmark = pytest.mark.unit  # no database, no Prefect server
+
 REGIONS = [
     "US",
     "CA",
