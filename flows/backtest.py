@@ -16,11 +16,9 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, Failed, State
 
-from leadflow import store
 from leadflow.settings import get_settings
 from tasks import backtest as metrics
 from tasks import learn as learner
-from tasks import scoring
 
 
 @flow(name="backtest", flow_run_name="backtest")
@@ -30,10 +28,9 @@ def backtest(
     """Score every lead with a known outcome with ``rules`` (path or block:NAME) and measure."""
     started = time.monotonic()
     settings = get_settings()
-    engine = store.get_engine(database_url or settings.database_url)
     now = now or datetime.now(UTC)
-    rule_set, version, _ = scoring.rule_source(rules)
-    summary = metrics.run_backtest(engine, rule_set, version, now)
+    summary = metrics.backtest_rules(database_url or settings.database_url, rules, now)
+    version = summary["version"]
     if not summary.get("leads"):
         return Failed(message="no leads with a known outcome to backtest on", data=summary)
     chart = metrics.decile_chart(summary, settings.var_dir / "reports" / f"backtest-{version}.png")
@@ -65,14 +62,12 @@ def learn(
 ) -> State:
     """Fit rules on leads with known outcomes and write them to ``out``."""
     started = time.monotonic()
-    engine = store.get_engine(database_url or get_settings().database_url)
     now = now or datetime.now(UTC)
-    training = learner.load_training(engine, now, set(exclude or []))
-    if training["outcome"].nunique() < 2:
-        return Failed(
-            message="learning needs both won and lost leads", data={"leads": len(training)}
-        )
-    text, report = learner.fit_rules(training, seed=seed)
+    text, report = learner.learn_from_history(
+        database_url or get_settings().database_url, now, set(exclude or []), seed
+    )
+    if text is None:
+        return Failed(message=report["error"], data={"leads": report["leads"]})
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
