@@ -50,8 +50,7 @@ def enrich(
         return Failed(message=run.failure, data=summary)
     message = (
         f"enriched {summary['enriched']}, pending {summary['pending']}, quarantined "
-        f"{summary['quarantined']}, account match rate {summary['match_rate']:.1%}"
-        + (f", took over {run.taken_over} from a dead run" if run.taken_over else "")
+        f"{summary['quarantined']}, account match rate {summary['match_rate']:.1%}" + run.notes()
     )
     if summary["pending"]:  # completed, but not done: the provider was unavailable for some
         return Completed(

@@ -386,6 +386,19 @@ def _serial(conn: Connection, request: Request) -> tuple[list[int], int]:
 # --------------------------------------------------------------------------- inspection
 
 
+def held_by_others(conn: Connection, statuses: Sequence[str]) -> int:
+    """Leads in ``statuses`` still claimed when a run ends: another run is working them, or
+    a dead run's lease has not run out yet (``leadflow claims`` tells which)."""
+    leads = t.leads
+    return int(
+        conn.execute(
+            select(func.count())
+            .select_from(leads)
+            .where(leads.c.claimed_by.is_not(None), leads.c.status.in_(list(statuses)))
+        ).scalar_one()
+    )
+
+
 def list_claims(conn: Connection, now: datetime | None = None) -> pd.DataFrame:
     """Every claim holding leads: hop, holder, run, age, expiry, leads held, and whether it
     is dead (expired, or a token with no claim row: left by an older version)."""

@@ -573,6 +573,7 @@ def summarise(run: HopRun) -> dict[str, Any]:
         "quarantined": run.quarantined,
         "batches": run.batches,
         "taken_over": run.taken_over,
+        "held_by_another_claim": run.held,
         "accounts_matched": matched,
         "lookups": stats,
         "match_rate": round(matched / (enriched + pending), 4) if enriched + pending else 0.0,

@@ -335,11 +335,21 @@ class HopRun:
     claimed: int = 0
     quarantined: int = 0
     taken_over: int = 0
+    held: int = 0  # waiting leads another claim still holds when the run ends
     moved: dict[str, int] = field(default_factory=dict)
     statuses: dict[str, int] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
     gates: list[quality.GateResult] = field(default_factory=list)
     failure: str | None = None
+
+    def notes(self) -> str:
+        """What a run's message should add about claims: taken over, still held elsewhere."""
+        parts = []
+        if self.taken_over:
+            parts.append(f"took over {self.taken_over} from a dead run")
+        if self.held:
+            parts.append(f"{self.held} held by another claim (see `leadflow claims`)")
+        return (", " + ", ".join(parts)) if parts else ""
 
     def add(self, outcome: HopOutcome) -> None:
         self.batches += 1
@@ -408,6 +418,11 @@ def drain(
         after = outcome.next_after
     if run.taken_over:
         log.warning("%s took over %d leads from a dead run's claim", hop.name, run.taken_over)
+    if hop.strategy is Strategy.LEASE:  # the only claims that outlive their transaction
+        with store.get_engine(database_url).connect() as conn:
+            run.held = queue.held_by_others(conn, [s.value for s in hop.inputs])
+        if run.held:
+            log.warning("%s: %d waiting leads are held by another claim", hop.name, run.held)
     if publish and run.gates:
         publish_gates(hop.suite, run.gates)
     return run
