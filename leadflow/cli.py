@@ -253,8 +253,17 @@ def _human_score(data: dict[str, Any]) -> str:
     )
 
 
+def _scoring_rules_ok(spec: str | None) -> None:
+    """Check a scoring rules file before a flow starts: a typo is one line, exit 2."""
+    from tasks.scoring import rule_source
+
+    rule_source(spec)
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     from flows.score import score
+
+    _scoring_rules_ok(args.rules)
 
     return _run_flow(args, score, _human_score, now=args.now, rules=args.rules)
 
@@ -270,6 +279,10 @@ def _human_rescore(data: dict[str, Any]) -> str:
 
 def cmd_rescore(args: argparse.Namespace) -> int:
     from flows.score import rescore
+    from tasks.score_hop import parse_scope
+
+    _scoring_rules_ok(args.rules)
+    parse_scope(args.scope)
 
     return _run_flow(
         args,
@@ -291,6 +304,8 @@ def _human_backtest(data: dict[str, Any]) -> str:
 
 def cmd_backtest(args: argparse.Namespace) -> int:
     from flows.backtest import backtest
+
+    _scoring_rules_ok(args.rules)
 
     return _run_flow(args, backtest, _human_backtest, rules=args.rules, now=args.now)
 
@@ -500,6 +515,9 @@ def _human_route(data: dict[str, Any]) -> str:
 
 
 def cmd_route(args: argparse.Namespace) -> int:
+    from tasks.route_hop import load_context
+
+    load_context.fn(args.rules, args.reps)  # a typo is one line, exit 2, before any flow
     if args.dry_run:
         from flows.route import route_dry_run
 

@@ -222,3 +222,17 @@ def test_explain_shows_the_routing_decision(database_url, tmp_path, capsys):
         ("cem", "rule", "europe", "emea")
     ]
     assert routing[0]["candidates"] == {"cem": "assigned"}
+
+
+def test_a_typo_in_the_routing_rules_is_one_clear_message(database_url, tmp_path, capsys):
+    from leadflow import cli
+
+    bad = write(
+        tmp_path / "bad.yaml", RULES.replace("CAP", "-1").replace("Europe/Berlin", "Europe/Berlinn")
+    )
+    capsys.readouterr()
+    assert cli.main(["route", "--rules", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 3
+    assert "reps[cem].timezone" in err and "reps[ann].capacity.max_open" in err
+    assert str(bad) in err
