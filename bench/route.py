@@ -15,10 +15,8 @@ import argparse
 import io
 import json
 import os
-import resource
 import sys
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import pandas as pd
 import psycopg2
+
+from bench.common import add_database_url, bench_schema, peak_rss_mb, warm_up_prefect
 
 NOW = datetime(2026, 11, 2, 15, tzinfo=UTC)  # a Monday: most reps are at work
 COUNTRIES = ["US", "US", "US", "CA", "GB", "DE", "FR", "NL", "AU", "JP", "SG", "IN", "BR", "MX"]
@@ -46,10 +46,6 @@ REGIONS = {
     "BR": "LATAM",
     "MX": "LATAM",
 }
-
-
-def peak_rss_mb() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def mql_frame(leads: int, seed: int) -> pd.DataFrame:
@@ -95,33 +91,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--leads", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=5)
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get(
-            "LEADFLOW_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
-        ),
-    )
+    add_database_url(parser)
     args = parser.parse_args()
 
-    from sqlalchemy.engine import make_url
-
-    from leadflow import store
-
-    url = make_url(args.database_url)
-    dsn = f"host={url.host} port={url.port or 5432} user={url.username} dbname={url.database}"
-    schema = f"bench_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(dsn)
-    admin.autocommit = True
-    admin.cursor().execute(f'CREATE SCHEMA "{schema}"')
-    schema_url = url.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-        hide_password=False
-    )
-    try:
-        store.upgrade(schema_url)
+    with bench_schema(args.database_url) as schema:
         frame = mql_frame(args.leads, args.seed)
-        conn = psycopg2.connect(dsn)
+        conn = psycopg2.connect(schema.dsn)
         cursor = conn.cursor()
-        cursor.execute(f'SET search_path TO "{schema}"')
+        cursor.execute(f'SET search_path TO "{schema.name}"')
         copy(cursor, "leads", frame)
         cursor.execute("SELECT setval(pg_get_serial_sequence('leads', 'id'), %s)", (args.leads,))
         # Baseline: raw COPY of as many rows of the assignments' width, into a bare table.
@@ -149,23 +126,17 @@ def main() -> None:
         conn.close()
         del frame, baseline
 
-        from prefect import flow
-
-        from flows.route import route
-
-        @flow
-        def warm_up() -> None:
-            return None
-
         # One-time costs a running worker has already paid: Prefect's client, GX's import.
         started = time.perf_counter()
-        warm_up()
+        warm_up_prefect()
         import great_expectations  # noqa: F401
+
+        from flows.route import route
 
         one_time_seconds = time.perf_counter() - started
         # The bundled rules without capacity limits: every lead is routed (none waits).
         bundled = Path(__file__).resolve().parents[1] / "rules" / "routing.yaml"
-        rules = Path(f"/tmp/{schema}-routing.yaml")
+        rules = Path(f"/tmp/{schema.name}-routing.yaml")
         rules.write_text(
             "\n".join(
                 line
@@ -174,7 +145,7 @@ def main() -> None:
             )
         )
         started = time.perf_counter()
-        state = route(now=NOW, database_url=schema_url, rules=str(rules), return_state=True)
+        state = route(now=NOW, database_url=schema.url, rules=str(rules), return_state=True)
         seconds = time.perf_counter() - started
         summary = state.result(raise_on_failure=False)
         result = {
@@ -194,9 +165,6 @@ def main() -> None:
             "peak_rss_mb": peak_rss_mb(),
         }
         print(json.dumps(result, indent=2))
-    finally:
-        admin.cursor().execute(f'DROP SCHEMA "{schema}" CASCADE')
-        admin.close()
 
 
 if __name__ == "__main__":

@@ -13,10 +13,8 @@ import argparse
 import io
 import json
 import os
-import resource
 import sys
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,13 +26,10 @@ import numpy as np
 import pandas as pd
 import psycopg2
 
+from bench.common import add_database_url, bench_schema, peak_rss_mb, warm_up_prefect
 from leadflow.mapping import EVENT_TYPES
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
-
-
-def peak_rss_mb() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def copy_frame(cursor: object, table: str, frame: pd.DataFrame) -> None:
@@ -119,45 +114,21 @@ def main() -> None:
     parser.add_argument("--leads", type=int, default=1_000_000)
     parser.add_argument("--events", type=int, default=5_000_000)
     parser.add_argument("--seed", type=int, default=3)
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get(
-            "LEADFLOW_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
-        ),
-    )
+    add_database_url(parser)
     args = parser.parse_args()
 
-    from sqlalchemy.engine import make_url
-
-    from leadflow import store
-
-    url = make_url(args.database_url)
-    dsn = f"host={url.host} port={url.port or 5432} user={url.username} dbname={url.database}"
-    schema = f"bench_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(dsn)
-    admin.autocommit = True
-    admin.cursor().execute(f'CREATE SCHEMA "{schema}"')
-    schema_url = url.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-        hide_password=False
-    )
-    try:
-        store.upgrade(schema_url)
-        setup = load(dsn, schema, args.leads, args.events, args.seed)
-        from prefect import flow
-
+    with bench_schema(args.database_url) as schema:
+        schema_url = schema.url
+        setup = load(schema.dsn, schema.name, args.leads, args.events, args.seed)
         from flows.score import rescore, score
 
-        @flow
-        def warm_up() -> None:
-            return None
-
-        warm_up()
+        warm_up_prefect()
         rules = Path(__file__).resolve().parents[1] / "rules" / "scoring.yaml"
         started = time.perf_counter()
         state = score(now=NOW, rules=str(rules), database_url=schema_url, return_state=True)
         score_seconds = time.perf_counter() - started
         summary = state.result(raise_on_failure=False)
-        changed = Path(f"/tmp/{schema}-rules.yaml")
+        changed = Path(f"/tmp/{schema.name}-rules.yaml")
         changed.write_text(rules.read_text().replace("mql_threshold: 60", "mql_threshold: 50"))
         started = time.perf_counter()
         dry = rescore(
@@ -183,9 +154,6 @@ def main() -> None:
             "peak_rss_mb": peak_rss_mb(),
         }
         print(json.dumps(result, indent=2))
-    finally:
-        admin.cursor().execute(f'DROP SCHEMA "{schema}" CASCADE')
-        admin.close()
 
 
 if __name__ == "__main__":
