@@ -539,6 +539,13 @@ def cmd_route(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from flows.report import report
+    from tasks.kpi import markdown
+
+    return _run_flow(args, report, lambda data: markdown(data), now=args.now)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """`make run`: database, sample data, ingest, pipeline, audit, summary."""
     from flows.demo import demo
@@ -769,6 +776,12 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("--since", type=_timestamp, help="dry run: MQLs routed since this time")
     route.add_argument("--now", type=_timestamp)
     route.add_argument("--json", action="store_true")
+
+    report = add(
+        "report", cmd_report, "KPIs: funnel, speed to lead, sources, waiting work, velocity"
+    )
+    report.add_argument("--now", type=_timestamp)
+    report.add_argument("--json", action="store_true")
 
     claims = add("claims", cmd_claims, "list the claims holding leads; free those of dead runs")
     claims.add_argument(

@@ -1,0 +1,36 @@
+"""KPI report flow: the funnel, speed to lead, sources, waiting work and sales velocity from
+the views in ``sql/views``, as Prefect table and markdown artifacts with PNG charts."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.states import Completed, State
+
+from leadflow.settings import get_settings
+from tasks import hops, kpi
+
+
+@flow(name="report", flow_run_name=hops.run_name("report"))
+def report(now: datetime | None = None, database_url: str | None = None) -> State:
+    """Compute the KPIs as of ``now`` and publish them."""
+    settings = get_settings()
+    now = now or datetime.now(UTC)
+    views = kpi.read_views(database_url or settings.database_url)
+    figures = kpi.figures(views, now)
+    paths = kpi.charts(figures, views["kpi_speed_to_lead"], settings.var_dir / "reports")
+    figures["charts"] = paths
+    create_table_artifact(key="kpi-funnel", table=figures["funnel"], description="Funnel")
+    create_table_artifact(
+        key="kpi-sources", table=figures["source_performance"], description="Sources"
+    )
+    create_markdown_artifact(
+        key="kpi-report", markdown=kpi.markdown(figures, paths), description="leadflow KPIs"
+    )
+    speed = figures["speed_to_lead"]["capture_to_routed"]
+    return Completed(
+        message=f"KPIs as of {now:%Y-%m-%d %H:%M}: capture -> routed median {speed['median_s']} s",
+        data=figures,
+    )

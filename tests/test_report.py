@@ -1,0 +1,74 @@
+"""KPIs: the pure figures on a few rows, and the report over the real views (SQLite and
+PostgreSQL) after leads were captured, scored and routed."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pandas as pd
+import pytest
+
+from tasks import kpi
+
+NOW = datetime(2026, 11, 20, tzinfo=UTC)
+
+
+@pytest.mark.unit
+def test_funnel_conversion_and_speed_quantiles():
+    reached = pd.DataFrame(
+        {"stage": ["captured", "enriched", "mql", "routed"], "reached": [10, 10, 4, 3]}
+    )
+    rows = {r["stage"]: r for r in kpi.funnel(reached)}
+    assert rows["mql"]["conversion_from_previous"] == 0.4
+    assert rows["routed"]["conversion_from_previous"] == 0.75 and rows["won"]["leads"] == 0
+    t0 = pd.Timestamp("2026-11-01T10:00:00Z")
+    speed = pd.DataFrame(
+        {
+            "captured_at": [t0] * 10,
+            "routed_at": [t0 + pd.Timedelta(seconds=s) for s in range(1, 11)],
+            "accepted_at": [t0 + pd.Timedelta(minutes=30)] * 2 + [pd.NaT] * 8,
+        }
+    )
+    figures = kpi.speed_to_lead(speed)
+    assert figures["capture_to_routed"] == {"leads": 10, "median_s": 5.5, "p90_s": 9.1}
+    assert figures["routed_to_accepted"]["leads"] == 2
+
+
+@pytest.mark.unit
+def test_sales_velocity_from_deals():
+    t0 = pd.Timestamp("2026-10-01T00:00:00Z")
+    deals = pd.DataFrame(
+        {
+            "status": ["qualified", "qualified", "won", "won", "lost"],
+            "attributes": [None, None, '{"budget": 10000}', '{"budget": "30000"}', None],
+            "captured_at": [t0] * 5,
+            "closed_at": [None, None, t0 + pd.Timedelta(days=10), t0 + pd.Timedelta(days=30), t0],
+        }
+    )
+    velocity = kpi.sales_velocity(deals)
+    # 2 open x 2/3 won x 20,000 average / 20 days = 1,333.33 per day
+    assert velocity == {
+        "open_opportunities": 2,
+        "win_rate": 0.6667,
+        "average_deal_value": 20000.0,
+        "cycle_days": 20.0,
+        "velocity_per_day": 1333.4,
+    }
+
+
+def test_report_over_the_views(database_url, tmp_path):
+    from test_route_flow import mqls, run_route
+
+    from flows.report import report
+    from leadflow import store
+
+    mqls(store.get_engine(database_url), ["US", "US", "DE"])
+    run_route(database_url, tmp_path)
+    state = report(now=NOW, database_url=database_url, return_state=True)
+    data = state.result()
+    assert state.is_completed()
+    funnel = {r["stage"]: r["leads"] for r in data["funnel"]}
+    assert (funnel["captured"], funnel["mql"], funnel["routed"]) == (3, 3, 3)
+    assert data["speed_to_lead"]["capture_to_routed"]["leads"] == 3
+    assert [r["status"] for r in data["waiting"]] == ["routed"]
+    assert all(p.endswith(".png") for p in data["charts"].values())
