@@ -15,6 +15,7 @@ from prefect.states import Completed, Failed, State
 
 from flows.capture import capture
 from flows.pipeline import pipeline
+from flows.report import report
 from tasks.demo import describe, ledger_report, prepare_sample, sample_file
 
 __all__ = ["demo", "describe"]
@@ -41,6 +42,7 @@ def demo(leads: int = 5000, seed: int = 7) -> State:
         return_state=True,
     )
     summary["pipeline"] = ran.result(raise_on_failure=False)
+    summary["kpi"] = report(return_state=True).result(raise_on_failure=False)
     summary.update(ledger_report())
     summary["seconds"] = round(time.monotonic() - started, 1)
     if not captured.is_completed() or not ran.is_completed() or not summary["audit"]["ok"]:

@@ -91,6 +91,14 @@ def describe(summary: dict[str, Any]) -> str:
             f"owner notifications: sent {sent.get('sent', 0)}, failed {sent.get('failed', 0)}"
             f" (mail in {summary.get('mail')})"
         )
+    kpi = summary.get("kpi") or {}
+    if isinstance(kpi, dict) and kpi.get("speed_to_lead"):
+        speed = kpi["speed_to_lead"]["capture_to_routed"]
+        lines.append(
+            f"speed to lead: capture -> routed median {speed['median_s']} s, p90 "
+            f"{speed['p90_s']} s ({speed['leads']} leads); KPI charts in "
+            f"{Path(kpi['charts']['funnel']).parent}"
+        )
     counts = summary.get("status_counts", {})
     lines.append("leads by status: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     report = summary.get("audit", {})
