@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -96,9 +97,10 @@ class HopOutcome:
 # --------------------------------------------------------------------------- one batch
 
 
-def batch_ref(hop: str, flow_run_id: str | None, token: str, batch_no: int) -> str:
-    """The gate verdict's reference: unique across runs (run id, else a fresh token)."""
-    return f"{hop}:{(flow_run_id or token)[:12]}:{batch_no}"
+def batch_ref(hop: str, flow_run_id: str | None, batch_no: int) -> str:
+    """The gate verdict's reference: the hop, the run, the batch, and a random suffix, so it
+    is unique across runs and across passes of one run (score: new, then engaged)."""
+    return f"{hop}:{(flow_run_id or 'no-run')[:8]}:{batch_no}:{uuid.uuid4().hex[:6]}"
 
 
 def run_batch(
@@ -152,9 +154,11 @@ def run_batch(
             outcome.claimed = len(leads)
             outcome.stats, outcome.report = dict(result.stats), result.report
             return outcome
-        ref = batch_ref(hop.name, flow_run_id, batch.token or queue.new_token(hop.name), batch_no)
         split, verdict = gate(
-            hop.suite, result.checked, batch_ref=ref, max_quarantine_rate=max_quarantine_rate
+            hop.suite,
+            result.checked,
+            batch_ref=batch_ref(hop.name, flow_run_id, batch_no),
+            max_quarantine_rate=max_quarantine_rate,
         )
         if verdict.success:
             with batch.writing() as conn:

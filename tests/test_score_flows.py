@@ -229,6 +229,22 @@ def test_leads_scored_for_the_first_time_have_seen_the_events_before_them(databa
     summary = score(now=NOW, rules=str(rules), return_state=True).result()
     assert (summary["scored"], summary["rescored_engaged"]) == (4, 0)
     assert len(table(database_url, "lead_scores")) == 4
+    # A run with both passes (a new lead, and new engagement for a nurturing one): each
+    # gate verdict names its own batch.
+    ingest(write(tmp_path / "more.csv", "email,title\nnew@gamma.io,CTO\n"), now=NOW)
+    ingest(
+        write(
+            tmp_path / "more_events.csv",
+            "email,event_type,occurred_at,url\nmgr@gmail.com,page_view,2026-10-31T09:00:00Z,/pricing\n",
+        ),
+        target="events",
+        now=NOW,
+    )
+    assert enrich(now=NOW, return_state=True).is_completed()
+    again = score(now=NOW, rules=str(rules), return_state=True).result()
+    assert (again["scored"], again["rescored_engaged"]) == (1, 1)
+    refs = table(database_url, "dq_results").query("hop == 'scored'")["batch_ref"]
+    assert len(refs) == 3 and refs.is_unique
 
 
 def test_a_rule_that_fires_on_no_lead_is_reported(database_url, scored, tmp_path):
