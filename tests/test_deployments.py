@@ -31,5 +31,19 @@ def test_every_deployment_in_prefect_yaml_deploys():
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     with get_client(sync_client=True) as client:
-        names = {d.name for d in client.read_deployments()}
-    assert {"pipeline", "capture-files", "capture-events", "rescore", "backtest"} <= names
+        deployments = {d.name: d for d in client.read_deployments()}
+    assert {"pipeline", "capture-files", "capture-events", "rescore", "backtest"} <= set(
+        deployments
+    )
+    assert {"route", "route-dry-run", "report", "learn"} <= set(deployments)
+    assert all(d.enforce_parameter_schema for d in deployments.values())
+    pipeline = deployments["pipeline"]
+    assert pipeline.global_concurrency_limit.limit == 1
+    assert pipeline.concurrency_options.collision_strategy.value == "ENQUEUE"
+    # A parameter of the wrong type is refused when the run is created.
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    with get_client(sync_client=True) as client, pytest.raises(PrefectHTTPStatusError):
+        client.create_flow_run_from_deployment(
+            deployments["rescore"].id, parameters={"dry_run": "not a boolean"}
+        )
