@@ -24,6 +24,7 @@ from functools import cache
 from zoneinfo import ZoneInfo
 
 import holidays
+import numpy as np
 
 from leadflow.routing_rules import Rep
 
@@ -205,3 +206,85 @@ def next_free_slots(
                 begin += duration
         cursor += CHUNK
     return slots
+
+
+# --------------------------------------------------------------------------- many at once
+
+_US = np.timedelta64(1, "us")
+
+
+class Timeline:
+    """A calendar's working time over a window, as cumulative minutes: many starts, deadlines
+    and durations computed with ``searchsorted`` instead of one search each (an SLA check
+    starts thousands of timers per rep). Instants are ``datetime64[us]`` UTC arrays; the
+    window grows by itself when a deadline lies beyond it."""
+
+    def __init__(self, rep: Rep | WorkingCalendar, start: datetime, end: datetime) -> None:
+        self.calendar = calendar_of(rep)
+        self._build(_utc(start), _utc(end))
+
+    def _build(self, start: datetime, end: datetime) -> None:
+        self.start, self.end = start, end
+        pairs = working_intervals(self.calendar, start, end)
+        self.low = np.array([_as64(a) for a, _ in pairs], dtype="datetime64[us]")
+        self.high = np.array([_as64(b) for _, b in pairs], dtype="datetime64[us]")
+        lengths = (self.high - self.low).astype("int64")
+        self.before = np.concatenate(([0], np.cumsum(lengths)))  # work before interval k (us)
+
+    def _cover(self, first: np.datetime64, last: np.datetime64) -> None:
+        if first < _as64(self.start) or last > _as64(self.end):
+            self._build(
+                min(self.start, _from64(first)), max(self.end, _from64(last) + timedelta(days=1))
+            )
+
+    def worked(self, moments: np.ndarray) -> np.ndarray:
+        """Working time (us) from the window's start to each moment."""
+        moments = np.asarray(moments, dtype="datetime64[us]")
+        k = np.searchsorted(self.low, moments, side="right") - 1
+        inside = np.zeros(len(moments), dtype="int64")
+        ok = k >= 0
+        kk = np.clip(k, 0, None)
+        if len(self.low):
+            span = (np.minimum(moments, self.high[kk]) - self.low[kk]).astype("int64")
+            inside = np.where(ok, np.maximum(span, 0), 0)
+            return np.where(ok, self.before[kk], 0) + inside
+        return inside
+
+    def add(self, starts: np.ndarray, minutes: float) -> np.ndarray:
+        """For each start, the earliest instant with ``minutes`` of working time since it
+        (``add_business_minutes`` for many starts)."""
+        starts = np.asarray(starts, dtype="datetime64[us]")
+        if not len(starts) or minutes <= 0:
+            return starts.copy()
+        need = round(minutes * 60_000_000)
+        self._cover(starts.min(), starts.max())
+        grow = timedelta(days=max(14.0, minutes / 60))
+        while True:
+            target = self.worked(starts) + need
+            if len(self.low) and target.max() <= self.before[-1]:
+                break
+            if self.end - self.start > HORIZON:
+                raise ValueError(
+                    "no working time in the next three years: check hours and time off"
+                )
+            self._build(self.start, self.end + grow)
+            grow *= 2
+        k = np.searchsorted(self.before[1:], target, side="left")
+        return self.low[k] + (target - self.before[k]).astype("timedelta64[us]")
+
+    def between(self, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """Working minutes from each start to its end (negative when the end is earlier)."""
+        starts = np.asarray(starts, dtype="datetime64[us]")
+        ends = np.asarray(ends, dtype="datetime64[us]")
+        if not len(starts):
+            return np.zeros(0)
+        self._cover(min(starts.min(), ends.min()), max(starts.max(), ends.max()))
+        return (self.worked(ends) - self.worked(starts)) / 60_000_000
+
+
+def _as64(moment: datetime) -> np.datetime64:
+    return np.datetime64(_utc(moment).replace(tzinfo=None), "us")
+
+
+def _from64(moment: np.datetime64) -> datetime:
+    return moment.astype("datetime64[us]").astype(datetime).replace(tzinfo=UTC)

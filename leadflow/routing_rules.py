@@ -20,7 +20,15 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import pycountry
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SkipValidation,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from leadflow import config
 from leadflow.config import ConfigError
@@ -237,7 +245,9 @@ class Pool(_Strict):
 
 class RoutingRule(_Strict):
     name: str = Field(pattern=_ID)
-    when: Condition | None = None  # null: every lead (a catch-all, usually last)
+    # Validated by the validator below (scored fields allowed); SkipValidation stops pydantic
+    # re-running scoring's field check on the result, which refuses `temperature`.
+    when: SkipValidation[Condition | None] = None  # null: every lead (a catch-all, usually last)
     pool: str
     why: str = ""
 

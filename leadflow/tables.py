@@ -424,7 +424,9 @@ outbox = Table(
     metadata,
     _id(),
     Column("idempotency_key", Text, nullable=False),
-    Column("kind", Text, nullable=False),  # owner_notification | sla_escalation | nurture_touch | webhook
+    Column(
+        "kind", Text, nullable=False
+    ),  # owner_notification | sla_escalation | nurture_touch | webhook
     Column("channel", Text, nullable=False),  # email | webhook
     Column("lead_id", ID),
     Column("recipient", Text, nullable=False),
@@ -441,4 +443,72 @@ outbox = Table(
     Column("flow_run_id", Text),
     UniqueConstraint("idempotency_key", name="uq_outbox_idempotency_key"),
     Index("ix_outbox_status_due", "status", "next_attempt_at"),
+)
+
+activities = Table(
+    # What sales did with a lead (migration 0008): calls, emails, meetings and dispositions,
+    # captured like events. ``automated`` marks touches no person made (nurture): they never
+    # meet an SLA. The same activity received twice is one row (``activity_key``).
+    "activities",
+    metadata,
+    _id(),
+    Column("lead_id", ID, ForeignKey("leads.id"), nullable=False),
+    Column("rep_id", ID, ForeignKey("reps.id")),
+    Column("activity_type", Text, nullable=False),
+    Column("occurred_at", UTC, nullable=False),
+    Column("automated", Boolean, nullable=False, server_default=text("false")),
+    Column("reason", Text),  # why a reject / lost / not now
+    Column("properties", JSONDoc),
+    Column("source", Text),
+    Column("activity_key", Text, nullable=False, unique=True),
+    Column("batch_id", ID),
+    Column("record_no", Integer),
+    Column("recorded_at", UTC, nullable=False),
+    Index("ix_activities_lead_time", "lead_id", "occurred_at"),
+)
+
+sla_timers = Table(
+    # One clock per (assignment, policy) (migration 0008): started at assignment or at the
+    # stage before, due after the policy's business time in the owner's calendar, met by the
+    # earliest genuine activity, kept open after a breach until met so the true time is known.
+    "sla_timers",
+    metadata,
+    _id(),
+    Column("lead_id", ID, nullable=False),
+    Column("assignment_id", ID, nullable=False),
+    Column("rep_id", ID),
+    Column("policy", Text, nullable=False),
+    Column("started_at", UTC, nullable=False),
+    Column("warn_at", UTC, nullable=False),
+    Column("due_at", UTC, nullable=False),
+    Column("escalate_at", UTC),  # level 2; null: the policy does not escalate
+    Column("met_at", UTC),
+    Column("met_by", ID),  # the activity
+    Column("business_minutes", Float),  # start to met, in the owner's business time
+    Column("warned_at", UTC),
+    Column("closed_at", UTC),
+    Column("closed_reason", Text),  # met | reassigned | lead left: <status>
+    Column("created_at", UTC, nullable=False),
+    UniqueConstraint("assignment_id", "policy", name="uq_sla_timers_assignment_policy"),
+    Index("ix_sla_timers_open_due", "closed_at", "due_at"),
+    Index("ix_sla_timers_lead", "lead_id"),
+)
+
+sla_breaches = Table(
+    # Each breach once per level (migration 0008): 1 notifies rep and manager, 2 reassigns.
+    "sla_breaches",
+    metadata,
+    _id(),
+    Column("timer_id", ID, ForeignKey("sla_timers.id"), nullable=False),
+    Column("lead_id", ID, nullable=False),
+    Column("rep_id", ID),
+    Column("policy", Text, nullable=False),
+    Column("level", Integer, nullable=False),
+    Column("action", Text, nullable=False),  # notified | reassigned | to_manager | met_late
+    Column("reason", Text, nullable=False),
+    Column("new_rep_id", ID),
+    Column("due_at", UTC, nullable=False),
+    Column("recorded_at", UTC, nullable=False),  # the check's `now`
+    Column("flow_run_id", Text),
+    UniqueConstraint("timer_id", "level", name="uq_sla_breaches_timer_level"),
 )

@@ -5,11 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from leadflow.business_time import (
+    Timeline,
     WorkingCalendar,
     add_business_minutes,
     business_minutes_between,
@@ -129,3 +131,70 @@ def test_a_calendar_with_no_hours_is_an_error_not_a_hang() -> None:
     empty = WorkingCalendar(NEW_YORK, {}, None, ())
     with pytest.raises(ValueError, match="no working time"):
         add_business_minutes(empty, datetime(2026, 1, 1, tzinfo=UTC), 10)
+
+
+# --------------------------------------------------------------------------- many at once
+
+ZONES = ["America/New_York", "Europe/London", "Australia/Sydney", "Asia/Kolkata", "UTC"]
+COUNTRIES = {"America/New_York": "US", "Europe/London": "GB", "Australia/Sydney": "AU"}
+# Near DST changes in both hemispheres and around public holidays (Christmas, Easter 2026).
+STARTS = [
+    datetime(2026, 3, 27, tzinfo=UTC),  # London springs forward Mar 29
+    datetime(2026, 4, 2, tzinfo=UTC),  # Sydney falls back Apr 5; Good Friday Apr 3
+    datetime(2026, 10, 30, tzinfo=UTC),  # New York falls back Nov 1
+    datetime(2026, 12, 23, tzinfo=UTC),  # Christmas, Boxing Day
+]
+day_hours = st.lists(
+    st.tuples(st.integers(0, 23 * 4), st.integers(1, 12 * 4)).map(
+        lambda p: (p[0] * 15, min(24 * 60, p[0] * 15 + p[1] * 15))
+    ),
+    min_size=0,
+    max_size=2,
+)
+calendars = st.builds(
+    lambda zone, days, with_holidays: WorkingCalendar(
+        ZoneInfo(zone),
+        {d: tuple(sorted(h)) for d, h in enumerate(days) if h},
+        COUNTRIES.get(zone) if with_holidays else None,
+    ),
+    st.sampled_from(ZONES),
+    st.lists(day_hours, min_size=7, max_size=7).filter(lambda days: any(days[:5])),
+    st.booleans(),
+)
+
+
+def brute_minutes(calendar: WorkingCalendar, start: datetime, end: datetime) -> int:
+    count, moment = 0, start
+    while moment < end:
+        local = moment.astimezone(calendar.zone)
+        minute = local.hour * 60 + local.minute
+        if not is_holiday(calendar, local.date()) and any(
+            a <= minute < b for a, b in calendar.weekly.get(local.weekday(), ())
+        ):
+            count += 1
+        moment += timedelta(minutes=1)
+    return count
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    calendars,
+    st.sampled_from(STARTS),
+    st.lists(st.integers(0, 4 * 24 * 60), min_size=1, max_size=6),
+    st.integers(1, 900),
+)
+def test_timeline_matches_brute_force(
+    calendar: WorkingCalendar, base: datetime, offsets: list[int], minutes: int
+) -> None:
+    starts = [base + timedelta(minutes=m) for m in offsets]
+    timeline = Timeline(calendar, base, base + timedelta(days=1))
+    starts64 = np.array([np.datetime64(s.replace(tzinfo=None), "us") for s in starts])
+    due = timeline.add(starts64, minutes)
+    spent = timeline.between(starts64, due)
+    for start, deadline, used in zip(starts, due, spent, strict=True):
+        deadline = deadline.astype(datetime).replace(tzinfo=UTC)
+        assert used == minutes
+        assert brute_minutes(calendar, start, deadline) == minutes
+        # The earliest such instant: one minute before, a minute of work is missing.
+        assert brute_minutes(calendar, start, deadline - timedelta(minutes=1)) == minutes - 1
+        assert deadline == add_business_minutes(calendar, start, minutes)

@@ -12,7 +12,13 @@ import pandas as pd
 import pytest
 
 from leadflow.config import ConfigError
-from leadflow.routing_rules import load_reps_csv, load_rules, parse_rules, with_reps
+from leadflow.routing_rules import (
+    RoutingRule,
+    load_reps_csv,
+    load_rules,
+    parse_rules,
+    with_reps,
+)
 from tasks import routing
 from tasks.routing import empty_state, route_leads
 
@@ -331,3 +337,12 @@ def test_dry_run_diff_per_rep_rule_and_changed_leads() -> None:
     assert len(diff.changed) == 2 and set(diff.changed["owner_after"]) == {"a"}
     text = diff.to_markdown()
     assert "| rep | before | after | change |" in text and "would change owner (2)" in text
+
+
+def test_a_rule_on_temperature_alone_loads() -> None:
+    """A top-level `{field: temperature, ...}` used to be re-checked by scoring's field list
+    after the routing validator had allowed it, and refused."""
+    rule = RoutingRule.model_validate(
+        {"name": "hot", "when": {"field": "temperature", "equals": "hot"}, "pool": "p"}
+    )
+    assert rule.when is not None and rule.when.field == "temperature"
