@@ -251,6 +251,36 @@ def apply(
     return len(moved)
 
 
+def record_reassignments(
+    conn: Connection,
+    lead_ids: pd.Series,
+    *,
+    status: str,
+    reasons: pd.Series,
+    details: list | None,
+    actor: str,
+    at: datetime,
+    flow_run_id: str | None = None,
+) -> None:
+    """One ledger row per lead whose owner changed without a status change (an SLA
+    escalation): ``kind = 'reassignment'``, the status on both sides, and why."""
+    if len(lead_ids) == 0:
+        return
+    _write_events(
+        conn,
+        lead_ids,
+        kind="reassignment",
+        from_status=status,
+        to_status=status,
+        actor=actor,
+        reason=reasons,
+        details=details,
+        batch_id=None,
+        flow_run_id=flow_run_id,
+        at=at,
+    )
+
+
 def record_merges(
     conn: Connection,
     lead_ids: pd.Series,

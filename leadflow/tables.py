@@ -413,6 +413,7 @@ assignments = Table(
     Column("flow_run_id", Text),
     Column("released_at", UTC),  # the lead left this owner (recycled, reassigned)
     Column("released_reason", Text),
+    Column("sla_stage", Text),  # SLA timers started for: null | assigned | accepted (0008)
     Index("ix_assignments_lead_id", "lead_id"),
     Index("ix_assignments_rep_assigned", "rep_code", "assigned_at"),  # "new today" per rep
 )
@@ -486,6 +487,7 @@ sla_timers = Table(
     Column("met_by", ID),  # the activity
     Column("business_minutes", Float),  # start to met, in the owner's business time
     Column("warned_at", UTC),
+    Column("level", Integer, nullable=False, server_default=text("0")),  # breach level reached
     Column("closed_at", UTC),
     Column("closed_reason", Text),  # met | reassigned | lead left: <status>
     Column("created_at", UTC, nullable=False),

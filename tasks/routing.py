@@ -266,7 +266,9 @@ def route_leads(
     ``leads``: ``id``; optional ``queued_at`` (oldest first), ``account_owner`` (rep id of
     the matched account's owner), ``domain``/``company`` (for the reason), ``country``,
     ``state``, ``industry``, ``employees``, ``revenue`` and every field the rules read
-    (``attributes.<key>`` as a column of that name). ``reps_state``: ``STATE_COLUMNS``
+    (``attributes.<key>`` as a column of that name); optional ``exclude``: per lead, rep ids
+    who must not get it (they held it before: an SLA reassignment, a rejection), skipped with
+    that reason at every step. ``reps_state``: ``STATE_COLUMNS``
     (``empty_state()`` the first time; ``open_leads`` and ``new_today`` filled by the caller
     from the database).
     """
@@ -282,6 +284,10 @@ def route_leads(
     loads, pools = _load_state(rules, reps_state, now)
     fallback_of = {p.name: p.fallback_owner for p in rules.pools}
     account_owner = _column(leads, "account_owner").astype(object).tolist()
+    exclude = [
+        frozenset(v) if isinstance(v, list | tuple | set | frozenset) else frozenset()
+        for v in _column(leads, "exclude").tolist()
+    ]
     where = (
         _column(leads, "domain")
         .astype(object)
@@ -315,7 +321,13 @@ def route_leads(
         if rules.account_owner and isinstance(account_owner[i], str) and account_owner[i]:
             rep_id = account_owner[i]
             load = loads.get(rep_id)
-            blocked = "not in the routing rules" if load is None else load.blocked()
+            blocked = (
+                "held it before"
+                if rep_id in exclude[i]
+                else "not in the routing rules"
+                if load is None
+                else load.blocked()
+            )
             if blocked is None:
                 step[i] = "account_owner"
                 candidates[i] = json.dumps({rep_id: "assigned"})
@@ -342,7 +354,9 @@ def route_leads(
             why = next(
                 (kind for kind in ("territory", "industry", "segment") if not masks[kind][i]), None
             )
-            if why is not None:
+            if rep_id in exclude[i]:
+                skipped[rep_id] = "held it before"
+            elif why is not None:
                 skipped[rep_id] = f"not their {why}"
             elif blocked[k] is not None:
                 skipped[rep_id] = blocked[k]  # type: ignore[assignment]

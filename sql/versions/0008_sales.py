@@ -4,6 +4,8 @@
   one row per activity however often it is received (``activity_key``).
 - ``sla_timers``: one clock per (assignment, policy), with its warning, due and escalation
   instants precomputed in the owner's business time, so a check is a few set-based UPDATEs.
+- ``assignments.sla_stage``: which of an assignment's timers were started (a check looks
+  at each assignment once per stage, not at every check).
 - ``sla_breaches``: each breach once per level (unique), with the action taken and why.
 
 Revision ID: 0008
@@ -26,6 +28,8 @@ UTC = sa.DateTime(timezone=True)
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("assignments") as batch:
+        batch.add_column(sa.Column("sla_stage", sa.Text))
     op.create_table(
         "activities",
         sa.Column("id", ID, sa.Identity(), primary_key=True),
@@ -58,6 +62,7 @@ def upgrade() -> None:
         sa.Column("met_by", ID),
         sa.Column("business_minutes", sa.Float),
         sa.Column("warned_at", UTC),
+        sa.Column("level", sa.Integer, nullable=False, server_default=sa.text("0")),
         sa.Column("closed_at", UTC),
         sa.Column("closed_reason", sa.Text),
         sa.Column("created_at", UTC, nullable=False),
@@ -88,3 +93,5 @@ def downgrade() -> None:
     op.drop_table("sla_timers")
     op.drop_index("ix_activities_lead_time", "activities")
     op.drop_table("activities")
+    with op.batch_alter_table("assignments") as batch:
+        batch.drop_column("sla_stage")

@@ -1,0 +1,76 @@
+"""SLA check flow: every few minutes, all open timers at once (see ``tasks/sla.py``).
+
+Starts timers for new assignments, meets them with new activities, warns, records each
+breach once per level, notifies rep and manager, reassigns through routing at level 2,
+emits ``leadflow.sla.breached`` events, and publishes the open breaches and compliance.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import UTC, datetime
+
+from prefect import flow
+from prefect.artifacts import create_table_artifact
+from prefect.states import Completed, Failed, State
+from sqlalchemy import select
+
+from leadflow import store
+from leadflow import tables as t
+from leadflow.settings import get_settings
+from tasks import hops, quality
+from tasks import sla as hop
+from tasks.notify import send_outbox
+
+
+@flow(name="sla", flow_run_name=hops.run_name("sla"))
+def sla(
+    now: datetime | None = None,
+    database_url: str | None = None,
+    rules: str | None = None,
+    routing: str | None = None,
+    reps: str | None = None,
+    notifier: str | None = None,
+    max_events: int = 1000,
+) -> State:
+    """Check every open SLA timer at ``now`` with ``rules`` (default rules/sla.yaml);
+    reassign with ``routing`` (default rules/routing.yaml, ``reps`` CSV replacing its reps);
+    send due messages with ``notifier`` (default $LEADFLOW_NOTIFIER; none: they stay queued)."""
+    started = time.monotonic()
+    database_url = database_url or get_settings().database_url
+    now = now or datetime.now(UTC)
+    notifier = notifier or os.environ.get("LEADFLOW_NOTIFIER")
+    context = hop.load_context(rules, routing, reps)
+    try:
+        result = hop.run_check(database_url, context, now)
+    except quality.GateFailed as failure:
+        return Failed(message=f"SLA gate failed: {failure}", data={"gate": failure.result.checks})
+    summary = result.summary()
+    summary["version"] = context.version
+    with store.get_engine(database_url).connect() as conn:
+        codes = dict(conn.execute(select(t.reps.c.id, t.reps.c.code)).all())
+        breached = hop.open_breaches(conn)
+        compliance = hop.compliance(conn)
+    summary["events"] = hop.emit_breach_events(result.breaches, codes, max_events)
+    sent = send_outbox(database_url, notifier, now=now) if notifier else None
+    summary["notifications"] = sent or {}
+    summary["open_breaches"] = len(breached)
+    summary["compliance"] = compliance.to_dict("records")
+    summary["seconds"] = round(time.monotonic() - started, 3)
+    create_table_artifact(
+        key="sla-open-breaches",
+        table=[
+            {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
+            for row in breached.to_dict("records")
+        ]
+        or [{"lead_id": None, "note": "no open breaches"}],
+        description=f"Breached SLA timers still without an activity at {now:%Y-%m-%d %H:%M} UTC",
+    )
+    hops.publish_gates("sla", [result.gate] if result.gate else [])
+    return Completed(
+        message=f"SLA check: {summary['timers_started']} timers started, "
+        f"{summary['timers_met']} met, {summary['warnings']} warnings, "
+        f"{summary['level_1']} breaches, {summary['level_2']} escalations",
+        data=summary,
+    )

@@ -1,0 +1,1022 @@
+"""Response SLAs, checked set-based: timers started, met, warned, breached and escalated.
+
+A check at ``now`` (one at a time: the ``sla`` writer lock) does, in one transaction:
+
+1. **close** the timers of assignments that ended (reassigned, rejected) and of leads that
+   left the owned statuses;
+2. **start** timers for new assignments (and for acceptances, for ``start: accepted``
+   policies), with their warning, due and escalation instants computed once, in the owner's
+   business time (``Timeline``): everything after is comparisons of stored instants;
+3. **meet** timers with the activities that arrived since the last check (the earliest
+   genuine one wins, whenever it arrives; automated touches never count); a timer met after
+   its due time gets its level-1 breach recorded as ``met_late``;
+4. **warn** owners of timers past ``warn_at``; **level 1**: notify owner and manager;
+   **level 2**: reassign through routing, excluding every rep who held the lead (nobody left:
+   the manager), or alert the manager, per policy. ``sla_timers.level`` and the unique
+   (timer, level) of ``sla_breaches`` make each level fire once however often checks run;
+5. **gate** the breaches with ``suites/sla.yaml`` (none twice, every escalation has a reason);
+   a failing gate rolls the whole check back and is recorded.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from sqlalchemy import Connection, and_, func, literal, select, text, update
+
+from leadflow import lifecycle, outbox, routing_store, store
+from leadflow import tables as t
+from leadflow.business_time import Timeline, WorkingCalendar, calendar_of
+from leadflow.lifecycle import Status
+from leadflow.routing_rules import Rep
+from leadflow.sla_rules import Policy, SlaRules
+from tasks import notify, quality, routing
+from tasks.route_hop import RouteContext, fetch_reps, lead_columns
+from tasks.scoring import condition_mask
+
+SUITE = "sla"
+ACTOR = "sla"
+WATERMARK = "sla:activities"  # source_cursors row: the newest activity a check has seen
+OWNED = (Status.ROUTED.value, Status.ACCEPTED.value, Status.QUALIFIED.value)
+ACCEPTED = (Status.ACCEPTED.value, Status.QUALIFIED.value)
+ACTIONS = ("notified", "met_late", "reassigned", "to_manager", "manager_alerted")
+
+
+@dataclass(frozen=True)
+class SlaContext:
+    rules: SlaRules
+    version: str
+    route: RouteContext  # routing rules: reps, managers, and reassignment
+
+
+@dataclass
+class CheckResult:
+    now: datetime
+    closed: int = 0
+    started: int = 0
+    met: int = 0
+    warned: int = 0
+    breaches: pd.DataFrame = field(default_factory=pd.DataFrame)
+    queued: int = 0
+    gate: quality.GateResult | None = None
+
+    def summary(self) -> dict[str, Any]:
+        breaches = self.breaches
+        actions = breaches["action"].value_counts().to_dict() if len(breaches) else {}
+        return {
+            "now": self.now.isoformat(),
+            "timers_started": self.started,
+            "timers_met": self.met,
+            "timers_closed": self.closed,
+            "warnings": self.warned,
+            "level_1": int((breaches["level"] == 1).sum()) if len(breaches) else 0,
+            "level_2": int((breaches["level"] == 2).sum()) if len(breaches) else 0,
+            "actions": {k: int(v) for k, v in actions.items()},
+            "messages_queued": self.queued,
+        }
+
+
+# --------------------------------------------------------------------------- calendars
+
+
+def calendars(conn: Connection, context: SlaContext) -> dict[int, WorkingCalendar]:
+    """Every rep's working calendar by ``reps.id``: the routing rules' reps as they say, other
+    reps (no longer in the rules, still holding leads) from their stored row."""
+    in_rules = {rep.id: rep for rep in context.route.rules.reps}
+    out: dict[int, WorkingCalendar] = {}
+    rows = conn.execute(
+        select(
+            t.reps.c.id,
+            t.reps.c.code,
+            t.reps.c.name,
+            t.reps.c.email,
+            t.reps.c.timezone,
+            t.reps.c.working_hours,
+            t.reps.c.country,
+        )
+    ).all()
+    for row in rows:
+        rep = in_rules.get(row.code or "")
+        if rep is None:
+            try:
+                rep = Rep(
+                    id=row.code or f"rep-{row.id}",
+                    name=row.name,
+                    email=row.email,
+                    timezone=row.timezone or "UTC",
+                    working_hours=_json(row.working_hours) or {"mon-fri": ["09:00-17:00"]},
+                    country=row.country,
+                )
+            except ValueError:
+                rep = Rep(id=f"rep-{row.id}", name=row.name or "?", email="unknown@invalid.example")
+        out[int(row.id)] = calendar_of(rep)
+    return out
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _timeline(
+    cache: dict[int, Timeline], calendars_: dict[int, WorkingCalendar], rep_id: int, starts: Any
+) -> Timeline:
+    if rep_id not in cache:
+        first = pd.Timestamp(np.min(starts)).to_pydatetime().replace(tzinfo=UTC)
+        cache[rep_id] = Timeline(calendars_[rep_id], first, first + pd.Timedelta(days=7))
+    return cache[rep_id]
+
+
+def _as64(values: pd.Series) -> np.ndarray:
+    return pd.to_datetime(values, utc=True).dt.tz_localize(None).to_numpy().astype("datetime64[us]")
+
+
+# --------------------------------------------------------------------------- 1. close
+
+
+def close_ended(conn: Connection, now: datetime) -> int:
+    """Close open timers whose assignment ended or whose lead is no longer owned."""
+    timers, assignments, leads = t.sla_timers, t.assignments, t.leads
+    moment = literal(now, timers.c.closed_at.type)
+    ended = conn.execute(
+        update(timers)
+        .where(
+            timers.c.closed_at.is_(None),
+            timers.c.assignment_id.in_(
+                select(assignments.c.id).where(assignments.c.released_at.is_not(None))
+            ),
+        )
+        .values(closed_at=moment, closed_reason="reassigned")
+    ).rowcount
+    status = select(leads.c.status).where(leads.c.id == timers.c.lead_id).scalar_subquery()
+    left = conn.execute(
+        update(timers)
+        .where(
+            timers.c.closed_at.is_(None),
+            timers.c.lead_id.in_(select(leads.c.id).where(leads.c.status.not_in(OWNED))),
+        )
+        .values(closed_at=moment, closed_reason=literal("lead left: ") + status)
+    ).rowcount
+    return ended + left
+
+
+# --------------------------------------------------------------------------- 2. start
+
+
+def _policy_fields(rules: SlaRules) -> list[Any]:
+    fields: set[str] = set()
+    for policy in rules.policies:
+        if policy.when is not None:
+            fields |= policy.when.fields()
+    columns: list[Any] = []
+    for name in sorted(fields):
+        if name.startswith("attributes."):
+            columns.append(t.leads.c.attributes[name.split(".", 1)[1]].as_string().label(name))
+        elif name in t.leads.c:
+            columns.append(t.leads.c[name])
+    return columns
+
+
+def start_timers(
+    conn: Connection,
+    context: SlaContext,
+    calendars_: dict[int, WorkingCalendar],
+    now: datetime,
+) -> int:
+    """Timers for assignments not yet seen (``start: assigned`` policies, from the
+    assignment) and for leads accepted since (``start: accepted``, from the acceptance)."""
+    rules = context.rules
+    assignments, leads, activities = t.assignments, t.leads, t.activities
+    extra = _policy_fields(rules)
+    base = [
+        assignments.c.id.label("assignment_id"),
+        assignments.c.lead_id,
+        assignments.c.rep_id,
+        assignments.c.assigned_at,
+        leads.c.status,
+        leads.c.status_changed_at,
+        *extra,
+    ]
+    joined = assignments.join(
+        leads,
+        and_(leads.c.id == assignments.c.lead_id, leads.c.owner_rep_id == assignments.c.rep_id),
+    )
+    fresh = store.read_frame(
+        conn,
+        select(*base)
+        .select_from(joined)
+        .where(
+            assignments.c.released_at.is_(None),
+            assignments.c.sla_stage.is_(None),
+            assignments.c.rep_id.is_not(None),
+            leads.c.status.in_(OWNED),
+        ),
+    )
+    accepted_at = (
+        select(func.min(activities.c.occurred_at))
+        .where(
+            activities.c.lead_id == assignments.c.lead_id,
+            activities.c.activity_type == "accept",
+            activities.c.occurred_at >= assignments.c.assigned_at,
+        )
+        .scalar_subquery()
+        .label("accepted_at")
+    )
+    accepted = store.read_frame(
+        conn,
+        select(*base, accepted_at)
+        .select_from(joined)
+        .where(
+            assignments.c.released_at.is_(None),
+            assignments.c.sla_stage == "assigned",
+            leads.c.status.in_(ACCEPTED),
+        ),
+    )
+    rows = []
+    for stage, frame, policies in (
+        ("assigned", fresh, [p for p in rules.policies if p.start == "assigned"]),
+        ("accepted", accepted, [p for p in rules.policies if p.start == "accepted"]),
+    ):
+        if frame.empty:
+            continue
+        if stage == "accepted":
+            frame["started_at"] = frame["accepted_at"].where(
+                frame["accepted_at"].notna(), frame["status_changed_at"]
+            )
+        else:
+            frame["started_at"] = frame["assigned_at"]
+        for policy in policies:
+            chosen = frame if policy.when is None else frame[condition_mask(policy.when, frame)]
+            if len(chosen):
+                rows.append(_timer_rows(chosen, policy, rules, calendars_, now))
+        store.update_from_frame(
+            conn,
+            assignments,
+            pd.DataFrame({"id": frame["assignment_id"].to_numpy(), "sla_stage": stage}),
+        )
+    if not rows:
+        return 0
+    timers = pd.concat(rows, ignore_index=True)
+    return store.bulk_insert(conn, t.sla_timers, timers)
+
+
+def _timer_rows(
+    frame: pd.DataFrame,
+    policy: Policy,
+    rules: SlaRules,
+    calendars_: dict[int, WorkingCalendar],
+    now: datetime,
+) -> pd.DataFrame:
+    allowed, escalate = rules.minutes(policy)
+    starts = _as64(frame["started_at"])
+    warn = np.empty(len(frame), dtype="datetime64[us]")
+    due = np.empty(len(frame), dtype="datetime64[us]")
+    late = np.full(len(frame), np.datetime64("NaT"), dtype="datetime64[us]")
+    cache: dict[int, Timeline] = {}
+    reps = frame["rep_id"].astype("int64").to_numpy()
+    for rep_id in np.unique(reps):
+        mask = reps == rep_id
+        line = _timeline(cache, calendars_, int(rep_id), starts[mask])
+        warn[mask] = line.add(starts[mask], allowed * rules.warn_at)
+        due[mask] = line.add(starts[mask], allowed)
+        if escalate is not None:
+            late[mask] = line.add(starts[mask], escalate)
+    return pd.DataFrame(
+        {
+            "lead_id": frame["lead_id"].astype("int64").to_numpy(),
+            "assignment_id": frame["assignment_id"].astype("int64").to_numpy(),
+            "rep_id": reps,
+            "policy": policy.name,
+            "started_at": pd.to_datetime(starts).tz_localize("UTC"),
+            "warn_at": pd.to_datetime(warn).tz_localize("UTC"),
+            "due_at": pd.to_datetime(due).tz_localize("UTC"),
+            "escalate_at": pd.to_datetime(late).tz_localize("UTC"),
+            "level": 0,
+            "created_at": pd.Timestamp(now),
+        }
+    )
+
+
+# --------------------------------------------------------------------------- 3. meet
+
+
+def _watermark(conn: Connection) -> int:
+    value = conn.execute(
+        select(t.source_cursors.c.cursor).where(t.source_cursors.c.source == WATERMARK)
+    ).scalar()
+    return int(value) if value else 0
+
+
+def _save_watermark(conn: Connection, value: int) -> None:
+    from tasks.capture.write import save_cursor
+
+    save_cursor(conn, WATERMARK, f"{value:020d}")  # zero-padded: the cursor compares as text
+
+
+def meet_timers(
+    conn: Connection,
+    context: SlaContext,
+    calendars_: dict[int, WorkingCalendar],
+    now: datetime,
+    flow_run_id: str | None,
+) -> tuple[int, pd.DataFrame]:
+    """Meet timers with the activities received since the last check. Returns the timers
+    met (or met earlier than known) and level-1 breach rows for those met after their due
+    time. Capture takes turns with this step, so no activity commits behind the watermark."""
+    store.serialize_writers(conn, "capture")
+    activities, timers = t.activities, t.sla_timers
+    seen = _watermark(conn)
+    new = store.read_frame(
+        conn,
+        select(
+            activities.c.id.label("activity_id"),
+            activities.c.lead_id,
+            activities.c.rep_id,
+            activities.c.activity_type,
+            activities.c.occurred_at,
+        ).where(activities.c.id > seen, activities.c.automated.is_(False)),
+    )
+    newest = conn.execute(select(func.max(activities.c.id))).scalar() or seen
+    if new.empty:
+        _save_watermark(conn, max(newest, seen))
+        return 0, _empty_breaches()
+    candidates = store.read_frame_by_ids(
+        conn,
+        [
+            timers.c.id,
+            timers.c.lead_id,
+            timers.c.rep_id,
+            timers.c.policy,
+            timers.c.started_at,
+            timers.c.due_at,
+            timers.c.met_at,
+            timers.c.level,
+            timers.c.closed_at,
+            timers.c.closed_reason,
+        ],
+        timers.c.lead_id,
+        sorted(set(new["lead_id"].astype("int64"))),
+    )
+    if candidates.empty:
+        _save_watermark(conn, newest)
+        return 0, _empty_breaches()
+    met_by = {p.name: set(p.met_by) for p in context.rules.policies}
+    pairs = candidates.merge(new, on=["lead_id", "rep_id"])
+    counts = (
+        pairs.apply(lambda r: r["activity_type"] in met_by.get(r["policy"], ()), axis=1)
+        if len(pairs)
+        else pd.Series(dtype=bool)
+    )
+    pairs = pairs[counts.astype(bool)] if len(pairs) else pairs
+    pairs = pairs[
+        (pairs["occurred_at"] >= pairs["started_at"])
+        & (pairs["met_at"].isna() | (pairs["occurred_at"] < pairs["met_at"]))
+        & (
+            pairs["closed_reason"].isna()
+            | (pairs["closed_reason"] == "met")
+            | (pairs["occurred_at"] < pairs["closed_at"])
+        )
+    ]
+    if pairs.empty:
+        _save_watermark(conn, newest)
+        return 0, _empty_breaches()
+    first = pairs.sort_values(["id", "occurred_at", "activity_id"]).drop_duplicates("id")
+    minutes = np.zeros(len(first))
+    cache: dict[int, Timeline] = {}
+    reps = first["rep_id"].astype("int64").to_numpy()
+    starts, ends = _as64(first["started_at"]), _as64(first["occurred_at"])
+    for rep_id in np.unique(reps):
+        mask = reps == rep_id
+        line = _timeline(cache, calendars_, int(rep_id), starts[mask])
+        minutes[mask] = line.between(starts[mask], ends[mask])
+    was_open = first["closed_at"].isna()
+    update_frame = pd.DataFrame(
+        {
+            "id": first["id"].astype("int64").to_numpy(),
+            "met_at": first["occurred_at"].to_numpy(),
+            "met_by": first["activity_id"].astype("int64").to_numpy(),
+            "business_minutes": minutes,
+            "closed_at": first["closed_at"].where(~was_open, pd.Timestamp(now)).to_numpy(),
+            "closed_reason": first["closed_reason"].where(~was_open, "met").to_numpy(),
+        }
+    )
+    store.update_from_frame(conn, timers, update_frame)
+    late = first[(first["occurred_at"] > first["due_at"]) & (first["level"] < 1)]
+    breaches = _breach_rows(
+        late,
+        level=1,
+        action="met_late",
+        reasons=[
+            f"{row.policy}: first activity {row.activity_type} came after the due time "
+            f"({minutes[i]:.0f} business minutes)"
+            for i, row in zip(
+                np.flatnonzero(first.index.isin(late.index)), late.itertuples(), strict=True
+            )
+        ],
+        now=now,
+        flow_run_id=flow_run_id,
+    )
+    _raise_level(conn, late["id"], 1)
+    _save_watermark(conn, newest)
+    return len(first), breaches
+
+
+# --------------------------------------------------------------------------- 4. escalate
+
+
+def _empty_breaches() -> pd.DataFrame:
+    return pd.DataFrame(
+        columns=[
+            "timer_id",
+            "lead_id",
+            "rep_id",
+            "policy",
+            "level",
+            "action",
+            "reason",
+            "new_rep_id",
+            "due_at",
+            "recorded_at",
+            "flow_run_id",
+        ]
+    )
+
+
+def _breach_rows(
+    timers: pd.DataFrame,
+    *,
+    level: int,
+    action: str | list[str],
+    reasons: list[str],
+    now: datetime,
+    flow_run_id: str | None,
+    new_rep_ids: Any = None,
+) -> pd.DataFrame:
+    if timers.empty:
+        return _empty_breaches()
+    return pd.DataFrame(
+        {
+            "timer_id": timers["id"].astype("int64").to_numpy(),
+            "lead_id": timers["lead_id"].astype("int64").to_numpy(),
+            "rep_id": timers["rep_id"].astype("Int64").to_numpy(),
+            "policy": timers["policy"].to_numpy(),
+            "level": level,
+            "action": action,
+            "reason": reasons,
+            "new_rep_id": pd.array(
+                [None] * len(timers) if new_rep_ids is None else new_rep_ids, dtype="Int64"
+            ),
+            "due_at": timers["due_at"].to_numpy(),
+            "recorded_at": pd.Timestamp(now),
+            "flow_run_id": flow_run_id,
+        }
+    )
+
+
+def _raise_level(conn: Connection, ids: pd.Series, level: int) -> None:
+    if len(ids):
+        store.update_from_frame(
+            conn,
+            t.sla_timers,
+            pd.DataFrame({"id": ids.astype("int64").to_numpy(), "level": level}),
+            where=t.sla_timers.c.level < level,
+        )
+
+
+def _open_timers(conn: Connection, *conditions: Any) -> pd.DataFrame:
+    timers, reps, leads = t.sla_timers, t.reps, t.leads
+    return store.read_frame(
+        conn,
+        select(
+            timers.c.id,
+            timers.c.lead_id,
+            timers.c.rep_id,
+            timers.c.assignment_id,
+            timers.c.policy,
+            timers.c.started_at,
+            timers.c.due_at,
+            timers.c.level,
+            reps.c.code.label("rep_code"),
+            reps.c.email.label("rep_email"),
+            reps.c.name.label("rep_name"),
+            reps.c.manager,
+            leads.c.status,
+            leads.c.first_name,
+            leads.c.last_name,
+            leads.c.company,
+        )
+        .select_from(
+            timers.outerjoin(reps, reps.c.id == timers.c.rep_id).join(
+                leads, leads.c.id == timers.c.lead_id
+            )
+        )
+        .where(timers.c.closed_at.is_(None), timers.c.met_at.is_(None), *conditions),
+    )
+
+
+def _manager_emails(context: SlaContext, conn: Connection) -> dict[str, str]:
+    """Manager field (a rep id or an email) -> the email to write to."""
+    by_code = {rep.id: rep.email for rep in context.route.rules.reps}
+    for code, email in conn.execute(select(t.reps.c.code, t.reps.c.email)).all():
+        if code:
+            by_code.setdefault(code, email)
+    out = {}
+    for rep in context.route.rules.reps:
+        if rep.manager:
+            out[rep.manager] = by_code.get(rep.manager, rep.manager)
+    return out
+
+
+def _who(row: Any) -> str:
+    name = " ".join(str(p) for p in (row.first_name, row.last_name) if isinstance(p, str))
+    return f"{name or 'lead ' + str(row.lead_id)} ({row.company or 'no company'})"
+
+
+def warn(conn: Connection, now: datetime, flow_run_id: str | None) -> tuple[int, pd.DataFrame]:
+    """Owners of timers past their warning instant, not yet due, get one warning each."""
+    timers = t.sla_timers
+    moment = literal(now, timers.c.due_at.type)
+    due = _open_timers(
+        conn,
+        timers.c.warned_at.is_(None),
+        timers.c.level == 0,
+        timers.c.warn_at <= moment,
+        timers.c.due_at > moment,
+    )
+    if due.empty:
+        return 0, pd.DataFrame(columns=list(outbox.MESSAGE_COLUMNS))
+    store.update_from_frame(
+        conn, timers, pd.DataFrame({"id": due["id"].to_numpy(), "warned_at": pd.Timestamp(now)})
+    )
+    messages = pd.DataFrame(
+        {
+            "idempotency_key": [f"sla:{i}:warning" for i in due["id"]],
+            "kind": "sla_escalation",
+            "channel": "email",
+            "recipient": due["rep_email"].to_numpy(),
+            "lead_id": due["lead_id"].to_numpy(),
+            "subject": [f"SLA warning: {row.policy} for {_who(row)}" for row in due.itertuples()],
+            "body": [
+                f"{row.policy} is due at {row.due_at:%Y-%m-%d %H:%M} UTC for {_who(row)}, "
+                f"lead {row.lead_id}. Log your first activity before then."
+                for row in due.itertuples()
+            ],
+        }
+    )
+    return len(due), messages
+
+
+def level_one(
+    conn: Connection, context: SlaContext, now: datetime, flow_run_id: str | None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Timers past due and unmet: one breach each, owner and manager notified."""
+    timers = t.sla_timers
+    late = _open_timers(
+        conn, timers.c.level < 1, timers.c.due_at <= literal(now, timers.c.due_at.type)
+    )
+    if late.empty:
+        return _empty_breaches(), pd.DataFrame(columns=list(outbox.MESSAGE_COLUMNS))
+    reasons = [
+        f"{row.policy}: no qualifying activity by {row.due_at:%Y-%m-%d %H:%M} UTC "
+        f"(started {row.started_at:%Y-%m-%d %H:%M} UTC, owner {row.rep_code})"
+        for row in late.itertuples()
+    ]
+    breaches = _breach_rows(
+        late, level=1, action="notified", reasons=reasons, now=now, flow_run_id=flow_run_id
+    )
+    _raise_level(conn, late["id"], 1)
+    managers = _manager_emails(context, conn)
+    messages = []
+    for row, reason in zip(late.itertuples(), reasons, strict=True):
+        recipients = [("owner", row.rep_email)]
+        manager = managers.get(row.manager) if isinstance(row.manager, str) else None
+        if manager:
+            recipients.append(("manager", manager))
+        for role, email in recipients:
+            if not isinstance(email, str):
+                continue
+            messages.append(
+                {
+                    "idempotency_key": f"sla:{row.id}:1:{role}",
+                    "kind": "sla_escalation",
+                    "channel": "email",
+                    "recipient": email,
+                    "lead_id": row.lead_id,
+                    "subject": f"SLA breached: {row.policy} for {_who(row)}",
+                    "body": f"{reason}. Lead {row.lead_id}.",
+                }
+            )
+    return breaches, pd.DataFrame(messages, columns=list(outbox.MESSAGE_COLUMNS)[:7])
+
+
+def level_two(
+    conn: Connection,
+    context: SlaContext,
+    now: datetime,
+    flow_run_id: str | None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Timers past their escalation instant: reassign the lead (``escalate: reassign`` and
+    the lead still only routed) or alert the manager."""
+    timers = t.sla_timers
+    late = _open_timers(
+        conn,
+        timers.c.level < 2,
+        timers.c.escalate_at.is_not(None),
+        timers.c.escalate_at <= literal(now, timers.c.escalate_at.type),
+    )
+    if late.empty:
+        return _empty_breaches(), pd.DataFrame(columns=list(outbox.MESSAGE_COLUMNS))
+    policies = {p.name: p for p in context.rules.policies}
+    reassign = late["policy"].map(lambda name: policies[name].escalate == "reassign") & (
+        late["status"] == Status.ROUTED.value
+    )
+    parts, messages = [], []
+    alert = late[~reassign]
+    if len(alert):
+        managers = _manager_emails(context, conn)
+        reasons = [
+            f"{row.policy}: still no qualifying activity at the escalation time; manager alerted"
+            for row in alert.itertuples()
+        ]
+        parts.append(
+            _breach_rows(
+                alert,
+                level=2,
+                action="manager_alerted",
+                reasons=reasons,
+                now=now,
+                flow_run_id=flow_run_id,
+            )
+        )
+        for row, reason in zip(alert.itertuples(), reasons, strict=True):
+            email = managers.get(row.manager) if isinstance(row.manager, str) else None
+            if email:
+                messages.append(
+                    {
+                        "idempotency_key": f"sla:{row.id}:2:manager",
+                        "kind": "sla_escalation",
+                        "channel": "email",
+                        "recipient": email,
+                        "lead_id": row.lead_id,
+                        "subject": f"SLA escalation: {row.policy} for {_who(row)}",
+                        "body": f"{reason}. Owner {row.rep_code}, lead {row.lead_id}.",
+                    }
+                )
+    if reassign.any():
+        moved, queued = reassign_leads(conn, context, late[reassign], now, flow_run_id)
+        parts.append(moved)
+        if len(queued):
+            messages.extend(queued.to_dict("records"))
+    _raise_level(conn, late["id"], 2)
+    breaches = pd.concat([p for p in parts if len(p)], ignore_index=True) if parts else None
+    return (
+        breaches if breaches is not None and len(breaches) else _empty_breaches(),
+        pd.DataFrame(messages) if messages else pd.DataFrame(columns=list(outbox.MESSAGE_COLUMNS)),
+    )
+
+
+def reassign_leads(
+    conn: Connection,
+    context: SlaContext,
+    late: pd.DataFrame,
+    now: datetime,
+    flow_run_id: str | None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Route each lead again, excluding every rep who ever held it; nobody left: the current
+    owner's manager (else the fallback queue's owner), with that reason. Writes the released
+    and new assignments, the owner, the ledger, the round-robin counters and the new owner's
+    notification. Returns level-2 breach rows (one per escalating timer) and messages."""
+    route = context.route
+    # The router's turn: the round-robin counters are shared with route runs.
+    if store.is_postgres(conn):
+        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('leadflow.route'))"))
+    lead_ids = sorted(set(late["lead_id"].astype("int64")))
+    leads = store.read_frame_by_ids(conn, lead_columns(route), t.leads.c.id, lead_ids)
+    leads = leads[leads["status"] == Status.ROUTED.value]
+    held = store.read_frame_by_ids(
+        conn, [t.assignments.c.lead_id, t.assignments.c.rep_code], t.assignments.c.lead_id, lead_ids
+    )
+    exclude = held.groupby("lead_id")["rep_code"].agg(lambda s: sorted(set(s))).to_dict()
+    leads["exclude"] = leads["id"].map(lambda i: exclude.get(int(i), []))
+    inputs = fetch_reps(conn, leads, route, now)
+    leads = leads.assign(account_owner=routing_store.account_owner_codes(leads, inputs.rep_ids))
+    result = routing.route_leads(leads, route.rules, inputs.state, now, version=route.version)
+    decided = result.assignments.copy()
+    current = late.drop_duplicates("lead_id").set_index("lead_id")
+    fallback = route.rules.fallback.owner
+    reps_by_email = {rep.email.lower(): rep.id for rep in route.rules.reps}
+    by_code = {rep.id for rep in route.rules.reps}
+    for index, row in decided.iterrows():
+        lead_id = int(row["id"])
+        gone = set(exclude.get(lead_id, []))
+        normal = row["step"] in ("rule", "account_owner") and row["owner"] not in gone
+        if normal:
+            decided.loc[index, "step"] = "sla_reassign"
+            decided.loc[index, "reason"] = (
+                f"SLA {current.loc[lead_id, 'policy']} breached by {current.loc[lead_id, 'rep_code']}"
+                f" → {row['reason']}"
+            )
+            continue
+        manager = current.loc[lead_id, "manager"]
+        code = None
+        if isinstance(manager, str):
+            code = manager if manager in by_code else reps_by_email.get(manager.lower())
+        why = (
+            "nobody left who has not held it"
+            if row["step"] != "waiting"
+            else "the pool is at capacity"
+        )
+        if code and code not in gone:
+            owner, where = code, f"manager {code}"
+        else:
+            owner, where = fallback, f"fallback queue owner {fallback} (no manager to take it)"
+        decided.loc[index, "owner"] = owner
+        decided.loc[index, "step"] = "sla_manager"
+        decided.loc[index, "reason"] = (
+            f"SLA {current.loc[lead_id, 'policy']} breached by {current.loc[lead_id, 'rep_code']}; "
+            f"{why} ({', '.join(sorted(gone))} held it) → {where}"
+        )
+    decided = decided[decided["owner"].notna()]
+    rep_ids = inputs.rep_ids
+    missing = sorted(set(decided["owner"]) - set(rep_ids))
+    if missing:
+        raise ValueError(f"SLA reassignment to reps not in the routing rules: {missing}")
+    # Release the old assignments and their timers, record the new ones.
+    old = late.drop_duplicates("lead_id")
+    old = old[old["lead_id"].isin(decided["id"])]
+    store.update_from_frame(
+        conn,
+        t.assignments,
+        pd.DataFrame(
+            {
+                "id": old["assignment_id"].astype("int64").to_numpy(),
+                "released_at": pd.Timestamp(now),
+                "released_reason": [f"sla: {p} level 2" for p in old["policy"]],
+            }
+        ),
+    )
+    conn.execute(
+        update(t.sla_timers)
+        .where(
+            t.sla_timers.c.closed_at.is_(None),
+            t.sla_timers.c.assignment_id.in_([int(i) for i in old["assignment_id"]]),
+        )
+        .values(closed_at=literal(now, t.sla_timers.c.closed_at.type), closed_reason="reassigned")
+    )
+    store.bulk_insert(
+        conn, t.assignments, routing_store.assignment_rows(decided, rep_ids, now, flow_run_id)
+    )
+    changes = pd.DataFrame(
+        {
+            "id": decided["id"].astype("int64").to_numpy(),
+            "from_status": Status.ROUTED.value,
+            "to_status": Status.ROUTED.value,
+            "owner_rep_id": decided["owner"].map(rep_ids).to_numpy(),
+        }
+    )
+    lifecycle.apply(conn, changes, actor=ACTOR, at=now, flow_run_id=flow_run_id)
+    lifecycle.record_reassignments(
+        conn,
+        decided["id"],
+        status=Status.ROUTED.value,
+        reasons=decided["reason"],
+        details=[
+            json.dumps({"to": owner, "step": step})
+            for owner, step in zip(decided["owner"], decided["step"], strict=True)
+        ],
+        actor=ACTOR,
+        at=now,
+        flow_run_id=flow_run_id,
+    )
+    routing_store.write_state(conn, result.reps_state, now)
+    messages = notify.owner_messages(decided, leads, route.rules, now, busy=inputs.busy)
+    new_owner = dict(zip(decided["id"].astype("int64"), decided["owner"].map(rep_ids), strict=True))
+    step_of = dict(zip(decided["id"].astype("int64"), decided["step"], strict=True))
+    reason_of = dict(zip(decided["id"].astype("int64"), decided["reason"], strict=True))
+    escalating = late[late["lead_id"].isin(decided["id"])]
+    breaches = _breach_rows(
+        escalating,
+        level=2,
+        action=[
+            "reassigned" if step_of[int(i)] == "sla_reassign" else "to_manager"
+            for i in escalating["lead_id"]
+        ],
+        reasons=[reason_of[int(i)] for i in escalating["lead_id"]],
+        now=now,
+        flow_run_id=flow_run_id,
+        new_rep_ids=[new_owner[int(i)] for i in escalating["lead_id"]],
+    )
+    held_before = {int(k): set(v) for k, v in exclude.items()}
+    code_of = {v: k for k, v in rep_ids.items()}
+    breaches["new_rep_held_before"] = [
+        code_of.get(int(n)) in held_before.get(int(lead), set()) and a == "reassigned"
+        for n, lead, a in zip(
+            breaches["new_rep_id"], breaches["lead_id"], breaches["action"], strict=True
+        )
+    ]
+    return breaches, messages
+
+
+# --------------------------------------------------------------------------- the check
+
+
+def gate_frame(breaches: pd.DataFrame) -> pd.DataFrame:
+    """What ``suites/sla.yaml`` reads."""
+    frame = breaches.copy()
+    frame["breach_key"] = frame["timer_id"].astype(str) + ":" + frame["level"].astype(str)
+    if "new_rep_held_before" not in frame.columns:
+        frame["new_rep_held_before"] = False
+    frame["new_rep_held_before"] = frame["new_rep_held_before"].fillna(False).astype(bool)
+    return frame
+
+
+def check(
+    conn: Connection,
+    context: SlaContext,
+    now: datetime,
+    *,
+    flow_run_id: str | None = None,
+) -> CheckResult:
+    """One SLA check at ``now`` in the caller's transaction (see the module's docstring).
+    Raises ``quality.GateFailed`` (after nothing was written: the caller rolls back)."""
+    now = now if now.tzinfo else now.replace(tzinfo=UTC)
+    store.serialize_writers(conn, "sla")
+    result = CheckResult(now=now)
+    result.closed = close_ended(conn, now)
+    calendars_ = calendars(conn, context)
+    result.started = start_timers(conn, context, calendars_, now)
+    result.met, met_late = meet_timers(conn, context, calendars_, now, flow_run_id)
+    result.warned, warnings = warn(conn, now, flow_run_id)
+    first, notices = level_one(conn, context, now, flow_run_id)
+    second, escalations = level_two(conn, context, now, flow_run_id)
+    # Reassigned leads start their new owner's clocks at once.
+    result.started += start_timers(conn, context, calendars_, now)
+    parts = [p for p in (met_late, first, second) if len(p)]
+    breaches = pd.concat(parts, ignore_index=True) if parts else _empty_breaches()
+    gate = quality.check_batch(
+        SUITE,
+        gate_frame(breaches),
+        batch_ref=f"sla:{now.isoformat()}:{flow_run_id or store.utcnow().isoformat()}",
+        received=len(breaches),
+        quarantined=0,
+    )
+    result.gate = gate
+    if not gate.success:
+        raise quality.GateFailed(gate)
+    if len(breaches):
+        store.bulk_insert(
+            conn, t.sla_breaches, breaches.drop(columns=["new_rep_held_before"], errors="ignore")
+        )
+    messages = [m for m in (warnings, notices, escalations) if len(m)]
+    if messages:
+        result.queued = outbox.enqueue(
+            conn, pd.concat(messages, ignore_index=True), now=now, flow_run_id=flow_run_id
+        )
+    result.breaches = breaches
+    quality.record(conn, gate, flow_run_id=flow_run_id, at=now)
+    return result
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def open_breaches(conn: Connection, limit: int = 200) -> pd.DataFrame:
+    """Breached timers still unmet and open, most overdue first."""
+    timers, reps = t.sla_timers, t.reps
+    return store.read_frame(
+        conn,
+        select(
+            timers.c.lead_id,
+            reps.c.code.label("rep"),
+            timers.c.policy,
+            timers.c.level,
+            timers.c.started_at,
+            timers.c.due_at,
+        )
+        .select_from(timers.outerjoin(reps, reps.c.id == timers.c.rep_id))
+        .where(timers.c.closed_at.is_(None), timers.c.met_at.is_(None), timers.c.level > 0)
+        .order_by(timers.c.due_at)
+        .limit(limit),
+    )
+
+
+def compliance(conn: Connection) -> pd.DataFrame:
+    """Per policy and rep: timers, met on time, met late, still open past due, the share met
+    on time (of those decided) and the median business minutes to the first activity."""
+    timers, reps = t.sla_timers, t.reps
+    frame = store.read_frame(
+        conn,
+        select(
+            timers.c.policy,
+            reps.c.code.label("rep"),
+            timers.c.due_at,
+            timers.c.met_at,
+            timers.c.level,
+            timers.c.closed_reason,
+            timers.c.business_minutes,
+        ).select_from(timers.outerjoin(reps, reps.c.id == timers.c.rep_id)),
+    )
+    if frame.empty:
+        return pd.DataFrame(
+            columns=[
+                "policy",
+                "rep",
+                "timers",
+                "on_time",
+                "late",
+                "breached_open",
+                "compliance",
+                "median_minutes",
+            ]
+        )
+    frame["on_time"] = frame["met_at"].notna() & (frame["met_at"] <= frame["due_at"])
+    frame["late"] = frame["met_at"].notna() & (frame["met_at"] > frame["due_at"])
+    frame["breached_open"] = frame["met_at"].isna() & (frame["level"] > 0)
+    grouped = frame.groupby(["policy", "rep"], dropna=False)
+    out = grouped.agg(
+        timers=("policy", "size"),
+        on_time=("on_time", "sum"),
+        late=("late", "sum"),
+        breached_open=("breached_open", "sum"),
+        median_minutes=("business_minutes", "median"),
+    ).reset_index()
+    decided = out["on_time"] + out["late"] + out["breached_open"]
+    out["compliance"] = (out["on_time"] / decided.where(decided > 0)).round(3)
+    return out.sort_values(["policy", "rep"]).reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- Prefect
+
+
+@task(name="load-sla-rules", cache_policy=NO_CACHE)
+def load_context(
+    spec: str | None = None, routing_spec: str | None = None, reps_csv: str | None = None
+) -> SlaContext:
+    """SLA policies (default ``rules/sla.yaml``) and the routing rules they reassign with."""
+    from leadflow.settings import get_settings
+    from leadflow.sla_rules import load_rules
+    from tasks.route_hop import load_context as load_routing
+
+    rules, version, _ = load_rules(spec or get_settings().rules_dir / "sla.yaml")
+    return SlaContext(rules, version, load_routing.fn(routing_spec, reps_csv))
+
+
+@task(
+    name="sla-check",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=lambda task, run, state: (
+        not isinstance(state.result(raise_on_failure=False), quality.GateFailed)
+    ),
+)
+def run_check(database_url: str, context: SlaContext, now: datetime) -> CheckResult:
+    """One check in one transaction; a failing gate rolls it back and is recorded alone."""
+    from prefect.runtime import flow_run
+
+    engine = store.get_engine(database_url)
+    run_id = flow_run.get_id()
+    try:
+        with engine.begin() as conn:
+            return check(conn, context, now, flow_run_id=run_id)
+    except quality.GateFailed as failure:
+        with engine.begin() as conn:
+            quality.record(conn, failure.result, flow_run_id=run_id, at=now)
+        raise
+
+
+def emit_breach_events(breaches: pd.DataFrame, codes: dict[int, str], limit: int = 1000) -> int:
+    """One Prefect event ``leadflow.sla.breached`` per breach (lead, rep and policy as
+    resources, so an automation can react); past ``limit`` in one check, one
+    ``leadflow.sla.breached.many`` event with the count instead of a flood."""
+    from prefect.events import emit_event
+
+    emitted = 0
+    for row in breaches.head(limit).itertuples():
+        rep = codes.get(int(row.rep_id), str(row.rep_id)) if pd.notna(row.rep_id) else "none"
+        emit_event(
+            event="leadflow.sla.breached",
+            resource={"prefect.resource.id": f"leadflow.lead.{row.lead_id}"},
+            related=[
+                {"prefect.resource.id": f"leadflow.rep.{rep}", "prefect.resource.role": "rep"},
+                {
+                    "prefect.resource.id": f"leadflow.sla-policy.{row.policy}",
+                    "prefect.resource.role": "policy",
+                },
+            ],
+            payload={"level": int(row.level), "action": row.action, "reason": row.reason},
+        )
+        emitted += 1
+    if len(breaches) > limit:
+        emit_event(
+            event="leadflow.sla.breached.many",
+            resource={"prefect.resource.id": "leadflow.sla"},
+            payload={"breaches": len(breaches), "emitted_individually": limit},
+        )
+    return emitted
