@@ -539,6 +539,48 @@ def cmd_route(args: argparse.Namespace) -> int:
     )
 
 
+def _human_sla(data: dict[str, Any]) -> str:
+    if "gate" in data:
+        return "SLA gate failed; nothing was recorded: " + json.dumps(data["gate"], default=str)
+    lines = [
+        f"SLA check at {data['now']}: {data['timers_started']} timers started, "
+        f"{data['timers_met']} met, {data['warnings']} warnings, {data['level_1']} breaches, "
+        f"{data['level_2']} escalations (policies {data.get('version')}, {data.get('seconds')} s)",
+    ]
+    for action, count in sorted((data.get("actions") or {}).items()):
+        lines.append(f"  {action:<16} {count}")
+    lines.append(f"open breaches: {data.get('open_breaches', 0)}")
+    rows = data.get("compliance") or []
+    if rows:
+        lines.append(f"  {'policy':<20} {'rep':<14} timers on-time late open-breach compliance")
+        for row in rows:
+            share = row.get("compliance")
+            shown = "-" if share is None or share != share else f"{share:.0%}"
+            lines.append(
+                f"  {row['policy']:<20} {row['rep'] or '-':<14} {row['timers']:>6} "
+                f"{row['on_time']:>7} {row['late']:>4} {row['breached_open']:>11} {shown:>10}"
+            )
+    return "\n".join(lines)
+
+
+def cmd_sla(args: argparse.Namespace) -> int:
+    from tasks.sla import load_context
+
+    load_context.fn(args.rules, args.routing, args.reps)  # a typo: one line, exit 2, no flow
+    from flows.sla import sla
+
+    return _run_flow(
+        args,
+        sla,
+        _human_sla,
+        now=args.now,
+        rules=args.rules,
+        routing=args.routing,
+        reps=args.reps,
+        notifier=args.notifier,
+    )
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from flows.report import report
     from tasks.kpi import markdown
@@ -776,6 +818,16 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("--since", type=_timestamp, help="dry run: MQLs routed since this time")
     route.add_argument("--now", type=_timestamp)
     route.add_argument("--json", action="store_true")
+
+    sla = add("sla", cmd_sla, "check SLA timers: warn, record breaches, escalate, reassign")
+    sla.add_argument("--rules", help="SLA policies (default rules/sla.yaml)")
+    sla.add_argument(
+        "--routing", help="routing rules for reassignment (default rules/routing.yaml)"
+    )
+    sla.add_argument("--reps", help="reps CSV replacing the routing rules' reps")
+    sla.add_argument("--notifier", help="block:NAME[,block:NAME] (default LEADFLOW_NOTIFIER)")
+    sla.add_argument("--now", type=_timestamp, help="check as of this time (default: now)")
+    sla.add_argument("--json", action="store_true")
 
     report = add(
         "report", cmd_report, "KPIs: funnel, speed to lead, sources, waiting work, velocity"
