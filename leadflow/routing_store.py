@@ -163,6 +163,22 @@ def assignment_rows(
     )
 
 
+def reps_to_avoid(conn: Connection, lead_ids: list[int]) -> dict[int, list[str]]:
+    """Per lead, the reps who gave it back (rejected it) or lost it to an SLA escalation:
+    routing never hands it to them again."""
+    if not lead_ids:
+        return {}
+    table = t.assignments
+    found = store.read_frame_by_ids(
+        conn,
+        [table.c.lead_id, table.c.rep_code],
+        table.c.lead_id,
+        lead_ids,
+        where=table.c.released_reason.like("rejected%") | table.c.released_reason.like("sla%"),
+    )
+    return {int(lead): sorted(set(codes)) for lead, codes in found.groupby("lead_id")["rep_code"]}
+
+
 def account_owner_codes(leads: pd.DataFrame, rep_ids: dict[str, int]) -> pd.Series:
     """``route_leads``'s ``account_owner`` (rep code) from ``leads.account_owner_rep_id``."""
     code_of = {v: k for k, v in rep_ids.items()}

@@ -9,6 +9,7 @@ counters and the owner notifications (through the outbox) in one transaction.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -60,6 +61,9 @@ class RouteInputs:
     rep_ids: dict[str, int]  # rep code -> reps.id
     state: pd.DataFrame  # routing.STATE_COLUMNS
     busy: dict[str, list[tuple[datetime, datetime]]]  # slots already offered, per rep code
+    exclude: dict[int, list[str]] = dataclasses.field(
+        default_factory=dict
+    )  # lead -> reps it must avoid
 
 
 def lead_columns(context: RouteContext) -> list[Any]:
@@ -83,6 +87,7 @@ def fetch_reps(
         rep_ids=rep_ids,
         state=routing_store.read_state(conn, context.rules, rep_ids, now),
         busy=routing_store.proposed_slots(conn, context.rules, now),
+        exclude=routing_store.reps_to_avoid(conn, leads["id"].tolist()),
     )
 
 
@@ -91,7 +96,10 @@ def route_batch(
 ) -> HopResult:
     """The hop's pure function: owners, reasons and messages for a batch of MQLs. Leads
     waiting for capacity stay ``mql`` (no change written) and are counted per pool."""
-    leads = leads.assign(account_owner=routing_store.account_owner_codes(leads, inputs.rep_ids))
+    leads = leads.assign(
+        account_owner=routing_store.account_owner_codes(leads, inputs.rep_ids),
+        exclude=leads["id"].map(lambda i: inputs.exclude.get(int(i), [])),
+    )
     result = routing.route_leads(leads, context.rules, inputs.state, now, version=context.version)
     assigned = result.assignments[result.assignments["owner"].notna()]
     changes = pd.DataFrame(

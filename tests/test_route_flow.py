@@ -4,6 +4,7 @@ double-assign or overfill; a dry run writes nothing."""
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -236,3 +237,34 @@ def test_a_typo_in_the_routing_rules_is_one_clear_message(database_url, tmp_path
     assert "Traceback" not in err and len(err.strip().splitlines()) <= 3
     assert "reps[cem].timezone" in err and "reps[ann].capacity.max_open" in err
     assert str(bad) in err
+
+
+def test_a_lead_rejected_by_its_owner_is_never_routed_back_to_them(database_url, tmp_path):
+    engine = store.get_engine(database_url)
+    (lead,) = mqls(engine, ["US"])
+    run_route(database_url, tmp_path)
+    first = table(database_url, "assignments").iloc[0]
+    # The owner rejects it: the assignment is released and the lead goes back to routing.
+    with engine.begin() as conn:
+        conn.execute(
+            t.assignments.update()
+            .where(t.assignments.c.id == int(first["id"]))
+            .values(released_at=NOW, released_reason="rejected: not my territory")
+        )
+        lifecycle.apply(
+            conn,
+            pd.DataFrame(
+                {"id": [lead], "from_status": "routed", "to_status": "mql", "owner_rep_id": [None]}
+            ),
+            actor="test",
+            at=NOW,
+        )
+    for _ in range(2):
+        run_route(database_url, tmp_path)
+    rows = table(database_url, "assignments")
+    assert len(rows) == 2
+    second = rows.iloc[1]
+    assert second["rep_code"] != first["rep_code"]
+    candidates = second["candidates"]
+    candidates = json.loads(candidates) if isinstance(candidates, str) else candidates
+    assert candidates[first["rep_code"]] == "held it before"
