@@ -48,11 +48,19 @@ def sla(
         return Failed(message=f"SLA gate failed: {failure}", data={"gate": failure.result.checks})
     summary = result.summary()
     summary["version"] = context.version
+    checked = time.monotonic()
     with store.get_engine(database_url).connect() as conn:
         codes = dict(conn.execute(select(t.reps.c.id, t.reps.c.code)).all())
         breached = hop.open_breaches(conn)
         compliance = hop.compliance(conn)
+    reported = time.monotonic()
     summary["events"] = hop.emit_breach_events(result.breaches, codes, max_events)
+    emitted = time.monotonic()
+    summary["flow_seconds"] = {
+        "check": round(checked - started, 3),
+        "report": round(reported - checked, 3),
+        "events": round(emitted - reported, 3),
+    }
     sent = send_outbox(database_url, notifier, now=now) if notifier else None
     summary["notifications"] = sent or {}
     summary["open_breaches"] = len(breached)

@@ -100,20 +100,20 @@ def read_state(
         .group_by(t.leads.c.owner_rep_id)
     ).all()
     open_leads = {code_of[rep_id]: int(n) for rep_id, n in open_rows}
-    since = now - timedelta(hours=38)  # the earliest local midnight anywhere on Earth
-    recent = pd.DataFrame(
-        conn.execute(
-            select(t.assignments.c.rep_code, t.assignments.c.assigned_at).where(
-                t.assignments.c.assigned_at >= since
-            )
-        ).all(),
-        columns=["rep", "assigned_at"],
-    )
-    recent["assigned_at"] = pd.to_datetime(recent["assigned_at"], utc=True)
-    new_today = {}
+    # Counted in the database, one query per distinct local midnight (a handful of zones):
+    # a busy day's assignments never cross the wire.
+    by_start: dict[datetime, list[str]] = {}
     for rep in rules.reps:
-        mine = recent[recent["rep"] == rep.id]
-        new_today[rep.id] = int((mine["assigned_at"] >= pd.Timestamp(_day_start(rep, now))).sum())
+        by_start.setdefault(_day_start(rep, now), []).append(rep.id)
+    new_today = {rep.id: 0 for rep in rules.reps}
+    a = t.assignments
+    for start, codes in by_start.items():
+        for code, n in conn.execute(
+            select(a.c.rep_code, func.count())
+            .where(a.c.rep_code.in_(codes), a.c.assigned_at >= start)
+            .group_by(a.c.rep_code)
+        ):
+            new_today[code] = int(n)
     rows = []
     for pool in rules.pools:
         for rep in rules.pool_reps(pool.name):
