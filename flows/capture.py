@@ -33,8 +33,8 @@ def capture(
     chunk_size: int | None = None,
     target: str | None = None,
 ) -> State:
-    """Ingest leads (or, with ``target="events"``, engagement events) from a CSV/JSON Lines
-    file or folder (local or fsspec URL) or a REST API.
+    """Ingest leads (or, with ``target="events"`` or ``"activities"``, engagement events or
+    sales activities) from a CSV/JSON Lines file or folder (local or fsspec URL) or a REST API.
 
     Returns a Completed state whose data is the summary (received, inserted, merged,
     quarantined, batch ids); Failed, with the same data, if any chunk was rejected.

@@ -86,7 +86,7 @@ def run_audit(conn: Connection, *, max_listed: int = 20) -> AuditReport:
     q = t.quarantine
     # Every record of a batch must be accounted for exactly once: by the ledger event it
     # caused (admission or merge) or by its quarantine row.
-    ev = t.engagement_events
+    ev, act = t.engagement_events, t.activities
     accounted = union_all(
         select(e.c.batch_id, e.c.record_no).where(
             e.c.batch_id.is_not(None), e.c.record_no.is_not(None)
@@ -94,13 +94,17 @@ def run_audit(conn: Connection, *, max_listed: int = 20) -> AuditReport:
         # A released record is counted by the ledger event it caused, not by its old row.
         select(q.c.batch_id, q.c.record_no).where(q.c.hop == "capture", q.c.released_at.is_(None)),
         select(ev.c.batch_id, ev.c.record_no).where(ev.c.batch_id.is_not(None)),
+        select(act.c.batch_id, act.c.record_no).where(act.c.batch_id.is_not(None)),
     ).subquery()
-    stored_events = _count_by_batch(
-        conn,
-        select(ev.c.batch_id, func.count())
-        .where(ev.c.batch_id.is_not(None))
-        .group_by(ev.c.batch_id),
-    )
+    stored = {
+        target: _count_by_batch(
+            conn,
+            select(table.c.batch_id, func.count())
+            .where(table.c.batch_id.is_not(None))
+            .group_by(table.c.batch_id),
+        )
+        for target, table in (("events", ev), ("activities", act))
+    }
     record_counts = {
         int(batch): (int(total), int(distinct))
         for batch, total, distinct in conn.execute(
@@ -182,9 +186,9 @@ def run_audit(conn: Connection, *, max_listed: int = 20) -> AuditReport:
                 f"{stored_records.get(batch, 0)} records"
             )
         total, distinct = record_counts.get(batch, (0, 0))
-        # An engagement event received twice is stored once: its repeats (merged) have no
+        # An event or activity received twice is stored once: its repeats (merged) have no
         # row of their own; every other record has exactly one.
-        expected = row.received - row.merged if row.target == "events" else row.received
+        expected = row.received - row.merged if row.target in stored else row.received
         if total != expected or distinct != expected:
             problem(
                 f"batch {batch}: {expected} records should be accounted for but {distinct} distinct "
@@ -194,9 +198,10 @@ def run_audit(conn: Connection, *, max_listed: int = 20) -> AuditReport:
             problem(
                 f"batch {batch}: {row.quarantined} quarantined but {quarantine_rows.get(batch, 0)} quarantine rows"
             )
-        if row.target == "events" and stored_events.get(batch, 0) != row.inserted:
+        if row.target in stored and stored[row.target].get(batch, 0) != row.inserted:
             problem(
-                f"batch {batch}: {row.inserted} events inserted but {stored_events.get(batch, 0)} stored"
+                f"batch {batch}: {row.inserted} {row.target} inserted but "
+                f"{stored[row.target].get(batch, 0)} stored"
             )
         if row.target == "leads":
             if admitted.get(batch, 0) != row.inserted:

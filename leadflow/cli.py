@@ -725,7 +725,9 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("action", choices=["upgrade", "current"])
 
     ingest = add(
-        "ingest", cmd_ingest, "capture leads (or engagement events) from a file, folder or REST API"
+        "ingest",
+        cmd_ingest,
+        "capture leads (or engagement events, or sales activities) from a file, folder or REST API",
     )
     ingest.add_argument(
         "path", help="file, folder, fsspec URL, or REST endpoint (with an `api:` mapping)"
@@ -739,7 +741,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ingest.add_argument(
         "--target",
-        choices=["leads", "events"],
+        choices=["leads", "events", "activities"],
         help="what the records are (default: the mapping's)",
     )
     ingest.add_argument("--now", type=_timestamp, help="business time (default: now, UTC)")

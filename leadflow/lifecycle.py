@@ -106,7 +106,7 @@ def _write_events(
     details: pd.Series | list | None,
     batch_id: int | None,
     flow_run_id: str | None,
-    at: datetime,
+    at: datetime | pd.Series,
     record_nos: pd.Series | None = None,
 ) -> None:
     """Append one ledger row per lead. Values shared by every row are filled in by the
@@ -118,10 +118,10 @@ def _write_events(
         "actor": actor,
         "batch_id": batch_id,
         "flow_run_id": flow_run_id,
-        "occurred_at": at,
         "recorded_at": store.utcnow(),
     }
     for name, value in (
+        ("occurred_at", at),
         ("from_status", from_status),
         ("to_status", to_status),
         ("reason", reason),
@@ -190,7 +190,7 @@ def apply(
     changes: pd.DataFrame,
     *,
     actor: str,
-    at: datetime,
+    at: datetime | pd.Series,
     claimed_by: str | None = None,
     flow_run_id: str | None = None,
     reason: str | None = None,
@@ -201,7 +201,8 @@ def apply(
     (equal to ``from_status`` for a field-only update), optional ``reason`` and ``details``
     columns for the ledger, and any other ``leads`` columns to set. Rows whose status
     changes get one ledger event each. If ``claimed_by`` is given, only leads still claimed
-    by that token are touched. Returns the number of status changes written.
+    by that token are touched. ``at`` is when the moves happened: one time, or one per row
+    (a Series aligned with ``changes``). Returns the number of status changes written.
     """
     if changes.empty:
         return 0
@@ -212,12 +213,19 @@ def apply(
     stage_frame = changes[field_columns].copy()
     stage_frame["status"] = changes["to_status"].to_numpy()
     stage_frame["seen_status"] = changes["from_status"].to_numpy()
+    if isinstance(at, pd.Series):
+        stage_frame["status_changed_at"] = at.to_numpy()
     now = store.utcnow()
     with store.staged(conn, leads, stage_frame) as stage:
         values = {c: stage.c[c] for c in field_columns if c != "id"}
         values["status"] = stage.c.status
+        changed_at = (
+            stage.c.status_changed_at
+            if isinstance(at, pd.Series)
+            else literal(at, leads.c.status_changed_at.type)
+        )
         values["status_changed_at"] = case(
-            (stage.c.status != leads.c.status, literal(at, leads.c.status_changed_at.type)),
+            (stage.c.status != leads.c.status, changed_at),
             else_=leads.c.status_changed_at,
         )
         values["updated_at"] = literal(now, leads.c.updated_at.type)
@@ -235,6 +243,8 @@ def apply(
         return 0
     reasons = moved["reason"] if "reason" in moved.columns else reason
     details = moved["details"] if "details" in moved.columns else None
+    if isinstance(at, pd.Series):
+        at = at[(changes["from_status"] != changes["to_status"]).to_numpy()]
     _write_events(
         conn,
         moved["id"],

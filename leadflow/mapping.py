@@ -41,6 +41,26 @@ EVENT_TYPES = (
     "unsubscribe",
     "bounce",
 )
+# Fields of a sales activity (mapping `target: activities`): the lead (email or external id),
+# the rep (email or code), what was done, when, why (reject, lost, not now), the source's own
+# id for it, and whether a machine did it (automated touches never meet an SLA).
+ACTIVITY_FIELDS = (
+    "email",
+    "external_id",
+    "rep",
+    "activity_type",
+    "occurred_at",
+    "reason",
+    "activity_id",
+    "automated",
+)
+# What each target's columns may map to, and what a file of that target must hold when its
+# columns are named like the fields (besides the lead's email or external id).
+TARGET_FIELDS = {"leads": MAPPABLE, "events": EVENT_FIELDS, "activities": ACTIVITY_FIELDS}
+TARGET_REQUIRED = {
+    "events": ("event_type", "occurred_at"),
+    "activities": ("rep", "activity_type", "occurred_at"),
+}
 MERGE_POLICIES = ("newest_non_empty", "oldest_non_empty", "earliest", "latest")
 
 DEFAULT_NULL_MARKERS = ("", "n/a", "na", "null", "none", "-", "--", "select", "#n/a", "nan")
@@ -115,7 +135,7 @@ class ApiSource(_Strict):
 
 class SourceMapping(_Strict):
     source: str | None = None  # default source name (the CLI's --source wins)
-    target: Literal["leads", "events"] = "leads"
+    target: Literal["leads", "events", "activities"] = "leads"
     format: Literal["auto", "csv", "jsonl"] = "auto"
     encoding: str = "utf-8"
     delimiter: str = Field(default=",", min_length=1, max_length=1)
@@ -138,7 +158,7 @@ class SourceMapping(_Strict):
     @field_validator("columns")
     @classmethod
     def _targets_are_fields(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
-        known = EVENT_FIELDS if info.data.get("target") == "events" else MAPPABLE
+        known = TARGET_FIELDS[info.data.get("target", "leads")]
         for column, field in value.items():
             if field not in known:
                 raise ValueError(
@@ -155,7 +175,7 @@ class SourceMapping(_Strict):
     def _value_maps_on_fields(
         cls, value: dict[str, dict[str, str]], info: ValidationInfo
     ) -> dict[str, dict[str, str]]:
-        known = EVENT_FIELDS if info.data.get("target") == "events" else MAPPABLE
+        known = TARGET_FIELDS[info.data.get("target", "leads")]
         unknown = sorted(set(value) - set(known))
         if unknown:
             raise ValueError(f"value maps for unknown field(s) {unknown}")
@@ -233,8 +253,8 @@ class SourceMapping(_Strict):
         """Fill in identity mapping for columns named like lead fields (when none are mapped)."""
         if self.columns or self.external_id:
             return self
-        if self.target == "events":
-            return self._resolve_events(header)
+        if self.target != "leads":
+            return self._resolve_linked(header)
         columns: dict[str, str] = {}
         external_id = None
         outcome = self.outcome
@@ -264,24 +284,24 @@ class SourceMapping(_Strict):
             }
         )
 
-    def _resolve_events(self, header: list[str]) -> SourceMapping:
+    def _resolve_linked(self, header: list[str]) -> SourceMapping:
+        """Events and activities: columns named like the target's fields map to them."""
+        fields = TARGET_FIELDS[self.target]
         columns: dict[str, str] = {}
         external_id = None
         for column in header:
             key = column.strip().lower().replace(" ", "_")
             if key == "external_id":
                 external_id = column
-            elif key in EVENT_FIELDS:
+            elif key in fields:
                 columns[column] = key
         required = self.required
         if required is None:
             identity = [c for c, f in columns.items() if f == "email"] + (
                 [external_id] if external_id else []
             )
-            required = (
-                *identity[:1],
-                *[c for c, f in columns.items() if f in ("event_type", "occurred_at")],
-            )
+            needed = TARGET_REQUIRED[self.target]
+            required = (*identity[:1], *[c for c, f in columns.items() if f in needed])
             if not identity:
                 required = ("email", *required)
         return self.model_copy(

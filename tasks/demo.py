@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import shutil
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from sqlalchemy import func, select
 
 from leadflow import audit, reference, store
+from leadflow import tables as t
 from leadflow.generate import generate
 from leadflow.settings import get_settings
 
@@ -99,6 +105,8 @@ def describe(summary: dict[str, Any]) -> str:
             f"{speed['p90_s']} s ({speed['leads']} leads); KPI charts in "
             f"{Path(kpi['charts']['funnel']).parent}"
         )
+    if isinstance(summary.get("sales_week"), dict):
+        lines.extend(describe_sales_week(summary["sales_week"]))
     counts = summary.get("status_counts", {})
     lines.append("leads by status: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     report = summary.get("audit", {})
@@ -110,3 +118,150 @@ def describe(summary: dict[str, Any]) -> str:
     lines.append(f"data docs: {summary.get('data_docs')}")
     lines.append(f"time taken: {summary.get('seconds')} s")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- a sales week
+
+# The demo's CRM export of activities: vendor column names and spellings.
+ACTIVITY_MAPPING = """\
+source: demo-crm
+target: activities
+columns:
+  Activity ID: activity_id
+  Lead Email: email
+  Assigned To: rep
+  Type: activity_type
+  Date: occurred_at
+  Notes: reason
+required: [Activity ID, Lead Email, Assigned To, Type, Date]
+optional: [Notes]
+"""
+# How each kind of rep answers a new lead (minutes after assignment, on the wall clock).
+PROFILES = {
+    "fast": [("Logged Call", 6), ("Accepted", 25), ("Meeting Scheduled", 26 * 60)],
+    "slow": [("Logged Call", 5 * 60), ("Accepted", 30 * 60)],
+    "silent": [],  # never answers: the SLA escalates and reassigns
+}
+# When the week's checks run, after the pipeline's `now` (minutes).
+TICKS = (0, 10, 20, 45, 90, 180, 360, 24 * 60, 2 * 24 * 60, 3 * 24 * 60, 5 * 24 * 60, 7 * 24 * 60)
+
+
+def rep_profile(code: str) -> str:
+    """A rep's answering habit, stable across runs: a third each, by name."""
+    digest = hashlib.sha256(code.encode()).digest()[0]
+    return ("fast", "slow", "silent")[digest % 3]
+
+
+def due_activities(conn: Any, moment: datetime, written: set[tuple[int, str, str]]) -> pd.DataFrame:
+    """What each owner has done by ``moment`` with the leads they hold, per their habit, not
+    yet exported (``written``: (lead, rep, type) already in an export)."""
+    a, leads, reps = t.assignments, t.leads, t.reps
+    held = store.read_frame(
+        conn,
+        select(a.c.lead_id, a.c.rep_code, a.c.assigned_at, leads.c.email, reps.c.email.label("rep"))
+        .select_from(a.join(leads, leads.c.id == a.c.lead_id).join(reps, reps.c.id == a.c.rep_id))
+        .where(a.c.released_at.is_(None), leads.c.status.in_(["routed", "accepted"])),
+    )
+    rows = []
+    for row in held.itertuples():
+        for kind, minutes in PROFILES[rep_profile(row.rep_code)]:
+            when = row.assigned_at + pd.Timedelta(minutes=minutes)
+            key = (int(row.lead_id), row.rep_code, kind)
+            if when <= moment and key not in written:
+                written.add(key)
+                rows.append(
+                    {
+                        "Activity ID": f"{row.lead_id}-{row.rep_code}-{kind}".replace(" ", "_"),
+                        "Lead Email": row.email,
+                        "Assigned To": row.rep,
+                        "Type": kind,
+                        "Date": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                        "Notes": "",
+                    }
+                )
+    return pd.DataFrame(
+        rows, columns=["Activity ID", "Lead Email", "Assigned To", "Type", "Date", "Notes"]
+    )
+
+
+def sales_week(summary: dict[str, Any], start: datetime) -> dict[str, Any]:
+    """A simulated week after the pipeline: at each tick, export what the reps did by then,
+    ingest it as activities, and run the SLA check at that time. Returns the counts and the
+    final compliance per policy and rep."""
+    from flows.capture import capture
+    from flows.sla import sla
+    from tasks import sla as sla_tasks
+
+    settings = get_settings()
+    # This run's CRM exports (their bytes are kept in raw_captures once ingested).
+    folder = settings.var_dir / "sales-week"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    mapping = folder / "mapping.yaml"
+    mapping.write_text(ACTIVITY_MAPPING)
+    engine = store.get_engine(settings.database_url)
+    written: set[tuple[int, str, str]] = set()
+    totals = {"received": 0, "inserted": 0, "merged": 0, "quarantined": 0}
+    checks = []
+    for number, minutes in enumerate(TICKS):
+        moment = start + timedelta(minutes=minutes)
+        with engine.connect() as conn:
+            frame = due_activities(conn, pd.Timestamp(moment), written)
+        if len(frame):
+            path = folder / f"tick-{number:02d}-{moment:%Y%m%dT%H%M}.csv"
+            frame.to_csv(path, index=False)
+            state = capture(
+                str(path), source="demo-crm", mapping_path=str(mapping), now=moment,
+                return_state=True,
+            )  # fmt: skip
+            got = state.result(raise_on_failure=False) or {}
+            for name in totals:
+                totals[name] += int(got.get(name, 0) or 0)
+        state = sla(now=moment, notifier=f"maildir:{summary['mail']}", return_state=True)
+        checks.append(state.result(raise_on_failure=False))
+    with engine.connect() as conn:
+        compliance = sla_tasks.compliance(conn)
+        breaches = store.read_frame(
+            conn,
+            select(t.sla_breaches.c.level, t.sla_breaches.c.action, func.count().label("n"))
+            .group_by(t.sla_breaches.c.level, t.sla_breaches.c.action)
+            .order_by(t.sla_breaches.c.level, t.sla_breaches.c.action),
+        )
+    return {
+        "ticks": len(TICKS),
+        "activities": totals,
+        "profiles": {
+            profile: sorted(
+                c for c in compliance["rep"].dropna().unique() if rep_profile(c) == profile
+            )
+            for profile in PROFILES
+        },
+        "warnings": sum(int(c.get("warnings", 0)) for c in checks if isinstance(c, dict)),
+        "breaches": breaches.to_dict("records"),
+        "compliance": compliance.to_dict("records"),
+    }
+
+
+def describe_sales_week(week: dict[str, Any]) -> list[str]:
+    acts = week.get("activities") or {}
+    lines = [
+        f"sales week ({week['ticks']} SLA checks over 7 days): activities received "
+        f"{acts.get('received', 0)}, inserted {acts.get('inserted', 0)}, quarantined "
+        f"{acts.get('quarantined', 0)}; warnings {week.get('warnings', 0)}",
+        "  reps by habit: "
+        + "; ".join(f"{k}: {', '.join(v) or '-'}" for k, v in week["profiles"].items()),
+        "  breaches: "
+        + (
+            ", ".join(f"level {b['level']} {b['action']} {b['n']}" for b in week["breaches"])
+            or "none"
+        ),
+        f"  {'policy':<18} {'rep':<14} {'timers':>6} {'on time':>7} {'late':>5} {'open':>5} {'compliance':>10}",
+    ]
+    for row in week["compliance"]:
+        share = row.get("compliance")
+        shown = "-" if share is None or share != share else f"{share:.0%}"
+        lines.append(
+            f"  {row['policy']:<18} {row['rep'] or '-':<14} {row['timers']:>6} "
+            f"{row['on_time']:>7} {row['late']:>5} {row['breached_open']:>5} {shown:>10}"
+        )
+    return lines

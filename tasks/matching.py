@@ -28,7 +28,6 @@ def clean_company(values: pd.Series, suffixes: tuple[str, ...]) -> pd.Series:
     return text.where(values.notna() & (text != ""), None).astype(object)
 
 
-
 @dataclass(frozen=True)
 class AccountIndex:
     by_domain: dict[str, tuple[int, int | None]]

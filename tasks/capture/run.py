@@ -1,5 +1,5 @@
 """A capture run: its inputs checked, each received input opened as a batch, its chunks
-written by the capture (or events) task, the batch closed, and the run's summary.
+written by the capture task (or the linked-records task for events and activities), the batch closed, and the run's summary.
 
 The capture flow composes these; everything here that touches the store or a DataFrame
 runs inside a task or a function the tasks share.
@@ -18,9 +18,8 @@ from prefect.cache_policies import NO_CACHE
 
 from leadflow import store
 from leadflow.mapping import SourceMapping
-from tasks import events as events_tasks
-from tasks import quality, sources
-from tasks.capture import prepare, units, write
+from tasks import activities, events, quality, sources  # noqa: F401 (they register kinds)
+from tasks.capture import linked, prepare, units, write
 from tasks.sources import RecordChunk
 
 
@@ -185,14 +184,15 @@ class CaptureRun:
         cursor: tuple[str, str] | None = None,
         rejected_before: bool = False,
     ) -> bool:
-        """Write one batch's chunks (leads or events, as the mapping's target says) and
+        """Write one batch's chunks (leads, events or activities, as the mapping's target says) and
         close the batch; True when every chunk was accepted (``rejected_before``: a chunk
         an interrupted run committed was rejected)."""
-        if mapping.target == "events":
+        if mapping.target in linked.KINDS:
             states = (
                 (
                     chunk.chunk_no,
-                    events_tasks.capture_events_chunk(
+                    linked.capture_linked_chunk(
+                        mapping.target,
                         self.database_url,
                         batch_id,
                         chunk,
@@ -238,6 +238,9 @@ class CaptureRun:
                 continue
             self._add(outcome)
             self.gates.append(outcome.gate)
+            for name, count in outcome.effects.items():
+                effects = self.summary.setdefault("effects", {})
+                effects[name] = effects.get(name, 0) + count
         write.close_batch(
             store.get_engine(self.database_url),
             batch_id,

@@ -68,3 +68,10 @@ def log_outcome(outcome: ChunkOutcome) -> None:
         outcome.merged,
         outcome.quarantined,
     )
+    if outcome.effects:
+        get_run_logger().info(
+            "batch %s chunk %s: %s",
+            outcome.batch_id,
+            outcome.chunk_no,
+            ", ".join(f"{name} {count}" for name, count in outcome.effects.items()),
+        )

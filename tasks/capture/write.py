@@ -116,6 +116,7 @@ class ChunkOutcome:
     accepted: bool
     gate: quality.GateResult = field(repr=False)
     blanked: dict[str, int] = field(default_factory=dict)
+    effects: dict[str, int] = field(default_factory=dict)  # what activities did to leads
 
     def counts(self) -> dict[str, int]:
         return {
