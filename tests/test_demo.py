@@ -15,6 +15,7 @@ def test_demo_runs_every_hop_and_the_ledger_holds(sqlite_url, tmp_path, monkeypa
     assert set(counts) <= {
         "mql",
         "routed",
+        "accepted",
         "nurturing",
         "disqualified",
         "quarantined",
@@ -22,13 +23,26 @@ def test_demo_runs_every_hop_and_the_ledger_holds(sqlite_url, tmp_path, monkeypa
     }
     route = summary["pipeline"]["hops"]["route"]
     assert route["routed"] + route["waiting"] == summary["pipeline"]["hops"]["score"]["mql"]
-    assert route["notifications"]["sent"] == route["routed"] == counts.get("routed", 0)
+    assert route["notifications"]["sent"] == route["routed"]
+    # A week of sales work: fast reps accept, silent ones lose leads to SLA escalations
+    # (which keep them routed, with another owner).
+    week = summary["sales_week"]
+    acts = week["activities"]
+    assert acts["received"] > 0 and acts["inserted"] == acts["received"]
+    assert counts.get("routed", 0) + counts.get("accepted", 0) == route["routed"]
+    assert counts.get("accepted", 0) > 0 and week["profiles"]["silent"]
+    actions = {b["action"] for b in week["breaches"]}
+    assert {"notified", "reassigned"} <= actions
+    assert any(row["on_time"] for row in week["compliance"])
     assert sum(counts.values()) == summary["capture"]["inserted"]
     text = describe(summary)
     assert "ledger audit: OK" in text and "leads by status:" in text
     # Twice: the same files are recognised, nothing is captured again.
     again = demo(leads=400, seed=5, return_state=True).result()
     assert again["capture"]["received"] == 0 and again["capture"]["duplicates"]
+    # The reps' activities exported again are the same activities: merged, none new.
+    assert again["sales_week"]["activities"]["inserted"] == 0
+    assert again["audit"]["ok"]
 
 
 def test_rules_can_come_from_a_block(sqlite_url, tmp_path):
