@@ -140,19 +140,25 @@ def prepare_activities(
 
 
 def activity_keys(frame: pd.DataFrame) -> list[str]:
-    """The source's id for the activity when it has one, else lead, rep, type and time."""
-    parts = zip(
-        frame["activity_id"],
-        frame["lead_id"].astype("Int64").astype(str),
-        frame["rep"].fillna("").astype(str),
-        frame["activity_type"].astype(str),
-        frame["occurred_at"].astype(str),
-        strict=True,
-    )
-    return [
-        hashlib.sha256((given or "|".join(rest)).encode()).hexdigest()[:32]
-        for given, *rest in parts
-    ]
+    """The source's own id for the activity (namespaced by source) when it has one, else a
+    hash of lead, rep, type and time."""
+    given = frame["activity_id"]
+    keys = ("id:" + given.astype(str)).where(given.notna() & (given.str.len() <= 200))
+    missing = keys.isna().to_numpy()
+    if missing.any():
+        rest = frame[missing]
+        parts = zip(
+            rest["activity_id"].fillna("").astype(str),
+            rest["lead_id"].astype("Int64").astype(str),
+            rest["rep"].fillna("").astype(str),
+            rest["activity_type"].astype(str),
+            rest["occurred_at"].astype(str),
+            strict=True,
+        )
+        keys[missing] = [
+            "h:" + hashlib.sha256("|".join(p).encode()).hexdigest()[:32] for p in parts
+        ]
+    return keys.tolist()
 
 
 # --------------------------------------------------------------------------- judging
@@ -211,13 +217,13 @@ def plan_moves(
     ``rep_id``, ``activity_type``, ``occurred_at``, ``record_no``, ``automated``);
     ``holders``: the rep holding each lead now (open assignment). Returns, per row, the
     reason it may not be recorded (None when it may) and the status moves it makes, as a
-    list of (from, to) pairs.
+    list of (from, to) pairs (None when it moves nothing).
     """
     errors = pd.Series(None, index=rows.index, dtype=object)
-    moves = pd.Series([[] for _ in range(len(rows))], index=rows.index, dtype=object)
+    planned: dict[Any, list[tuple[str, str]]] = {}
     deciding = rows["lead_id"].isin(rows.loc[rows["activity_type"].isin(DISPOSITIONS), "lead_id"])
     if not deciding.any():
-        return errors, moves
+        return errors, pd.Series(None, index=rows.index, dtype=object)
     ordered = rows[deciding].sort_values(["lead_id", "occurred_at", "record_no"])
     status: dict[int, str] = {}
     gave_up: dict[int, tuple[int, Any]] = {}  # lead -> (rep who rejected it, when)
@@ -258,7 +264,7 @@ def plan_moves(
                 if reject == "reroute"
                 else [(Status.ROUTED, Status.RECYCLED), (Status.RECYCLED, Status.NURTURING)]
             )
-            moves[row.Index] = [(str(a), str(b)) for a, b in path]
+            planned[row.Index] = [(str(a), str(b)) for a, b in path]
             status[lead] = str(path[-1][1])
             gave_up[lead] = (int(row.rep_id), row.occurred_at)
             continue
@@ -269,8 +275,9 @@ def plan_moves(
         except lifecycle.IllegalTransition as exc:
             errors[row.Index] = f"{kind}: {exc}"
             continue
-        moves[row.Index] = [(now_status, str(MOVES[kind]))]
+        planned[row.Index] = [(now_status, str(MOVES[kind]))]
         status[lead] = str(MOVES[kind])
+    moves = pd.Series([planned.get(i) for i in rows.index], index=rows.index, dtype=object)
     return errors, moves
 
 
@@ -322,7 +329,7 @@ def judge_activities(conn: Connection, frame: pd.DataFrame, now: datetime) -> pd
         & ~frame["repeat"]
     )
     frame["move_error"] = None
-    frame["moves"] = pd.Series([[] for _ in range(len(frame))], index=frame.index, dtype=object)
+    frame["moves"] = None
     if valid.any():
         holders: dict[int, int] = {}
         if not held.empty:
@@ -365,7 +372,7 @@ def apply_dispositions(
     """The planned moves through ``lifecycle`` (one wave per step a lead takes in this
     chunk), with the owner released on a reject and the outcome set on won or lost."""
     steps = []
-    for row in fresh[fresh["moves"].map(len) > 0].itertuples():
+    for row in fresh[fresh["moves"].notna()].itertuples():
         for from_status, to_status in row.moves:
             steps.append(
                 {

@@ -239,7 +239,7 @@ def test_the_walk_goes_by_time_and_a_late_decision_moves_nothing():
         [("qualified", "won")],
         [("accepted", "qualified")],
         [("routed", "accepted")],
-        [],
+        None,
         [("qualified", "lost")],
     ]
     # Not the holder any more: refused whatever the move.
