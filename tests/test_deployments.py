@@ -35,7 +35,9 @@ def test_every_deployment_in_prefect_yaml_deploys():
     assert {"pipeline", "capture-files", "capture-events", "rescore", "backtest"} <= set(
         deployments
     )
-    assert {"route", "route-dry-run", "report", "learn", "sla"} <= set(deployments)
+    assert {"route", "route-dry-run", "report", "learn", "sla", "capture-activities"} <= set(
+        deployments
+    )
     assert all(d.enforce_parameter_schema for d in deployments.values())
     pipeline = deployments["pipeline"]
     assert pipeline.global_concurrency_limit.limit == 1
