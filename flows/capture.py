@@ -14,10 +14,12 @@ from prefect import flow
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
+from leadflow.config import ConfigError
 from leadflow.mapping import load_mapping
 from leadflow.settings import get_settings
 from tasks import sources
-from tasks.capture.run import CaptureRun, inspect_input, publish_gates
+from tasks.activities import reject_policy
+from tasks.capture.run import CaptureRun, empty_summary, inspect_input, publish_gates
 
 PARALLEL_FROM_BYTES = 8 << 20  # smaller inputs are not worth a worker process's start-up
 
@@ -44,6 +46,11 @@ def capture(
     mapping, version = load_mapping(mapping_path)
     if target is not None and target != mapping.target:
         mapping = mapping.model_copy(update={"target": target})
+    if mapping.target == "activities":
+        try:
+            reject_policy()  # what a reject does comes from the SLA rules: check them first
+        except ConfigError as exc:
+            return Failed(message=str(exc), data=empty_summary())
     run = CaptureRun(
         database_url=database_url or settings.database_url,
         source=source or mapping.source or "unknown",

@@ -120,6 +120,13 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     if args.target and args.target != mapping.target:
         mapping = mapping.model_copy(update={"target": args.target})
+    if mapping.target == "activities":
+        from tasks.activities import reject_policy
+
+        try:
+            reject_policy()  # decisions follow the SLA rules: a typo there stops here
+        except ConfigError as exc:
+            return _fail(str(exc))
     if mapping.api is None:
         from tasks.capture.run import check_inputs
         from tasks.sources import InputError

@@ -158,7 +158,9 @@ class SourceMapping(_Strict):
     @field_validator("columns")
     @classmethod
     def _targets_are_fields(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
-        known = TARGET_FIELDS[info.data.get("target", "leads")]
+        if "target" not in info.data:
+            return value  # the target itself is wrong: that is the message
+        known = TARGET_FIELDS[info.data["target"]]
         for column, field in value.items():
             if field not in known:
                 raise ValueError(
@@ -175,7 +177,9 @@ class SourceMapping(_Strict):
     def _value_maps_on_fields(
         cls, value: dict[str, dict[str, str]], info: ValidationInfo
     ) -> dict[str, dict[str, str]]:
-        known = TARGET_FIELDS[info.data.get("target", "leads")]
+        if "target" not in info.data:
+            return value
+        known = TARGET_FIELDS[info.data["target"]]
         unknown = sorted(set(value) - set(known))
         if unknown:
             raise ValueError(f"value maps for unknown field(s) {unknown}")

@@ -281,11 +281,18 @@ def plan_moves(
     return errors, moves
 
 
-def judge_activities(conn: Connection, frame: pd.DataFrame, now: datetime) -> pd.DataFrame:
-    """The suite's columns that need the store: the rep, ownership and the lifecycle walk."""
+def reject_policy() -> str:
+    """What a reject does (``reject:`` in the SLA rules): reroute or recycle. Raises
+    ``config.ConfigError`` naming the file and field when the rules are wrong."""
     from leadflow.settings import get_settings
     from leadflow.sla_rules import load_rules
 
+    rules, _, _ = load_rules(get_settings().rules_dir / "sla.yaml")
+    return rules.reject
+
+
+def judge_activities(conn: Connection, frame: pd.DataFrame, now: datetime) -> pd.DataFrame:
+    """The suite's columns that need the store: the rep, ownership and the lifecycle walk."""
     frame = frame.copy()
     ids = _reps(conn, sorted(set(frame["rep"].dropna())))
     frame["rep_id"] = frame["rep"].map(ids).astype("Int64")
@@ -337,8 +344,7 @@ def judge_activities(conn: Connection, frame: pd.DataFrame, now: datetime) -> pd
             holders = dict(
                 zip(open_["lead_id"].astype(int), open_["rep_id"].astype(int), strict=True)
             )
-        rules, _, _ = load_rules(get_settings().rules_dir / "sla.yaml")
-        errors, moves = plan_moves(frame[valid], holders, rules.reject)
+        errors, moves = plan_moves(frame[valid], holders, reject_policy())
         frame.loc[valid, "move_error"] = errors
         frame.loc[valid, "moves"] = moves
     return frame

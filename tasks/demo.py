@@ -143,7 +143,21 @@ PROFILES = {
     "silent": [],  # never answers: the SLA escalates and reassigns
 }
 # When the week's checks run, after the pipeline's `now` (minutes).
-TICKS = (0, 10, 20, 45, 90, 180, 360, 24 * 60, 2 * 24 * 60, 3 * 24 * 60, 5 * 24 * 60, 7 * 24 * 60)
+TICKS = (
+    0,
+    10,
+    13,
+    20,
+    45,
+    90,
+    180,
+    360,
+    24 * 60,
+    2 * 24 * 60,
+    3 * 24 * 60,
+    5 * 24 * 60,
+    7 * 24 * 60,
+)
 
 
 def rep_profile(code: str) -> str:

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import Connection, and_, case, func, literal, select, update
+from sqlalchemy import Connection, and_, case, func, literal, or_, select, tuple_, update
 
 from leadflow import outbox, store
 from leadflow import tables as t
@@ -347,23 +347,16 @@ def meet_timers(
     store.serialize_writers(conn, "capture")
     activities, timers = t.activities, t.sla_timers
     seen = _watermark(conn)
-    new = store.read_frame(
-        conn,
-        select(
-            activities.c.id.label("activity_id"),
-            activities.c.lead_id,
-            activities.c.rep_id,
-            activities.c.activity_type,
-            activities.c.occurred_at,
-        ).where(activities.c.id > seen, activities.c.automated.is_(False)),
-    )
     newest = conn.execute(select(func.max(activities.c.id))).scalar() or seen
-    if new.empty:
-        _save_watermark(conn, max(newest, seen))
+    if newest <= seen:
+        _save_watermark(conn, seen)
         return 0, empty_breaches()
-    candidates = store.read_frame_by_ids(
-        conn,
-        [
+    # Per timer, the earliest new genuine activity of a kind its policy counts, by its rep,
+    # after the clock started and before what met it so far: ranked in the database, so a
+    # backlog of activities is one indexed join, not a frame of every pair.
+    counts = [(p.name, kind) for p in context.rules.policies for kind in p.met_by]
+    ranked = (
+        select(
             timers.c.id,
             timers.c.lead_id,
             timers.c.rep_id,
@@ -374,34 +367,44 @@ def meet_timers(
             timers.c.level,
             timers.c.closed_at,
             timers.c.closed_reason,
-        ],
-        timers.c.lead_id,
-        sorted(set(new["lead_id"].astype("int64"))),
-    )
-    if candidates.empty:
-        _save_watermark(conn, newest)
-        return 0, empty_breaches()
-    met_by = {p.name: set(p.met_by) for p in context.rules.policies}
-    pairs = candidates.merge(new, on=["lead_id", "rep_id"])
-    counts = (
-        pairs.apply(lambda r: r["activity_type"] in met_by.get(r["policy"], ()), axis=1)
-        if len(pairs)
-        else pd.Series(dtype=bool)
-    )
-    pairs = pairs[counts.astype(bool)] if len(pairs) else pairs
-    pairs = pairs[
-        (pairs["occurred_at"] >= pairs["started_at"])
-        & (pairs["met_at"].isna() | (pairs["occurred_at"] < pairs["met_at"]))
-        & (
-            pairs["closed_reason"].isna()
-            | (pairs["closed_reason"] == "met")
-            | (pairs["occurred_at"] < pairs["closed_at"])
+            activities.c.id.label("activity_id"),
+            activities.c.activity_type,
+            activities.c.occurred_at,
+            func.row_number()
+            .over(
+                partition_by=timers.c.id,
+                order_by=(activities.c.occurred_at, activities.c.id),
+            )
+            .label("rank"),
         )
-    ]
-    if pairs.empty:
+        .select_from(
+            activities.join(
+                timers,
+                and_(
+                    timers.c.lead_id == activities.c.lead_id,
+                    timers.c.rep_id == activities.c.rep_id,
+                ),
+            )
+        )
+        .where(
+            activities.c.id > seen,
+            activities.c.id <= newest,
+            activities.c.automated.is_(False),
+            tuple_(timers.c.policy, activities.c.activity_type).in_(counts),
+            activities.c.occurred_at >= timers.c.started_at,
+            or_(timers.c.met_at.is_(None), activities.c.occurred_at < timers.c.met_at),
+            or_(
+                timers.c.closed_reason.is_(None),
+                timers.c.closed_reason == "met",
+                activities.c.occurred_at < timers.c.closed_at,
+            ),
+        )
+        .subquery()
+    )
+    first = store.read_frame(conn, select(ranked).where(ranked.c.rank == 1).order_by(ranked.c.id))
+    if first.empty:
         _save_watermark(conn, newest)
         return 0, empty_breaches()
-    first = pairs.sort_values(["id", "occurred_at", "activity_id"]).drop_duplicates("id")
     minutes = np.zeros(len(first))
     cache: dict[int, Timeline] = {}
     reps = first["rep_id"].astype("int64").to_numpy()
