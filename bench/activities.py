@@ -15,7 +15,6 @@ JSON with the rates and ratios, and the peak RSS.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sys
@@ -32,30 +31,10 @@ import numpy as np
 import pandas as pd
 import psycopg2
 
-from bench.common import add_database_url, bench_schema, peak_rss_mb, warm_up_prefect
+from bench.common import add_database_url, bench_schema, copy_frame, peak_rss_mb, warm_up_prefect
 
 NOW = datetime(2026, 11, 2, 15, tzinfo=UTC)
-MAPPING = """
-source: crm
-target: activities
-columns:
-  Activity ID: activity_id
-  Lead Email: email
-  Assigned To: rep
-  Type: activity_type
-  Date: occurred_at
-  Notes: reason
-"""
 KINDS = ["Logged Call", "Email Sent", "Meeting Scheduled", "Accepted"]
-
-
-def copy(cursor: object, table: str, frame: pd.DataFrame) -> None:
-    buffer = io.StringIO()
-    frame.to_csv(buffer, index=False, header=False, na_rep="")
-    buffer.seek(0)
-    cursor.copy_expert(
-        f"COPY {table} ({', '.join(frame.columns)}) FROM STDIN WITH (FORMAT csv)", buffer
-    )
 
 
 def ingest(url: str, path: Path, mapping: Path | None, target: str) -> tuple[float, dict]:
@@ -88,11 +67,12 @@ def main() -> None:
 
     from leadflow import store
     from leadflow.routing_store import sync_reps
+    from tasks.demo import ACTIVITY_MAPPING
     from tasks.route_hop import load_context
 
     work = Path(tempfile.mkdtemp(prefix="bench-activities-"))
     mapping = work / "crm.yaml"
-    mapping.write_text(MAPPING)
+    mapping.write_text(ACTIVITY_MAPPING)  # the demo's CRM export mapping
     context = load_context.fn(None)
     reps = [r for r in context.rules.reps if r.pools]
     ids = np.arange(1, n + 1)
@@ -137,7 +117,7 @@ def main() -> None:
         conn = psycopg2.connect(schema.dsn)
         cursor = conn.cursor()
         cursor.execute(f'SET search_path TO "{schema.name}"')
-        copy(
+        copy_frame(
             cursor,
             "leads",
             pd.DataFrame(
@@ -154,7 +134,7 @@ def main() -> None:
                 }
             ),
         )
-        copy(
+        copy_frame(
             cursor,
             "assignments",
             pd.DataFrame(

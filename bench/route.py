@@ -12,7 +12,6 @@ Leads are loaded with COPY into a fresh schema outside the timings. Prints JSON.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sys
@@ -28,7 +27,7 @@ import numpy as np
 import pandas as pd
 import psycopg2
 
-from bench.common import add_database_url, bench_schema, peak_rss_mb, warm_up_prefect
+from bench.common import add_database_url, bench_schema, copy_frame, peak_rss_mb, warm_up_prefect
 
 NOW = datetime(2026, 11, 2, 15, tzinfo=UTC)  # a Monday: most reps are at work
 COUNTRIES = ["US", "US", "US", "CA", "GB", "DE", "FR", "NL", "AU", "JP", "SG", "IN", "BR", "MX"]
@@ -76,17 +75,6 @@ def mql_frame(leads: int, seed: int) -> pd.DataFrame:
     )
 
 
-def copy(cursor: object, table: str, frame: pd.DataFrame) -> float:
-    buffer = io.StringIO()
-    frame.to_csv(buffer, index=False, header=False)
-    buffer.seek(0)
-    started = time.perf_counter()
-    cursor.copy_expert(
-        f"COPY {table} ({', '.join(frame.columns)}) FROM STDIN WITH (FORMAT csv)", buffer
-    )
-    return time.perf_counter() - started
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--leads", type=int, default=100_000)
@@ -99,7 +87,7 @@ def main() -> None:
         conn = psycopg2.connect(schema.dsn)
         cursor = conn.cursor()
         cursor.execute(f'SET search_path TO "{schema.name}"')
-        copy(cursor, "leads", frame)
+        copy_frame(cursor, "leads", frame)
         cursor.execute("SELECT setval(pg_get_serial_sequence('leads', 'id'), %s)", (args.leads,))
         # Baseline: raw COPY of as many rows of the assignments' width, into a bare table.
         cursor.execute(
@@ -119,7 +107,7 @@ def main() -> None:
                 "assigned_at": NOW.isoformat(),
             }
         )
-        baseline_seconds = copy(cursor, "baseline", baseline)
+        baseline_seconds = copy_frame(cursor, "baseline", baseline)
         conn.commit()
         cursor.execute("ANALYZE leads")
         conn.commit()

@@ -10,7 +10,6 @@ Leads and events are loaded with COPY into a fresh schema outside the timings. P
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sys
@@ -26,19 +25,10 @@ import numpy as np
 import pandas as pd
 import psycopg2
 
-from bench.common import add_database_url, bench_schema, peak_rss_mb, warm_up_prefect
+from bench.common import add_database_url, bench_schema, copy_frame, peak_rss_mb, warm_up_prefect
 from leadflow.mapping import EVENT_TYPES
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
-
-
-def copy_frame(cursor: object, table: str, frame: pd.DataFrame) -> None:
-    buffer = io.StringIO()
-    frame.to_csv(buffer, index=False, header=False)
-    buffer.seek(0)
-    cursor.copy_expert(
-        f"COPY {table} ({', '.join(frame.columns)}) FROM STDIN WITH (FORMAT csv)", buffer
-    )
 
 
 def load(dsn: str, schema: str, leads: int, events: int, seed: int) -> dict:

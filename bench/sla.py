@@ -14,7 +14,6 @@ and ``--activities`` new activities meeting timers. Prints JSON.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sys
@@ -30,23 +29,12 @@ import numpy as np
 import pandas as pd
 import psycopg2
 
-from bench.common import add_database_url, bench_schema, peak_rss_mb, warm_up_prefect
+from bench.common import add_database_url, bench_schema, copy_frame, peak_rss_mb, warm_up_prefect
 
 NOW = datetime(2026, 11, 2, 15, tzinfo=UTC)  # a Monday
 COUNTRIES = ["US", "US", "CA", "GB", "DE", "FR", "AU", "JP", "BR"]
 REGIONS = {"US": "NA", "CA": "NA", "GB": "EMEA", "DE": "EMEA", "FR": "EMEA", "AU": "APAC",
            "JP": "APAC", "BR": "LATAM"}  # fmt: skip
-
-
-def copy(cursor: object, table: str, frame: pd.DataFrame) -> float:
-    buffer = io.StringIO()
-    frame.to_csv(buffer, index=False, header=False, na_rep="")
-    buffer.seek(0)
-    started = time.perf_counter()
-    cursor.copy_expert(
-        f"COPY {table} ({', '.join(frame.columns)}) FROM STDIN WITH (FORMAT csv)", buffer
-    )
-    return time.perf_counter() - started
 
 
 def iso(values: pd.Series | datetime) -> pd.Series | str:
@@ -174,10 +162,10 @@ def main() -> None:
         conn = psycopg2.connect(schema.dsn)
         cursor = conn.cursor()
         cursor.execute(f'SET search_path TO "{schema.name}"')
-        copy(cursor, "leads", leads)
-        copy(cursor, "assignments", assignments)
-        baseline_seconds = copy(cursor, "sla_timers", timers)
-        copy(cursor, "activities", activities)
+        copy_frame(cursor, "leads", leads)
+        copy_frame(cursor, "assignments", assignments)
+        baseline_seconds = copy_frame(cursor, "sla_timers", timers)
+        copy_frame(cursor, "activities", activities)
         for table, count in (
             ("leads", total),
             ("assignments", total),
