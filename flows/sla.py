@@ -12,12 +12,8 @@ import time
 from datetime import UTC, datetime
 
 from prefect import flow
-from prefect.artifacts import create_table_artifact
 from prefect.states import Completed, Failed, State
-from sqlalchemy import select
 
-from leadflow import store
-from leadflow import tables as t
 from leadflow.settings import get_settings
 from tasks import hops, quality
 from tasks import sla as hop
@@ -49,32 +45,12 @@ def sla(
     summary = result.summary()
     summary["version"] = context.version
     checked = time.monotonic()
-    with store.get_engine(database_url).connect() as conn:
-        codes = dict(conn.execute(select(t.reps.c.id, t.reps.c.code)).all())
-        breached = hop.open_breaches(conn)
-        compliance = hop.compliance(conn)
-    reported = time.monotonic()
-    summary["events"] = hop.emit_breach_events(result.breaches, codes, max_events)
-    emitted = time.monotonic()
-    summary["flow_seconds"] = {
-        "check": round(checked - started, 3),
-        "report": round(reported - checked, 3),
-        "events": round(emitted - reported, 3),
-    }
+    reported = hop.report(database_url, result.breaches, now, max_events)
+    summary["flow_seconds"] = {"check": round(checked - started, 3), **reported.pop("seconds")}
+    summary.update(reported)
     sent = send_outbox(database_url, notifier, now=now) if notifier else None
     summary["notifications"] = sent or {}
-    summary["open_breaches"] = len(breached)
-    summary["compliance"] = compliance.to_dict("records")
     summary["seconds"] = round(time.monotonic() - started, 3)
-    create_table_artifact(
-        key="sla-open-breaches",
-        table=[
-            {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
-            for row in breached.to_dict("records")
-        ]
-        or [{"lead_id": None, "note": "no open breaches"}],
-        description=f"Breached SLA timers still without an activity at {now:%Y-%m-%d %H:%M} UTC",
-    )
     hops.publish_gates("sla", [result.gate] if result.gate else [])
     return Completed(
         message=f"SLA check: {summary['timers_started']} timers started, "

@@ -642,3 +642,36 @@ def emit_breach_events(breaches: pd.DataFrame, codes: dict[int, str], limit: int
             payload={"breaches": len(breaches), "emitted_individually": limit},
         )
     return emitted
+
+
+@task(name="sla-report", cache_policy=NO_CACHE)
+def report(
+    database_url: str, breaches: pd.DataFrame, now: datetime, max_events: int = 1000
+) -> dict[str, Any]:
+    """After a check: its breaches as Prefect events, the open breaches as a table artifact,
+    and compliance per policy and rep (read in one connection)."""
+    from prefect.artifacts import create_table_artifact
+
+    started = time.monotonic()
+    with store.get_engine(database_url).connect() as conn:
+        codes = dict(conn.execute(select(t.reps.c.id, t.reps.c.code)).all())
+        breached = open_breaches(conn)
+        per_rep = compliance(conn)
+    read = time.monotonic()
+    events = emit_breach_events(breaches, codes, max_events)
+    emitted = time.monotonic()
+    create_table_artifact(
+        key="sla-open-breaches",
+        table=[
+            {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
+            for row in breached.to_dict("records")
+        ]
+        or [{"lead_id": None, "note": "no open breaches"}],
+        description=f"Breached SLA timers still without an activity at {now:%Y-%m-%d %H:%M} UTC",
+    )
+    return {
+        "events": events,
+        "open_breaches": len(breached),
+        "compliance": per_rep.to_dict("records"),
+        "seconds": {"report": round(read - started, 3), "events": round(emitted - read, 3)},
+    }
