@@ -138,6 +138,11 @@ def json_column(values: Iterable[Any]) -> list[str | None]:
     return [None if v is None else json.dumps(v, ensure_ascii=False, default=str) for v in values]
 
 
+def json_value(value: Any) -> Any:
+    """A JSON column's value as read: decoded where the driver hands back text (SQLite)."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
 def _is_json(column: Column) -> bool:
     return isinstance(column.type, JSON) or isinstance(getattr(column.type, "impl", None), JSON)
 

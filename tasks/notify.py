@@ -310,7 +310,7 @@ def _email(notifier: SmtpNotifier, row: dict[str, Any]) -> EmailMessage:
     digest = hashlib.sha256(row["idempotency_key"].encode()).hexdigest()[:24]
     message["Message-ID"] = make_msgid(idstring=digest, domain="leadflow")
     message.set_content(row["body"] or "")
-    for attachment in _json(row.get("attachments")) or []:
+    for attachment in store.json_value(row.get("attachments")) or []:
         main, _, rest = attachment.get("content_type", "text/plain").partition("/")
         subtype, *params = [p.strip() for p in rest.split(";")]
         message.add_attachment(
@@ -321,10 +321,6 @@ def _email(notifier: SmtpNotifier, row: dict[str, Any]) -> EmailMessage:
             params=dict(p.split("=", 1) for p in params if "=" in p),
         )
     return message
-
-
-def _json(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str) else value
 
 
 def _smtp_connect(notifier: SmtpNotifier) -> smtplib.SMTP:
@@ -375,7 +371,7 @@ def _post_webhook(
     headers = {"Idempotency-Key": row["idempotency_key"], "Content-Type": "application/json"}
     if notifier.token is not None:
         headers["Authorization"] = f"Bearer {notifier.token.get_secret_value()}"
-    body = _json(row.get("payload")) or {}
+    body = store.json_value(row.get("payload")) or {}
     try:
         response = session.post(
             url,

@@ -20,7 +20,6 @@ A check at ``now`` (one at a time: the ``sla`` writer lock) does, in one transac
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -126,17 +125,14 @@ def calendars(conn: Connection, context: SlaContext) -> dict[int, WorkingCalenda
                     name=row.name,
                     email=row.email,
                     timezone=row.timezone or "UTC",
-                    working_hours=_json(row.working_hours) or {"mon-fri": ["09:00-17:00"]},
+                    working_hours=store.json_value(row.working_hours)
+                    or {"mon-fri": ["09:00-17:00"]},
                     country=row.country,
                 )
             except ValueError:
                 rep = Rep(id=f"rep-{row.id}", name=row.name or "?", email="unknown@invalid.example")
         out[int(row.id)] = calendar_of(rep)
     return out
-
-
-def _json(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str) else value
 
 
 def _timeline(
