@@ -588,6 +588,53 @@ def cmd_sla(args: argparse.Namespace) -> int:
     )
 
 
+def _human_nurture(data: dict[str, Any]) -> str:
+    lines = [
+        f"nurture tick (cadences {data.get('version')}, {data.get('seconds')} s): "
+        f"{data.get('candidates', 0)} leads looked at",
+        f"  enrolled          {data.get('enrolled', 0)}",
+        f"  touches queued    {data.get('queued', 0)}",
+        f"  deferred          {data.get('deferred', 0)} (quiet hours {data.get('deferred_quiet', 0)}, "
+        f"frequency cap {data.get('deferred_cap', 0)})",
+        f"  suppressed        {data.get('suppressed', 0)}",
+        f"  exited            {data.get('exited', 0)} (+{data.get('left_nurture', 0)} left nurture)",
+        f"  finished          {data.get('finished', 0)} (disqualified {data.get('disqualified', 0)})",
+    ]
+    if data.get("template_failed"):
+        lines.append(f"  template errors   {data['template_failed']} (touches wait for a fix):")
+        lines.extend(f"    {error}" for error in data.get("template_errors", [])[:5])
+    sent = data.get("notifications") or {}
+    if sent:
+        lines.append(
+            f"  sent              {sent.get('sent', 0)} (failed {sent.get('failed', 0)}, "
+            f"dead {sent.get('dead', 0)}, put back {sent.get('deferred', 0)})"
+        )
+    return "\n".join(lines)
+
+
+def cmd_nurture(args: argparse.Namespace) -> int:
+    from tasks.nurture import load_context
+
+    load_context(args.rules)  # a typo: one line, exit 2, no flow
+    from flows.nurture import nurture
+
+    return _run_flow(
+        args, nurture, _human_nurture, now=args.now, rules=args.rules, notifier=args.notifier
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The HTTP endpoint: unsubscribe links (and, with the lane, lead capture)."""
+    import uvicorn
+
+    from leadflow import store
+    from leadflow.web import create_app
+
+    store.upgrade()
+    uvicorn.run(create_app(), host=args.host, port=args.port, log_level="warning")
+    return EXIT_OK
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from flows.report import report
     from tasks.kpi import markdown
@@ -837,6 +884,16 @@ def build_parser() -> argparse.ArgumentParser:
     sla.add_argument("--notifier", help="block:NAME[,block:NAME] (default LEADFLOW_NOTIFIER)")
     sla.add_argument("--now", type=_timestamp, help="check as of this time (default: now)")
     sla.add_argument("--json", action="store_true")
+
+    nurture = add("nurture", cmd_nurture, "one nurture tick: enrol, send due touches, exit, finish")
+    nurture.add_argument("--rules", help="cadences (default rules/cadences.yaml)")
+    nurture.add_argument("--notifier", help="block:NAME or maildir:PATH (default LEADFLOW_NOTIFIER)")
+    nurture.add_argument("--now", type=_timestamp, help="tick as of this time (default: now)")
+    nurture.add_argument("--json", action="store_true")
+
+    serve = add("serve", cmd_serve, "HTTP endpoint: unsubscribe links")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
 
     report = add(
         "report", cmd_report, "KPIs: funnel, speed to lead, sources, waiting work, velocity"

@@ -49,7 +49,8 @@ ALLOWED: dict[Status | None, frozenset[Status]] = {
     S.ACCEPTED: frozenset({S.QUALIFIED, S.RECYCLED, S.DISQUALIFIED}),
     S.QUALIFIED: frozenset({S.WON, S.LOST, S.RECYCLED}),
     S.LOST: frozenset({S.RECYCLED}),
-    S.RECYCLED: frozenset({S.NURTURING}),
+    # Back to nurture, or out for good once recycled more often than the policy allows.
+    S.RECYCLED: frozenset({S.NURTURING, S.DISQUALIFIED}),
     S.WON: frozenset(),
     S.DISQUALIFIED: frozenset(),
     # Released back to the input of the hop that quarantined it.
@@ -285,6 +286,35 @@ def record_reassignments(
         actor=actor,
         reason=reasons,
         details=details,
+        batch_id=None,
+        flow_run_id=flow_run_id,
+        at=at,
+    )
+
+
+def record_notes(
+    conn: Connection,
+    lead_ids: pd.Series,
+    *,
+    kind: str,
+    reasons: pd.Series,
+    actor: str,
+    at: datetime,
+    flow_run_id: str | None = None,
+) -> None:
+    """One ledger row per lead for something that happened to it without a status change
+    (``kind = 'nurture'``: enrolled in a cadence, left it and why, finished it)."""
+    if len(lead_ids) == 0:
+        return
+    _write_events(
+        conn,
+        pd.Series(lead_ids).reset_index(drop=True),
+        kind=kind,
+        from_status=None,
+        to_status=None,
+        actor=actor,
+        reason=pd.Series(reasons).reset_index(drop=True),
+        details=None,
         batch_id=None,
         flow_run_id=flow_run_id,
         at=at,

@@ -262,28 +262,29 @@ class Fallback(_Strict):
     owner: str  # a rep id: the person who works the queue
 
 
-def routing_condition(data: Any) -> Condition:
-    """A condition in the shared language where ``score`` and ``temperature`` are fields too.
+def routing_condition(data: Any, fields: frozenset[str] = SCORED_FIELDS) -> Condition:
+    """A condition in the shared language where ``score`` and ``temperature`` (or the other
+    ``fields`` a later hop knows: ``status`` for cadences) are fields too.
 
     Scoring's ``Condition`` refuses fields it does not produce; routing runs after scoring, so
     scored fields are validated under a stand-in name and then given their own back.
     """
     if isinstance(data, Condition):
         return data
-    return _restore(Condition.model_validate(_disguise(data)))
+    return _restore(Condition.model_validate(_disguise(data, fields)))
 
 
 _STAND_IN = "attributes.__scored__."
 
 
-def _disguise(data: Any) -> Any:
+def _disguise(data: Any, fields: frozenset[str]) -> Any:
     if isinstance(data, list):
-        return [_disguise(item) for item in data]
+        return [_disguise(item, fields) for item in data]
     if not isinstance(data, dict):
         return data
-    out = {key: _disguise(value) for key, value in data.items()}
+    out = {key: _disguise(value, fields) for key, value in data.items()}
     field = data.get("field")
-    if field in SCORED_FIELDS:
+    if field in fields:
         out["field"] = _STAND_IN + field
     elif isinstance(field, str) and field.startswith("engagement."):
         raise ValueError(f"routing cannot use {field!r}: engagement counts are scoring's input")

@@ -163,18 +163,24 @@ def assignment_rows(
     )
 
 
-def reps_to_avoid(conn: Connection, lead_ids: list[int]) -> dict[int, list[str]]:
+def reps_to_avoid(
+    conn: Connection, lead_ids: list[int], now: datetime | None = None
+) -> dict[int, list[str]]:
     """Per lead, the reps who gave it back (rejected it) or lost it to an SLA escalation:
-    routing never hands it to them again."""
+    routing does not hand it to them again, for good or, once recycling set a cool-down
+    (``avoid_until``), until ``now`` passes it."""
     if not lead_ids:
         return {}
     table = t.assignments
+    gave_back = table.c.released_reason.like("rejected%") | table.c.released_reason.like("sla%")
+    if now is not None:
+        gave_back = gave_back & (table.c.avoid_until.is_(None) | (table.c.avoid_until > now))
     found = store.read_frame_by_ids(
         conn,
         [table.c.lead_id, table.c.rep_code],
         table.c.lead_id,
         lead_ids,
-        where=table.c.released_reason.like("rejected%") | table.c.released_reason.like("sla%"),
+        where=gave_back,
     )
     return {int(lead): sorted(set(codes)) for lead, codes in found.groupby("lead_id")["rep_code"]}
 

@@ -192,6 +192,8 @@ leads = Table(
     # Scoring (migration 0003): score, score_version and temperature above, and when.
     Column("scored_at", UTC),
     Column("scored_event_id", ID),  # the newest engagement event the score has seen
+    # Recycling (migration 0009): how often sales gave the lead back to nurture.
+    Column("recycle_count", Integer, nullable=False, server_default=text("0")),
     Index(
         "uq_leads_email",
         "email",
@@ -414,6 +416,9 @@ assignments = Table(
     Column("released_at", UTC),  # the lead left this owner (recycled, reassigned)
     Column("released_reason", Text),
     Column("sla_stage", Text),  # SLA timers started for: null | assigned | accepted (0008)
+    # Routing keeps the lead from this rep until then after a reject or an SLA loss; null:
+    # for good (0009; recycling sets it from its cool-down).
+    Column("avoid_until", UTC),
     Index("ix_assignments_lead_id", "lead_id"),
     Index("ix_assignments_rep_assigned", "rep_code", "assigned_at"),  # "new today" per rep
 )
@@ -513,4 +518,59 @@ sla_breaches = Table(
     Column("recorded_at", UTC, nullable=False),  # the check's `now`
     Column("flow_run_id", Text),
     UniqueConstraint("timer_id", "level", name="uq_sla_breaches_timer_level"),
+)
+
+cadence_enrolments = Table(
+    # One row per time a lead entered a cadence (migration 0009); a re-entry is a new row, so
+    # history is never deleted. ``step`` is the next step to send (1-based); ``due_at`` when.
+    "cadence_enrolments",
+    metadata,
+    _id(),
+    Column("lead_id", ID, nullable=False),
+    Column("cadence", Text, nullable=False),
+    Column("version", Text, nullable=False),  # the cadences file version it follows
+    Column("entry_no", Integer, nullable=False),  # 1 = first time in this cadence
+    Column("step", Integer, nullable=False),
+    Column("status", Text, nullable=False),  # active | completed | exited
+    Column("due_at", UTC),  # next touch; null once ended
+    Column("enrolled_at", UTC, nullable=False),
+    Column("last_touch_at", UTC),
+    Column("deferrals", Integer, nullable=False, server_default=text("0")),  # cap, quiet hours
+    Column("last_error", Text),  # why the due touch could not be built (a template error)
+    Column("ended_at", UTC),
+    Column("end_reason", Text),  # finished | replied | became_mql | suppressed: ... | ...
+    Column("updated_at", UTC, nullable=False),
+    Index("ix_cadence_enrolments_due", "status", "due_at"),
+    Index("ix_cadence_enrolments_lead", "lead_id"),
+    Index(
+        "uq_cadence_enrolments_active",
+        "lead_id",
+        "cadence",
+        unique=True,
+        postgresql_where=text("status = 'active'"),
+        sqlite_where=text("status = 'active'"),
+    ),
+)
+
+cadence_touches = Table(
+    # Every touch decided (migration 0009): queued to the outbox, or suppressed. The key
+    # (enrolment, step) is unique, so no step is ever queued twice.
+    "cadence_touches",
+    metadata,
+    _id(),
+    Column("enrolment_id", ID, nullable=False),
+    Column("lead_id", ID, nullable=False),
+    Column("cadence", Text, nullable=False),
+    Column("step", Integer, nullable=False),
+    Column("step_name", Text, nullable=False),
+    Column("channel", Text, nullable=False),  # email | rep_task | webhook
+    Column("status", Text, nullable=False),  # queued | suppressed
+    Column("reason", Text),
+    Column("outbox_key", Text),  # touch:<enrolment>:<step>
+    Column("version", Text, nullable=False),
+    Column("due_at", UTC, nullable=False),
+    Column("decided_at", UTC, nullable=False),  # the tick's `now`: the frequency cap counts it
+    Column("flow_run_id", Text),
+    UniqueConstraint("enrolment_id", "step", name="uq_cadence_touches_enrolment_step"),
+    Index("ix_cadence_touches_lead_time", "lead_id", "decided_at"),
 )

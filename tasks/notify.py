@@ -309,6 +309,9 @@ def _email(notifier: SmtpNotifier, row: dict[str, Any]) -> EmailMessage:
     # A stable Message-ID: a resend after a crash is recognisably the same message.
     digest = hashlib.sha256(row["idempotency_key"].encode()).hexdigest()[:24]
     message["Message-ID"] = make_msgid(idstring=digest, domain="leadflow")
+    payload = store.json_value(row.get("payload")) or {}
+    for name, value in (payload.get("headers") or {}).items():  # List-Unsubscribe, ...
+        message[name] = value
     message.set_content(row["body"] or "")
     for attachment in store.json_value(row.get("attachments")) or []:
         main, _, rest = attachment.get("content_type", "text/plain").partition("/")
@@ -500,6 +503,8 @@ def _failed(
         status = outbox.mark_failed(
             conn, int(row["id"]), error, now, **({"max_attempts": 1} if permanent else {})
         )
+    if permanent and row.get("kind") == "nurture_touch":
+        record_bounce(engine, row, error, now)
     if status == "dead":
         report.dead += 1
     else:
@@ -508,6 +513,34 @@ def _failed(
     log.warning(
         "outbox: message #%s to %s %s: %s", row["id"], masked(row["recipient"]), status, error
     )
+
+
+def record_bounce(engine: Engine, row: dict[str, Any], error: str, now: datetime) -> bool:
+    """A nurture email the server refused for good comes back as a ``bounce`` engagement
+    event for its lead (once per message): the lead is suppressed from then on."""
+    from sqlalchemy import select
+
+    from leadflow import tables as t
+
+    payload = store.json_value(row.get("payload")) or {}
+    if payload.get("audience") != "lead" or row.get("channel") != "email" or not row.get("lead_id"):
+        return False
+    events = t.engagement_events
+    key = f"bounce:{row['idempotency_key']}"
+    with engine.begin() as conn:
+        if conn.execute(select(events.c.id).where(events.c.event_key == key)).first():
+            return False
+        conn.execute(
+            events.insert().values(
+                lead_id=int(row["lead_id"]),
+                event_type="bounce",
+                occurred_at=now if now.tzinfo else now.replace(tzinfo=UTC),
+                properties={"error": error[:500], "outbox_id": int(row["id"])},
+                source="outbox",
+                event_key=key,
+            )
+        )
+    return True
 
 
 def resolve_notifiers(spec: Any) -> list[SmtpNotifier | WebhookNotifier]:

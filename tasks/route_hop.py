@@ -87,7 +87,7 @@ def fetch_reps(
         rep_ids=rep_ids,
         state=routing_store.read_state(conn, context.rules, rep_ids, now),
         busy=routing_store.proposed_slots(conn, context.rules, now),
-        exclude=routing_store.reps_to_avoid(conn, leads["id"].tolist()),
+        exclude=routing_store.reps_to_avoid(conn, leads["id"].tolist(), now),
     )
 
 
