@@ -9,8 +9,9 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, State
 
+from leadflow.recycle_rules import load_rules
 from leadflow.settings import get_settings
-from tasks import hops, kpi
+from tasks import hops, kpi, leakage
 
 
 @flow(name="report", flow_run_name=hops.run_name("report"))
@@ -22,6 +23,8 @@ def report(now: datetime | None = None, database_url: str | None = None) -> Stat
     figures = kpi.figures(views, now)
     paths = kpi.charts(figures, views["kpi_speed_to_lead"], settings.var_dir / "reports")
     figures["charts"] = paths
+    policy, _ = load_rules(settings.rules_dir / "recycle.yaml")
+    figures["leakage"] = leakage.leakage(database_url or settings.database_url, policy, now)
     create_table_artifact(key="kpi-funnel", table=figures["funnel"], description="Funnel")
     create_table_artifact(
         key="kpi-sources", table=figures["source_performance"], description="Sources"
@@ -31,6 +34,7 @@ def report(now: datetime | None = None, database_url: str | None = None) -> Stat
     )
     speed = figures["speed_to_lead"]["capture_to_routed"]
     return Completed(
-        message=f"KPIs as of {now:%Y-%m-%d %H:%M}: capture -> routed median {speed['median_s']} s",
+        message=f"KPIs as of {now:%Y-%m-%d %H:%M}: capture -> routed median {speed['median_s']} s, "
+        f"leakage {figures['leakage']['total']} leads",
         data=figures,
     )

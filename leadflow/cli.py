@@ -623,6 +623,33 @@ def cmd_nurture(args: argparse.Namespace) -> int:
     )
 
 
+def _human_recycle(data: dict[str, Any]) -> str:
+    lines = [
+        f"recycle (policy {data.get('version')}, {data.get('seconds')} s): "
+        f"{data.get('candidates', 0)} leads looked at",
+        f"  back to nurture   {data.get('recycled', 0)} (long-term cadence {data.get('long_term', 0)})",
+        f"  disqualified      {data.get('disqualified', 0)} (recycled too often)",
+    ]
+    for reason, count in sorted((data.get("reasons") or {}).items()):
+        lines.append(f"    {reason:<22} {count}")
+    leaks = data.get("leakage") or {}
+    lines.append(
+        f"leakage: {leaks.get('no_owner_no_cadence', 0)} no owner and no cadence, "
+        f"{leaks.get('stuck', 0)} stuck, {leaks.get('dead_claim', 0)} held by a dead run "
+        "(leadflow report lists them)"
+    )
+    return "\n".join(lines)
+
+
+def cmd_recycle(args: argparse.Namespace) -> int:
+    from tasks.recycle import load_context
+
+    load_context(args.rules)  # a typo: one line, exit 2, no flow
+    from flows.recycle import recycle
+
+    return _run_flow(args, recycle, _human_recycle, now=args.now, rules=args.rules)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """The HTTP endpoint: unsubscribe links (and, with the lane, lead capture)."""
     import uvicorn
@@ -890,6 +917,11 @@ def build_parser() -> argparse.ArgumentParser:
     nurture.add_argument("--notifier", help="block:NAME or maildir:PATH (default LEADFLOW_NOTIFIER)")
     nurture.add_argument("--now", type=_timestamp, help="tick as of this time (default: now)")
     nurture.add_argument("--json", action="store_true")
+
+    recycle = add("recycle", cmd_recycle, "send stalled leads back to nurture; report leakage")
+    recycle.add_argument("--rules", help="recycling policy (default rules/recycle.yaml)")
+    recycle.add_argument("--now", type=_timestamp, help="as of this time (default: now)")
+    recycle.add_argument("--json", action="store_true")
 
     serve = add("serve", cmd_serve, "HTTP endpoint: unsubscribe links")
     serve.add_argument("--host", default="127.0.0.1")

@@ -229,6 +229,10 @@ def markdown(report: dict[str, Any], charts: dict[str, str] | None = None) -> st
         f"x average deal {velocity['average_deal_value']} / {velocity['cycle_days']} days = "
         f"**{velocity['velocity_per_day']} per day**.",
     ]
+    if report.get("leakage"):
+        from tasks.leakage import markdown as leakage_markdown
+
+        lines += ["", leakage_markdown(report["leakage"])]
     for name, path in (charts or {}).items():
         encoded = base64.b64encode(Path(path).read_bytes()).decode("ascii")
         lines += ["", f"![{name}](data:image/png;base64,{encoded})"]
