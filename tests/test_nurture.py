@@ -441,3 +441,112 @@ def test_cadence_rules_errors_name_the_file_the_cadence_and_the_step(tmp_path):
     Path(good).parent.joinpath("templates", "proof.txt").write_text("{% if company %}unclosed\n")
     with pytest.raises(ConfigError, match=r"cadence warm: step 2 \(proof\): template proof.txt"):
         load_rules(good)
+
+
+@pytest.mark.unit
+def test_suppressed_leads_are_never_contacted_whatever_the_leads_and_events(tmp_path):
+    """Property: over random leads, engagement and enrolment states, the planner never queues
+    a touch for a suppressed lead, never past the cap, never in quiet hours."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from tasks import nurture
+
+    context = nurture.load_context(rules_dir(tmp_path))
+    zones = ["UTC", "America/New_York", "Asia/Tokyo", "Europe/Berlin", None, "Not/AZone"]
+    kinds = ["reply", "unsubscribe", "bounce", "meeting_booked", "meeting"]
+    lead = st.fixed_dictionaries(
+        {
+            "email": st.sampled_from(
+                ["a@x.example", "ceo@listed.example", "z@rival.example", "b@y.example", None]
+            ),
+            "temperature": st.sampled_from(["warm", "cold", "hot"]),
+            "timezone": st.sampled_from(zones),
+            "attributes.do_not_email": st.sampled_from([None, "yes", "no", "true"]),
+            "events": st.lists(st.sampled_from(kinds), max_size=3),
+            "enrolled_step": st.sampled_from([None, 1, 2, 3, 4]),
+            "touches_this_week": st.integers(0, 6),
+        }
+    )
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(lead, min_size=1, max_size=12), st.integers(0, 24 * 7 - 1))
+    def check(people, hour):
+        now = MONDAY + timedelta(hours=hour)
+        leads = pd.DataFrame(
+            {
+                "id": range(1, len(people) + 1),
+                "status": "nurturing",
+                "email": [p["email"] for p in people],
+                "first_name": "Lee",
+                "company": "Co",
+                "temperature": [p["temperature"] for p in people],
+                "timezone": [p["timezone"] for p in people],
+                "attributes.do_not_email": [p["attributes.do_not_email"] for p in people],
+                "attributes": None,
+            }
+        )
+        enrolments = pd.DataFrame(
+            [
+                {
+                    "id": i,
+                    "lead_id": i,
+                    "cadence": "warm",
+                    "version": "old",
+                    "entry_no": 1,
+                    "step": p["enrolled_step"],
+                    "status": "active",
+                    "due_at": pd.Timestamp(now - timedelta(minutes=1)),
+                    "enrolled_at": pd.Timestamp(MONDAY - timedelta(days=30)),
+                    "last_touch_at": pd.NaT,
+                    "deferrals": 0,
+                    "last_error": None,
+                    "ended_at": pd.NaT,
+                    "end_reason": None,
+                }
+                for i, p in enumerate(people, start=1)
+                if p["enrolled_step"] is not None
+            ],
+            columns=list(nurture.ENROLMENT_COLUMNS),
+        )
+        signals = pd.DataFrame(
+            [
+                {"lead_id": i, "kind": kind, "last": pd.Timestamp(MONDAY - timedelta(days=40))}
+                for i, p in enumerate(people, start=1)
+                for kind in set(p["events"])
+            ],
+            columns=["lead_id", "kind", "last"],
+        )
+        recent = pd.DataFrame(
+            [
+                {"lead_id": i, "decided_at": pd.Timestamp(now - timedelta(hours=k + 1))}
+                for i, p in enumerate(people, start=1)
+                for k in range(p["touches_this_week"])
+            ],
+            columns=["lead_id", "decided_at"],
+        )
+        inputs = nurture.NurtureInputs(enrolments=enrolments, recent=recent, signals=signals)
+        plan = nurture.plan_batch(leads, inputs, context, now)
+        contacted = set(plan.messages["lead_id"]) - {None}
+        for i, p in enumerate(people, start=1):
+            domain = (p["email"] or "").partition("@")[2]
+            never = (
+                {"unsubscribe", "bounce"} & set(p["events"])
+                or p["attributes.do_not_email"] in ("yes", "true")
+                or p["email"] == "ceo@listed.example"
+                or domain == "rival.example"
+            )
+            if never:
+                assert i not in contacted, (p, plan.messages)
+        emails = plan.messages[plan.messages["payload"].map(lambda m: m["audience"] == "lead")]
+        assert emails["recipient"].map(lambda r: isinstance(r, str) and "@" in r).all()
+        per_lead = plan.messages.groupby("lead_id").size()
+        for i, sent in per_lead.items():
+            assert people[i - 1]["touches_this_week"] + sent <= 5
+        quiet = nurture.quiet_now(
+            nurture.lead_zones(leads, context.rules).set_axis(leads["id"]), now, context.rules
+        )
+        assert not any(quiet[i] for i in contacted)
+        assert plan.checked["id"].is_unique
+
+    check()
