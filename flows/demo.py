@@ -8,7 +8,7 @@ re-ingests the same files, which the ledger recognises as no-ops.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect import flow
@@ -17,13 +17,13 @@ from prefect.states import Completed, Failed, State
 from flows.capture import capture
 from flows.pipeline import pipeline
 from flows.report import report
-from tasks.demo import describe, ledger_report, prepare_sample, sales_week, sample_file
+from tasks.demo import describe, ledger_report, month, prepare_sample, sales_week, sample_file
 
 __all__ = ["demo", "describe"]
 
 
 @flow(name="demo", flow_run_name="demo-{leads}-leads")
-def demo(leads: int = 5000, seed: int = 7) -> State:
+def demo(leads: int = 5000, seed: int = 7, days: int = 30) -> State:
     started = time.monotonic()
     summary: dict[str, Any] = prepare_sample(leads, seed)
     captured = capture(sample_file(summary, "leads.csv"), source="sample", return_state=True)
@@ -45,7 +45,10 @@ def demo(leads: int = 5000, seed: int = 7) -> State:
     summary["pipeline"] = ran.result(raise_on_failure=False)
     if ran.is_completed():
         # A week of sales work after routing: activities in, SLA checks with `now` moved on.
-        summary["sales_week"] = sales_week(summary, start=datetime.now(UTC))
+        start = datetime.now(UTC)
+        summary["sales_week"] = sales_week(summary, start=start)
+        # Then a month: nurture ticks, SLA checks and recycling with `now` moved forward.
+        summary["month"] = month(summary, start + timedelta(days=7), days)
     summary["kpi"] = report(return_state=True).result(raise_on_failure=False)
     summary.update(ledger_report())
     summary["seconds"] = round(time.monotonic() - started, 1)

@@ -225,6 +225,19 @@ class Templates:
             self._compiled[name] = self.env.get_template(name)
         return self._compiled[name]
 
+    def render(self, template: Any, values: dict[str, Any]) -> str:
+        """``template.render(values)`` without copying ``values`` into a new context (half the
+        cost of a render for short templates). ``values`` must not be used again by the
+        caller; the environment's globals are added to it."""
+        for name, value in self.env.globals.items():
+            values.setdefault(name, value)
+        try:
+            return self.env.concat(
+                template.root_render_func(template.new_context(values, shared=True))
+            )  # type: ignore[attr-defined]
+        except Exception:
+            return self.env.handle_exception()
+
     def string(self, text: str) -> Any:
         key = "\0" + text
         if key not in self._compiled:
@@ -286,7 +299,9 @@ def _named(message: str, text: str) -> str:
 
     def name_of(match: re.Match[str]) -> str:
         index = int(match.group(1))
-        cadence = cadences[index] if index < len(cadences) and isinstance(cadences[index], dict) else {}
+        cadence = (
+            cadences[index] if index < len(cadences) and isinstance(cadences[index], dict) else {}
+        )
         out = f"cadence {cadence.get('name', index)}"
         if match.group(2) is not None:
             number = int(match.group(2))

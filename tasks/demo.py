@@ -107,6 +107,8 @@ def describe(summary: dict[str, Any]) -> str:
         )
     if isinstance(summary.get("sales_week"), dict):
         lines.extend(describe_sales_week(summary["sales_week"]))
+    if isinstance(summary.get("month"), dict):
+        lines.extend(describe_month(summary["month"]))
     counts = summary.get("status_counts", {})
     lines.append("leads by status: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     report = summary.get("audit", {})
@@ -279,3 +281,66 @@ def describe_sales_week(week: dict[str, Any]) -> list[str]:
             f"{row['on_time']:>7} {row['late']:>5} {row['breached_open']:>5} {shown:>10}"
         )
     return lines
+
+
+# --------------------------------------------------------------------------- a month of nurture
+
+# Nurture ticks twice a day (02:00 and 14:00 UTC: a working hour somewhere in every region the
+# sample has), recycling daily at 05:00, an SLA check daily at 14:00.
+NURTURE_HOURS = (2, 14)
+
+
+def month(summary: dict[str, Any], start: datetime, days: int = 30) -> dict[str, Any]:
+    """A simulated month after the sales week, with ``now`` moved forward: nurture ticks,
+    SLA checks and recycling. Returns what they did, added up, and the leakage at the end."""
+    from flows.nurture import nurture
+    from flows.recycle import recycle
+    from flows.sla import sla
+
+    mail = f"maildir:{summary['mail']}"
+    first = (start + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    totals: dict[str, int] = dict.fromkeys(
+        ("ticks", "enrolled", "queued", "sent", "deferred", "suppressed", "exited", "finished"), 0
+    )
+    recycled = {"recycled": 0, "long_term": 0, "disqualified": 0}
+    reasons: dict[str, int] = {}
+    leakage: dict[str, int] = {}
+    for day in range(days):
+        midnight = first + timedelta(days=day)
+        for hour in NURTURE_HOURS:
+            data = nurture.fn(now=midnight + timedelta(hours=hour), notifier=mail).data or {}
+            totals["ticks"] += 1
+            for name in ("enrolled", "queued", "deferred", "suppressed", "exited", "finished"):
+                totals[name] += int(data.get(name, 0))
+            totals["sent"] += int((data.get("notifications") or {}).get("sent", 0))
+            if hour == 14:
+                sla.fn(now=midnight + timedelta(hours=hour), notifier=mail)
+        data = recycle.fn(now=midnight + timedelta(hours=5)).data or {}
+        for name in recycled:
+            recycled[name] += int(data.get(name, 0))
+        for reason, count in (data.get("reasons") or {}).items():
+            reasons[reason] = reasons.get(reason, 0) + int(count)
+        leakage = data.get("leakage") or leakage
+    return {
+        "days": days,
+        "from": first.isoformat(),
+        "nurture": totals,
+        "recycling": recycled | {"reasons": reasons},
+        "leakage": leakage,
+    }
+
+
+def describe_month(month_data: dict[str, Any]) -> list[str]:
+    n, r = month_data["nurture"], month_data["recycling"]
+    leaks = month_data.get("leakage") or {}
+    return [
+        f"a month of nurture ({month_data['days']} days, {n['ticks']} nurture ticks, daily SLA "
+        f"checks and recycling): enrolled {n['enrolled']}, touches sent {n['sent']} "
+        f"(queued {n['queued']}), deferred {n['deferred']}, suppressed {n['suppressed']}, "
+        f"exited {n['exited']}, cadences finished {n['finished']}",
+        f"  recycled to nurture {r['recycled']} ("
+        + ", ".join(f"{k} {v}" for k, v in sorted(r["reasons"].items()))
+        + f"), long-term {r['long_term']}, disqualified {r['disqualified']}",
+        f"  leakage: {leaks.get('no_owner_no_cadence', 0)} no owner and no cadence, "
+        f"{leaks.get('stuck', 0)} stuck, {leaks.get('dead_claim', 0)} held by a dead run",
+    ]

@@ -224,6 +224,25 @@ def write_gated(
     """
     bad_ids = set(split.quarantined["id"].tolist())
     changes = result.changes.copy()
+    missing = bad_ids - set(changes["id"].tolist())
+    if missing:
+        # A hop that leaves most of its leads as they are lists only its moves (nurture);
+        # a lead its gate holds still needs a row to move to quarantine from.
+        if len(hop.inputs) != 1:
+            raise ValueError(f"{hop.name}: the gate held leads the hop's changes do not list")
+        changes = pd.concat(
+            [
+                changes,
+                pd.DataFrame(
+                    {
+                        "id": sorted(missing),
+                        "from_status": hop.inputs[0].value,
+                        "to_status": hop.inputs[0].value,
+                    }
+                ),
+            ],
+            ignore_index=True,
+        )
     if guard is not None:
         changes["claimed_by"] = None
         changes["claim_expires_at"] = pd.NaT

@@ -239,23 +239,24 @@ def _key(lead: int, cadence: str, entry: int, step: int) -> str:
     return f"touch:{lead}:{cadence}:{entry}:{step}"
 
 
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """``frame.to_dict("records")`` with missing values as None, several times faster (one
+    ``tolist`` per column instead of boxing every cell through pandas)."""
+    columns = list(frame.columns)
+    values = [frame[c].astype(object).where(frame[c].notna(), None).tolist() for c in columns]
+    return [dict(zip(columns, row, strict=True)) for row in zip(*values, strict=True)]
+
+
 def _values(lead: dict[str, Any], context: NurtureContext) -> dict[str, Any]:
-    """A lead's template variables: its fields (missing values as None), ``attributes`` as a
-    dict, ``lead_id`` and ``unsubscribe_url``."""
-    values = {
-        name: (
-            None
-            if value is None or (not isinstance(value, list | dict) and pd.isna(value))
-            else value
-        )
-        for name, value in lead.items()
-        if not name.startswith("attributes.")
-    }
+    """A lead's template variables: its fields (missing values already None), ``attributes``
+    as a dict, ``lead_id`` and ``unsubscribe_url``."""
+    values = {name: value for name, value in lead.items() if not name.startswith("attributes.")}
     attributes = store.json_value(values.get("attributes"))
     values["attributes"] = attributes if isinstance(attributes, dict) else {}
-    values["lead_id"] = int(lead["id"])
-    values["unsubscribe_url"] = unsubscribe.link(
-        int(lead["id"]), context.secret, context.public_url
+    values["lead_id"] = lead_id = int(lead["id"])
+    values["unsubscribe_url"] = (
+        f"{context.public_url}/unsubscribe?lead={lead_id}&t="
+        + unsubscribe.token(lead_id, context.secret)
     )
     for number in ("score", "employees", "revenue"):
         if isinstance(values.get(number), float) and float(values[number]).is_integer():
@@ -265,8 +266,8 @@ def _values(lead: dict[str, Any], context: NurtureContext) -> dict[str, Any]:
 
 def render(step: Any, values: dict[str, Any], templates: Templates) -> tuple[str, str]:
     """(subject, body) of a step for one lead; raises the template's error."""
-    body = templates.file(step.template).render(values)
-    subject = templates.string(step.subject).render(values) if step.subject else ""
+    body = templates.render(templates.file(step.template), values)
+    subject = templates.render(templates.string(step.subject), values) if step.subject else ""
     return " ".join(subject.split()), body
 
 
@@ -413,8 +414,13 @@ def plan_batch(
         for (lead, cadence), n in history.groupby(["lead_id", "cadence"])["entry_no"].max().items()
     }
     cap = rules.max_touches_per_week
+    delays = {
+        (cadence.name, number): timedelta(minutes=step.minutes)
+        for cadence in rules.cadences
+        for number, step in enumerate(cadence.steps, start=1)
+    }
 
-    records = history[history["status"] == ACTIVE].to_dict("records") + fresh.to_dict("records")
+    records = _records(history[history["status"] == ACTIVE]) + _records(fresh)
     for record in records:
         record["new"] = pd.isna(record["id"])
         record["changed"] = record["new"]
@@ -466,9 +472,8 @@ def plan_batch(
         key=lambda r: (r["lead_id"], r["due_at"], r["cadence"]),
     )
     if due:
-        by_id = leads.set_index(lead_ids.to_numpy())
-        wanted = sorted({int(r["lead_id"]) for r in due})
-        lead_rows = by_id.loc[wanted].to_dict("index")
+        wanted = lead_ids.isin({int(r["lead_id"]) for r in due}).to_numpy()
+        lead_rows = {int(r["id"]): r for r in _records(leads[wanted])}
     for record in due:
         lead_id = int(record["lead_id"])
         touched.add(lead_id)
@@ -548,7 +553,7 @@ def plan_batch(
         if number + 1 > len(cadence.steps):
             finish(record, cadence)
         else:
-            record["due_at"] = stamp + timedelta(minutes=cadence.steps[number].minutes)
+            record["due_at"] = now + delays[(cadence.name, number + 1)]
     touched |= set(disqualify)
     changed = [r for r in records + follow_ups if r["changed"]]
     enrolments = pd.DataFrame(changed, columns=[*ENROLMENT_COLUMNS, "new"])
@@ -758,14 +763,14 @@ def nurture_batch(
     """The runner's transform: ``plan_batch``, with the leads it decided for as changes
     (status kept, or disqualified by a cadence's ``on_finish``)."""
     plan = plan_batch(leads, inputs, context, now)
-    ids = plan.checked["id"].astype("int64")
-    out = ids.isin(plan.disqualify)
+    # Only the leads that move: the others keep their row untouched (the runner still
+    # quarantines any lead the gate holds).
     changes = pd.DataFrame(
         {
-            "id": ids.to_numpy(),
+            "id": pd.Series(plan.disqualify, dtype="int64"),
             "from_status": Status.NURTURING.value,
-            "to_status": np.where(out, Status.DISQUALIFIED.value, Status.NURTURING.value),
-            "reason": np.where(out, "nurture: cadence finished without engagement", None),
+            "to_status": Status.DISQUALIFIED.value,
+            "reason": "nurture: cadence finished without engagement",
         }
     )
     return HopResult(

@@ -38,6 +38,8 @@ def test_every_deployment_in_prefect_yaml_deploys():
     assert {"route", "route-dry-run", "report", "learn", "sla", "capture-activities"} <= set(
         deployments
     )
+    assert {"nurture", "recycle"} <= set(deployments)
+    assert deployments["nurture"].schedules[0].schedule.cron == "*/15 * * * *"
     assert all(d.enforce_parameter_schema for d in deployments.values())
     pipeline = deployments["pipeline"]
     assert pipeline.global_concurrency_limit.limit == 1
