@@ -5,7 +5,7 @@ def test_demo_runs_every_hop_and_the_ledger_holds(sqlite_url, tmp_path, monkeypa
     monkeypatch.setenv("LEADFLOW_HOME", str(tmp_path))
     from flows.demo import demo, describe
 
-    state = demo(leads=400, seed=5, return_state=True)
+    state = demo(leads=400, seed=5, days=8, return_state=True)
     summary = state.result(raise_on_failure=False)
     assert state.is_completed(), state.message
     assert summary["audit"]["ok"] and summary["capture"]["received"] > 400
@@ -29,16 +29,24 @@ def test_demo_runs_every_hop_and_the_ledger_holds(sqlite_url, tmp_path, monkeypa
     week = summary["sales_week"]
     acts = week["activities"]
     assert acts["received"] > 0 and acts["inserted"] == acts["received"]
-    assert counts.get("routed", 0) + counts.get("accepted", 0) == route["routed"]
+    recycled = summary["month"]["recycling"]
+    owned = counts.get("routed", 0) + counts.get("accepted", 0)
+    assert owned + recycled["recycled"] + recycled["disqualified"] == route["routed"]
     assert counts.get("accepted", 0) > 0 and week["profiles"]["silent"]
     actions = {b["action"] for b in week["breaches"]}
     assert {"notified", "reassigned"} <= actions
     assert any(row["on_time"] for row in week["compliance"])
     assert sum(counts.values()) == summary["capture"]["inserted"]
+    # Then days of nurture, SLA checks and recycling with `now` moved forward.
+    month = summary["month"]
+    assert month["nurture"]["ticks"] == 16 and month["nurture"]["sent"] > 0
+    assert month["nurture"]["sent"] == month["nurture"]["queued"]
+    assert set(month["leakage"]) == {"no_owner_no_cadence", "stuck", "dead_claim"}
+    assert "a month of nurture" in describe(summary)
     text = describe(summary)
     assert "ledger audit: OK" in text and "leads by status:" in text
     # Twice: the same files are recognised, nothing is captured again.
-    again = demo(leads=400, seed=5, return_state=True).result()
+    again = demo(leads=400, seed=5, days=1, return_state=True).result()
     assert again["capture"]["received"] == 0 and again["capture"]["duplicates"]
     # The reps' activities exported again are the same activities: merged, none new.
     assert again["sales_week"]["activities"]["inserted"] == 0
