@@ -37,6 +37,7 @@ def recycle(
     summary["version"] = context.version
     leaks = leakage.leakage(database_url, context.rules, now)
     summary["leakage"] = leaks["counts"]
+    summary["suppressed_left_alone"] = leaks["not_leakage"]["suppressed"]
     summary["seconds"] = round(time.monotonic() - started, 3)
     create_table_artifact(
         key="recycle-run",

@@ -41,11 +41,24 @@ def find_leaks(
     rows: list[pd.DataFrame] = []
     counts: dict[str, int] = {}
     # 1. no owner, no cadence
-    idle = and_(
+    events = t.engagement_events
+    opted_out = exists().where(
+        events.c.lead_id == leads.c.id, events.c.event_type.in_(("unsubscribe", "bounce"))
+    )
+    unworked = and_(
         leads.c.status.in_((Status.NURTURING.value, Status.RECYCLED.value)),
         leads.c.owner_rep_id.is_(None),
         ~exists().where(e.c.lead_id == leads.c.id, e.c.status == "active"),
     )
+    # Unsubscribed or bounced: never contacted on purpose, counted apart, not leakage.
+    counts_apart = {
+        "suppressed": int(
+            conn.execute(
+                select(func.count()).select_from(leads).where(unworked, opted_out)
+            ).scalar_one()
+        )
+    }
+    idle = and_(unworked, ~opted_out)
     counts["no_owner_no_cadence"] = int(
         conn.execute(select(func.count()).select_from(leads).where(idle)).scalar_one()
     )
@@ -149,6 +162,7 @@ def find_leaks(
         "as_of": pd.Timestamp(now).isoformat(),
         "counts": counts,
         "total": sum(counts.values()),
+        "not_leakage": counts_apart,
         "leads": listed[["kind", "lead_id", "status", "since", "hours", "why"]].to_dict("records")
         if len(listed)
         else [],
@@ -161,7 +175,9 @@ def markdown(leaks: dict[str, Any]) -> str:
         f"## Leakage as of {leaks['as_of']}",
         f"{counts.get('no_owner_no_cadence', 0)} leads with no owner and no cadence, "
         f"{counts.get('stuck', 0)} stuck longer than their status allows, "
-        f"{counts.get('dead_claim', 0)} held by a run that died.",
+        f"{counts.get('dead_claim', 0)} held by a run that died. "
+        f"({leaks.get('not_leakage', {}).get('suppressed', 0)} unsubscribed or bounced leads "
+        "are left alone on purpose.)",
     ]
     if leaks["leads"]:
         lines += ["", "| kind | lead | status | since | hours | why |", "|---|---|---|---|---|---|"]

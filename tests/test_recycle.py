@@ -151,8 +151,17 @@ def test_leakage_lists_unworked_stuck_and_dead_claimed_leads(database_url, tmp_p
         conn.execute(
             t.leads.update().where(t.leads.c.id == claimed).values(claimed_by="enrich:dead")
         )
+    (unsubscribed,) = mqls(engine, ["US"])
+    with engine.begin() as conn:
+        move(conn, unsubscribed, "mql", "nurturing", NOW)
+        conn.execute(
+            t.engagement_events.insert().values(
+                lead_id=unsubscribed, event_type="unsubscribe", occurred_at=NOW, event_key="u"
+            )
+        )
     with engine.connect() as conn:
         leaks = find_leaks(conn, rules, NOW + timedelta(hours=5))
+    assert leaks["not_leakage"] == {"suppressed": 1}
     assert leaks["counts"] == {"no_owner_no_cadence": 1, "stuck": 2, "dead_claim": 1}
     by_kind = {(r["kind"], r["lead_id"]): r for r in leaks["leads"]}
     assert by_kind[("no_owner_no_cadence", orphan)]["why"] == "no cadence's entry criteria hold"
