@@ -552,3 +552,41 @@ def test_suppressed_leads_are_never_contacted_whatever_the_leads_and_events(tmp_
         assert plan.checked["id"].is_unique
 
     check()
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("reentry", "days_since", "expected"),
+    [("never", 40, None), ("restart", 40, 1), ("resume", 40, 2), ("restart", 5, None)],
+)
+def test_reentry_restarts_resumes_or_never_and_keeps_history(tmp_path, reentry, days_since, expected):
+    from tasks import nurture
+
+    text = CADENCES.replace("reentry: never", f"reentry: {reentry}\n    reentry_after: 30d")
+    context = nurture.load_context(rules_dir(tmp_path, text=text))
+    leads = pd.DataFrame(
+        {"id": [1], "status": "nurturing", "email": "a@x.example", "temperature": "warm",
+         "first_name": "Lee", "company": "Co",
+         "timezone": "UTC", "attributes": None}
+    )  # fmt: skip
+    ended = MONDAY - timedelta(days=days_since)
+    history = pd.DataFrame(
+        [{"id": 7, "lead_id": 1, "cadence": "warm", "version": "old", "entry_no": 1, "step": 2,
+          "status": "exited", "due_at": pd.NaT, "enrolled_at": pd.Timestamp(ended - timedelta(days=3)),
+          "last_touch_at": pd.Timestamp(ended), "deferrals": 0, "last_error": None,
+          "ended_at": pd.Timestamp(ended), "end_reason": "replied"}],
+        columns=list(nurture.ENROLMENT_COLUMNS),
+    )  # fmt: skip
+    inputs = nurture.NurtureInputs(
+        enrolments=history,
+        recent=pd.DataFrame(columns=["lead_id", "decided_at"]),
+        signals=pd.DataFrame(columns=["lead_id", "kind", "last"]),
+    )
+    plan = nurture.plan_batch(leads, inputs, context, MONDAY)
+    new = plan.enrolments[plan.enrolments["new"].astype(bool)]
+    if expected is None:
+        assert new.empty and plan.messages.empty
+        return
+    assert new["entry_no"].tolist() == [2]  # a new row: the first enrolment is kept as it was
+    assert plan.touches["step"].tolist() == [expected]
+    assert plan.messages["idempotency_key"].tolist() == [f"touch:1:warm:2:{expected}"]
