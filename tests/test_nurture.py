@@ -588,5 +588,9 @@ def test_reentry_restarts_resumes_or_never_and_keeps_history(tmp_path, reentry, 
         assert new.empty and plan.messages.empty
         return
     assert new["entry_no"].tolist() == [2]  # a new row: the first enrolment is kept as it was
-    assert plan.touches["step"].tolist() == [expected]
-    assert plan.messages["idempotency_key"].tolist() == [f"touch:1:warm:2:{expected}"]
+    if expected == 1:  # restart: step 1 (no delay) goes out at once
+        assert plan.messages["idempotency_key"].tolist() == ["touch:1:warm:2:1"]
+    else:  # resume: from the step it stopped at, after that step's delay
+        assert plan.messages.empty
+        assert new["step"].tolist() == [2]
+        assert new["due_at"].tolist() == [MONDAY + timedelta(days=2)]
