@@ -559,7 +559,9 @@ def test_suppressed_leads_are_never_contacted_whatever_the_leads_and_events(tmp_
     ("reentry", "days_since", "expected"),
     [("never", 40, None), ("restart", 40, 1), ("resume", 40, 2), ("restart", 5, None)],
 )
-def test_reentry_restarts_resumes_or_never_and_keeps_history(tmp_path, reentry, days_since, expected):
+def test_reentry_restarts_resumes_or_never_and_keeps_history(
+    tmp_path, reentry, days_since, expected
+):
     from tasks import nurture
 
     text = CADENCES.replace("reentry: never", f"reentry: {reentry}\n    reentry_after: 30d")
