@@ -15,3 +15,15 @@ class ScoringRulesBlock(Block):
     _description: ClassVar[str] = "A reviewed leadflow scoring rules file (YAML text)."
 
     text: str
+
+
+class RulesLocation(Block):
+    """Where a deployment's reviewed rules live: a folder holding ``scoring.yaml``,
+    ``routing.yaml``, ``sla.yaml``, ``cadences.yaml``, ``recycle.yaml``, ``lists/``,
+    ``sources/`` and ``templates/`` (a checkout of the rules repository on the workers).
+    Workers read it when ``LEADFLOW_RULES_BLOCK`` names it; ``LEADFLOW_RULES_DIR`` wins."""
+
+    _block_type_name: ClassVar[str] = "Leadflow Rules Location"
+    _description: ClassVar[str] = "The folder leadflow's rules files are read from."
+
+    directory: str

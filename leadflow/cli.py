@@ -651,14 +651,90 @@ def cmd_recycle(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """The HTTP endpoint: unsubscribe links (and, with the lane, lead capture)."""
+    """The HTTP endpoint: ``POST /leads`` (the speed-to-lead door) and unsubscribe links."""
+    import logging
+
     import uvicorn
 
+    from blocks import registry
     from leadflow import store
-    from leadflow.web import create_app
+    from leadflow.web import Capture, create_app
 
     store.upgrade()
-    uvicorn.run(create_app(), host=args.host, port=args.port, log_level="warning")
+    token, missing = registry.capture_token(args.token_block)
+    if token is None and args.token_block:
+        return _fail(missing)
+    lane = args.lane or ("worker" if os.environ.get("PREFECT_API_URL") else "inline")
+    capture = Capture(
+        token=token,
+        mapping_path=args.mapping,
+        source=args.source,
+        hand_off=_hand_off(lane),
+        emit_events=bool(os.environ.get("PREFECT_API_URL")),
+        missing_token=missing,
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    print(
+        f"leadflow serve: http://{args.host}:{args.port} (POST /leads: "
+        f"{'on' if token else 'off, ' + missing}; lane: {lane})",
+        file=sys.stderr,
+    )
+    uvicorn.run(create_app(capture=capture), host=args.host, port=args.port, log_level="warning")
+    return EXIT_OK
+
+
+def _hand_off(lane: str) -> Callable[[list[int]], Any] | None:
+    """What ``serve`` does with each group of captured leads: queue a background task for
+    the lane's task worker (``worker``), run the lane in this process (``inline``: no
+    Prefect server needed), or nothing (``off``: the scheduled pipeline takes them)."""
+    if lane == "off":
+        return None
+    if lane == "worker":
+        from tasks.lane import speed_to_lead
+
+        return lambda ids: speed_to_lead.delay(ids)
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tasks.lane import run_lane
+
+    one_at_a_time = ThreadPoolExecutor(1, thread_name_prefix="lane")
+
+    def run(ids: list[int]) -> None:
+        try:
+            summary = run_lane(ids)
+        except Exception as exc:  # the leads wait in their status for the pipeline
+            print(f"lane: {len(ids)} lead(s) left to the pipeline: {exc}", file=sys.stderr)
+            return
+        hops = ", ".join(f"{k} {v.get('claimed', 'failed')}" for k, v in summary["hops"].items())
+        print(f"lane: {len(ids)} lead(s) in {summary['seconds']} s: {hops}", file=sys.stderr)
+
+    return lambda ids: one_at_a_time.submit(run, ids)
+
+
+def cmd_lane(args: argparse.Namespace) -> int:
+    """The lane's task worker: serves ``speed_to_lead`` background tasks until stopped."""
+    if not os.environ.get("PREFECT_API_URL"):
+        return _fail(
+            "the lane's task worker needs a Prefect server: set PREFECT_API_URL "
+            "(e.g. http://127.0.0.1:4200/api after `prefect server start`)"
+        )
+    from leadflow import store
+    from tasks import lane
+
+    store.upgrade()
+    lane.serve(limit=args.limit)
+    return EXIT_OK
+
+
+def cmd_blocks(args: argparse.Namespace) -> int:
+    """Register leadflow's block types, or create its blocks from environment variables."""
+    from blocks import registry
+
+    if args.action == "register":
+        data = {"registered": registry.register()}
+    else:
+        data = registry.init(overwrite=args.overwrite)
+    _emit(args, data, lambda d: "\n".join(f"{k}: {v}" for k, v in d.items()))
     return EXIT_OK
 
 
@@ -914,7 +990,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     nurture = add("nurture", cmd_nurture, "one nurture tick: enrol, send due touches, exit, finish")
     nurture.add_argument("--rules", help="cadences (default rules/cadences.yaml)")
-    nurture.add_argument("--notifier", help="block:NAME or maildir:PATH (default LEADFLOW_NOTIFIER)")
+    nurture.add_argument(
+        "--notifier", help="block:NAME or maildir:PATH (default LEADFLOW_NOTIFIER)"
+    )
     nurture.add_argument("--now", type=_timestamp, help="tick as of this time (default: now)")
     nurture.add_argument("--json", action="store_true")
 
@@ -923,9 +1001,34 @@ def build_parser() -> argparse.ArgumentParser:
     recycle.add_argument("--now", type=_timestamp, help="as of this time (default: now)")
     recycle.add_argument("--json", action="store_true")
 
-    serve = add("serve", cmd_serve, "HTTP endpoint: unsubscribe links")
+    serve = add("serve", cmd_serve, "HTTP endpoint: POST /leads (speed to lead), unsubscribe links")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument(
+        "--mapping",
+        default=str(Path(__file__).resolve().parents[1] / "rules" / "sources" / "web_form.yaml"),
+        help="mapping YAML for posted fields (default rules/sources/web_form.yaml)",
+    )
+    serve.add_argument("--source", help="source recorded on posted leads (default: the mapping's)")
+    serve.add_argument(
+        "--token-block",
+        help="Secret block holding the capture token (default: block leadflow-capture-token "
+        "when PREFECT_API_URL is set, else $LEADFLOW_CAPTURE_TOKEN)",
+    )
+    serve.add_argument(
+        "--lane",
+        choices=["worker", "inline", "off"],
+        help="captured leads go to the lane's task worker (default with PREFECT_API_URL), "
+        "through the lane in this process (default without), or wait for the pipeline",
+    )
+
+    lane = add("lane", cmd_lane, "the speed-to-lead lane's task worker (needs a Prefect server)")
+    lane.add_argument("--limit", type=int, default=4, help="lane task runs at once")
+
+    blocks = add("blocks", cmd_blocks, "register leadflow's block types; create blocks from env")
+    blocks.add_argument("action", choices=["register", "init"])
+    blocks.add_argument("--overwrite", action="store_true", help="replace blocks that exist")
+    blocks.add_argument("--json", action="store_true")
 
     report = add(
         "report", cmd_report, "KPIs: funnel, speed to lead, sources, waiting work, velocity"

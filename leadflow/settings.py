@@ -70,6 +70,8 @@ class Settings:
         """Reviewed config (rules, lists, mappings): the checkout's ``rules/`` by default."""
         if env := os.environ.get("LEADFLOW_RULES_DIR"):
             return Path(env)
+        if name := os.environ.get("LEADFLOW_RULES_BLOCK"):
+            return Path(_block_field(name, "leadflow-rules-location", "directory"))
         bundled = Path(__file__).resolve().parents[1] / "rules"
         return bundled if bundled.exists() else self.home / "rules"
 
@@ -88,31 +90,37 @@ def get_settings() -> Settings:
     )
 
 
-@lru_cache(maxsize=4)
-def _database_block(name: str) -> str:
-    """The URL saved in the "Leadflow Database" block ``name``, read through the Prefect API
-    (the core does not import the block classes)."""
+_BLOCK_ENV = {
+    "leadflow-database": "LEADFLOW_DATABASE_BLOCK",
+    "leadflow-rules-location": "LEADFLOW_RULES_BLOCK",
+}
+
+
+@lru_cache(maxsize=8)
+def _block_field(name: str, slug: str, key: str) -> str:
+    """A field of the block ``name`` of type ``slug``, read through the Prefect API (the core
+    does not import the block classes). A missing block names itself and how to create it."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
     with get_client(sync_client=True) as client:
         try:
             document = client.read_block_document_by_name(
-                name, block_type_slug="leadflow-database", include_secrets=True
+                name, block_type_slug=slug, include_secrets=True
             )
         except ObjectNotFound as exc:
             raise ValueError(
-                f"LEADFLOW_DATABASE_BLOCK={name!r}: no Leadflow Database block of that name; "
-                "create it in the Prefect UI or with `LeadflowDatabase(url=...).save(NAME)` (blocks/database.py)"
+                f"{_BLOCK_ENV[slug]}={name!r}: no {slug} block of that name; create it with "
+                "`leadflow blocks init` (from LEADFLOW_* environment variables) or in the Prefect UI"
             ) from exc
-    url = document.data["url"]
-    return url.get_secret_value() if hasattr(url, "get_secret_value") else str(url)
+    value = document.data[key]
+    return value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
 
 
 def _block_url() -> str | None:
     """The URL in the Prefect block named by ``LEADFLOW_DATABASE_BLOCK``, if any."""
     name = os.environ.get("LEADFLOW_DATABASE_BLOCK")
-    return _database_block(name) if name else None
+    return _block_field(name, "leadflow-database", "url") if name else None
 
 
 def _workers() -> int:

@@ -104,6 +104,16 @@ def is_postgres(conn: Connection | Engine) -> bool:
     return conn.dialect.name == "postgresql"
 
 
+def insert_if_absent(conn: Connection, table: Table, values: dict[str, Any]) -> None:
+    """INSERT one row unless its primary key (or a unique key) is already there, safe when
+    several writers insert the same row at once (``ON CONFLICT DO NOTHING``)."""
+    if is_postgres(conn):
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    conn.execute(insert(table).values(**values).on_conflict_do_nothing())
+
+
 def upgrade(url: str | None = None, revision: str = "head") -> str:
     """Apply the Alembic migrations under ``sql/`` and return the revision now current."""
     from alembic import command

@@ -149,19 +149,16 @@ def persist_routing(
 
 def record_rule_set(conn: Connection, context: RouteContext) -> None:
     """Keep the routing rules' text under their version (what every assignment names)."""
-    rule_sets = t.rule_sets
-    if conn.execute(
-        select(rule_sets.c.version).where(rule_sets.c.version == context.version)
-    ).first():
-        return
-    conn.execute(
-        rule_sets.insert().values(
+    store.insert_if_absent(
+        conn,
+        t.rule_sets,
+        dict(
             version=context.version,
             kind="routing",
             name=context.rules.name,
             text=context.text,
             created_at=store.utcnow(),
-        )
+        ),
     )
 
 

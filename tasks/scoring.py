@@ -369,19 +369,13 @@ def record_rule_set(conn: Any, rules: ScoringRules, version: str, text: str) -> 
     from leadflow import store
     from leadflow import tables as t
 
-    exists = conn.execute(
-        select(t.rule_sets.c.version).where(t.rule_sets.c.version == version)
-    ).first()
-    if exists is None:
-        conn.execute(
-            t.rule_sets.insert().values(
-                version=version,
-                kind="scoring",
-                name=rules.name,
-                text=text,
-                created_at=store.utcnow(),
-            )
-        )
+    store.insert_if_absent(
+        conn,
+        t.rule_sets,
+        dict(
+            version=version, kind="scoring", name=rules.name, text=text, created_at=store.utcnow()
+        ),
+    )
 
 
 def lead_columns(rules: ScoringRules) -> list[Any]:

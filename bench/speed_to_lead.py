@@ -1,0 +1,214 @@
+"""Benchmark: speed to lead. From ``POST /leads`` to the owner's email in an SMTP inbox.
+
+Starts, on loopback: a real ``prefect server start`` (own PREFECT_HOME), an SMTP server
+(aiosmtpd, from the test extra), the lane's task worker (``leadflow lane``) and
+``leadflow serve --lane worker``, all on a throwaway PostgreSQL schema. The SMTP notifier
+and the capture token are created the way an operator would, with ``leadflow blocks init``.
+Routing capacity is lifted in a copy of the rules (this measures latency, not capacity).
+
+Then posts ``--single`` leads one by one (each waits for its email before the next) and
+``--burst`` leads at once from 64 client threads, and reports, per phase, post -> email
+received (p50, p95, max) and, as the in-run baseline, post -> 202 (capture alone). The
+other baseline is the scheduled pipeline the lane short-cuts: every 15 minutes, so 450 s
+on average. Prints JSON.
+
+    python bench/speed_to_lead.py --single 200 --burst 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import email
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import add_database_url, bench_schema, peak_rss_mb
+
+from leadflow.devstack import bin_path, free_port, prefect_server, wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "bench-capture-token"
+LEAD_NO = re.compile(r"Lead #(\d+)")
+
+
+class Inbox:
+    """An aiosmtpd handler: when each lead's email arrived (monotonic clock)."""
+
+    def __init__(self) -> None:
+        self.arrived: dict[int, float] = {}
+        self.changed = threading.Condition()
+
+    async def handle_DATA(self, server, session, envelope):
+        at = time.monotonic()
+        message = email.message_from_bytes(envelope.original_content or envelope.content)
+        body = message.get_payload(decode=True) or b""
+        found = LEAD_NO.search(body.decode("utf-8", errors="replace"))
+        if found:
+            with self.changed:
+                self.arrived.setdefault(int(found.group(1)), at)
+                self.changed.notify_all()
+        return "250 OK"
+
+    def wait(self, lead_ids: set[int], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while not lead_ids <= self.arrived.keys():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.changed.wait(left)
+        return True
+
+
+def lift_capacity(folder: Path) -> Path:
+    rules = folder / "rules"
+    shutil.copytree(ROOT / "rules", rules)
+    routing = rules / "routing.yaml"
+    text = re.sub(r"max_open: \d+", "max_open: 1000000", routing.read_text())
+    routing.write_text(re.sub(r"max_new_per_day: \d+", "max_new_per_day: 1000000", text))
+    return rules
+
+
+def form(n: int, run: str) -> dict[str, str]:
+    return {
+        "email": f"lead{n}.{run}@bench-{n % 97}.example.com",
+        "first_name": f"Lead{n}",
+        "last_name": "Bench",
+        "company": f"Bench {n % 97} Corp",
+        "title": "VP Sales",
+        "country": "US",
+        "source": "referral",
+        "lead_form": "demo_request",
+        "timeline": "0-3 months",
+    }
+
+
+def quantiles(values: list[float]) -> dict[str, float | int | None]:
+    if not values:
+        return {"n": 0, "p50_s": None, "p95_s": None, "max_s": None}
+    array = np.array(values)
+    return {
+        "n": len(values),
+        "p50_s": round(float(np.percentile(array, 50)), 3),
+        "p95_s": round(float(np.percentile(array, 95)), 3),
+        "max_s": round(float(array.max()), 3),
+    }
+
+
+def post(session: requests.Session, url: str, fields: dict[str, str]) -> tuple[int, float, float]:
+    started = time.monotonic()
+    answer = session.post(url, json=fields, headers={"Authorization": f"Bearer {TOKEN}"})
+    answered = time.monotonic()
+    if answer.status_code != 202:
+        raise RuntimeError(f"POST /leads answered {answer.status_code}: {answer.text[:300]}")
+    return int(answer.json()["lead_id"]), started, answered
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--single", type=int, default=200)
+    parser.add_argument("--burst", type=int, default=1000)
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for mail")
+    parser.add_argument("--keep", action="store_true", help="keep the schema and the logs")
+    add_database_url(parser)
+    args = parser.parse_args()
+
+    from aiosmtpd.controller import Controller
+
+    inbox = Inbox()
+    smtp = Controller(inbox, hostname="127.0.0.1", port=free_port())
+    smtp.start()
+    folder = Path(tempfile.mkdtemp(prefix="leadflow-speed-"))
+    result: dict = {"single": args.single, "burst": args.burst}
+    try:
+        with bench_schema(args.database_url, keep=args.keep) as schema:
+            env = {
+                "LEADFLOW_HOME": str(folder),
+                "LEADFLOW_DATABASE_URL": schema.url,
+                "LEADFLOW_RULES_DIR": str(lift_capacity(folder)),
+                "LEADFLOW_CAPTURE_TOKEN": TOKEN,
+                "LEADFLOW_SMTP_HOST": "127.0.0.1",
+                "LEADFLOW_SMTP_PORT": str(smtp.port),
+                "LEADFLOW_SMTP_STARTTLS": "false",
+                "LEADFLOW_SMTP_FROM": "leadflow@bench.example",
+            }
+            with prefect_server(folder, env) as stack:
+                leadflow = bin_path("leadflow")
+                subprocess.run(
+                    [leadflow, "blocks", "init"], env=stack.env, check=True, capture_output=True
+                )
+                stack.env["LEADFLOW_NOTIFIER"] = "block:leadflow-smtp"
+                for name in ("LEADFLOW_CAPTURE_TOKEN", "LEADFLOW_SMTP_HOST"):
+                    stack.env.pop(name)  # from here on, only the blocks hold them
+                stack.start("lane", [leadflow, "lane", "--limit", "4"])
+                port = free_port()
+                log = stack.start(
+                    "serve", [leadflow, "serve", "--port", str(port), "--lane", "worker"]
+                )
+                base = f"http://127.0.0.1:{port}"
+                wait_for(f"{base}/healthz", 60, "leadflow serve", log)
+                url = f"{base}/leads"
+                session = requests.Session()
+                warm = {post(session, url, form(n, "warm"))[0] for n in range(3)}
+                if not inbox.wait(warm, 120):
+                    raise RuntimeError("warm-up leads were not emailed:\n" + stack.log("lane"))
+
+                single, accepted = [], []
+                for n in range(args.single):
+                    lead, started, answered = post(session, url, form(n, "single"))
+                    accepted.append(answered - started)
+                    if inbox.wait({lead}, args.timeout):
+                        single.append(inbox.arrived[lead] - started)
+                result["single_post_to_email"] = quantiles(single)
+                result["single_post_to_202"] = quantiles(accepted)
+                result["single_missing"] = args.single - len(single)
+
+                burst_started: dict[int, float] = {}
+                burst_accepted: list[float] = []
+                clock = time.monotonic()
+
+                def one(n: int) -> None:
+                    with requests.Session() as own:
+                        lead, started, answered = post(own, url, form(n, "burst"))
+                    burst_started[lead] = started
+                    burst_accepted.append(answered - started)
+
+                with ThreadPoolExecutor(64) as pool:
+                    list(pool.map(one, range(args.burst)))
+                result["burst_posting_s"] = round(time.monotonic() - clock, 3)
+                inbox.wait(set(burst_started), args.timeout)
+                burst = [
+                    inbox.arrived[lead] - started
+                    for lead, started in burst_started.items()
+                    if lead in inbox.arrived
+                ]
+                result["burst_post_to_email"] = quantiles(burst)
+                result["burst_post_to_202"] = quantiles(burst_accepted)
+                result["burst_missing"] = args.burst - len(burst)
+                lane_runs = stack.log("lane").count("lane: ")
+                result["lane_task_runs"] = lane_runs
+                result["baseline_pipeline_interval_mean_s"] = 450
+    finally:
+        smtp.stop()
+        if args.keep:
+            print(f"kept: schema {schema.name}, logs in {folder}", file=sys.stderr)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+    result["peak_rss_mb"] = peak_rss_mb()
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""leadflow's blocks, all together: ``leadflow blocks register`` registers their types with
+the Prefect API, ``leadflow blocks init`` creates the blocks a deployment needs from
+environment variables (a block whose variables are unset is skipped and said so), and
+``capture_token`` finds the token ``POST /leads`` checks.
+
+Block names are fixed defaults, so a worker finds them without configuration:
+
+====================================  =========================  ===============================
+block (type)                          default name               from
+====================================  =========================  ===============================
+Leadflow Database                     leadflow                   LEADFLOW_DATABASE_URL
+Secret (capture token)                leadflow-capture-token     LEADFLOW_CAPTURE_TOKEN
+Leadflow SMTP Notifier                leadflow-smtp              LEADFLOW_SMTP_HOST, _PORT,
+                                                                 _USERNAME, _PASSWORD, _FROM,
+                                                                 _STARTTLS
+Leadflow Webhook Notifier             leadflow-webhook           LEADFLOW_WEBHOOK_URL, _TOKEN
+Leadflow HTTP Firmographics           leadflow-firmographics     LEADFLOW_FIRMOGRAPHICS_URL, _KEY
+Leadflow Rules Location               leadflow-rules             LEADFLOW_RULES_DIR
+====================================  =========================  ===============================
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from blocks.database import LeadflowDatabase
+from blocks.firmographics import FileFirmographics, HttpFirmographics
+from blocks.notifier import MaildirNotifier, SmtpNotifier, WebhookNotifier
+from blocks.rules import RulesLocation, ScoringRulesBlock
+
+TYPES = (
+    LeadflowDatabase,
+    HttpFirmographics,
+    FileFirmographics,
+    SmtpNotifier,
+    WebhookNotifier,
+    MaildirNotifier,
+    ScoringRulesBlock,
+    RulesLocation,
+)
+CAPTURE_TOKEN = "leadflow-capture-token"
+TOKEN_ENV = "LEADFLOW_CAPTURE_TOKEN"
+
+
+def register() -> list[str]:
+    """Register every leadflow block type (and Prefect's Secret) with the API."""
+    from prefect.blocks.system import Secret
+
+    names = []
+    for kind in (*TYPES, Secret):
+        kind.register_type_and_schema()
+        names.append(kind.get_block_type_slug())
+    return names
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else None
+
+
+def _smtp() -> SmtpNotifier | None:
+    host = _env("LEADFLOW_SMTP_HOST")
+    if host is None:
+        return None
+    return SmtpNotifier(
+        host=host,
+        port=int(_env("LEADFLOW_SMTP_PORT") or 587),
+        username=_env("LEADFLOW_SMTP_USERNAME"),
+        password=_env("LEADFLOW_SMTP_PASSWORD"),
+        from_address=_env("LEADFLOW_SMTP_FROM") or f"leadflow@{host}",
+        starttls=(_env("LEADFLOW_SMTP_STARTTLS") or "true").lower() in ("1", "true", "yes"),
+    )
+
+
+def _token() -> Any:
+    from prefect.blocks.system import Secret
+
+    value = _env(TOKEN_ENV)
+    return Secret(value=value) if value else None
+
+
+def _maybe(kind: Callable[..., Any], **fields: str | None) -> Any:
+    """``kind(**fields)`` when the first field is set, else None."""
+    first = next(iter(fields.values()))
+    return kind(**{k: v for k, v in fields.items() if v is not None}) if first else None
+
+
+PLANS: dict[str, tuple[str, Callable[[], Any]]] = {
+    "leadflow": (
+        "LEADFLOW_DATABASE_URL",
+        lambda: _maybe(LeadflowDatabase, url=_env("LEADFLOW_DATABASE_URL")),
+    ),
+    CAPTURE_TOKEN: (TOKEN_ENV, _token),
+    "leadflow-smtp": ("LEADFLOW_SMTP_HOST", _smtp),
+    "leadflow-webhook": (
+        "LEADFLOW_WEBHOOK_URL",
+        lambda: _maybe(
+            WebhookNotifier, url=_env("LEADFLOW_WEBHOOK_URL"), token=_env("LEADFLOW_WEBHOOK_TOKEN")
+        ),
+    ),
+    "leadflow-firmographics": (
+        "LEADFLOW_FIRMOGRAPHICS_URL",
+        lambda: _maybe(
+            HttpFirmographics,
+            base_url=_env("LEADFLOW_FIRMOGRAPHICS_URL"),
+            api_key=_env("LEADFLOW_FIRMOGRAPHICS_KEY"),
+        ),
+    ),
+    "leadflow-rules": (
+        "LEADFLOW_RULES_DIR",
+        lambda: _maybe(RulesLocation, directory=_env("LEADFLOW_RULES_DIR")),
+    ),
+}
+
+
+def init(overwrite: bool = False) -> dict[str, str]:
+    """Create each block whose environment variables are set; say what became of each."""
+    register()
+    report = {}
+    for name, (variable, build) in PLANS.items():
+        block = build()
+        if block is None:
+            report[name] = f"skipped ({variable} is not set)"
+            continue
+        try:
+            block.save(name, overwrite=overwrite)
+        except ValueError as exc:
+            if "already exists" not in str(exc):
+                raise
+            report[name] = "exists (kept; --overwrite replaces it)"
+            continue
+        report[name] = f"saved ({block.get_block_type_name()})"
+    return report
+
+
+def capture_token(block: str | None) -> tuple[str | None, str]:
+    """The capture token and, when there is none, what to do about it.
+
+    An explicit ``block`` must exist. Otherwise the default Secret block is tried when a
+    Prefect server is configured, then ``$LEADFLOW_CAPTURE_TOKEN``."""
+    name = block or CAPTURE_TOKEN
+    missing = (
+        f"no capture token: the Secret block {name!r} does not exist; create it with "
+        f"`{TOKEN_ENV}=... leadflow blocks init` (or in the Prefect UI)"
+    )
+    if block or os.environ.get("PREFECT_API_URL"):
+        from prefect.blocks.system import Secret
+
+        try:
+            return str(Secret.load(name).get()), missing
+        except ValueError:
+            if block:
+                return None, missing
+    value = _env(TOKEN_ENV)
+    if value:
+        return value, missing
+    if not os.environ.get("PREFECT_API_URL"):
+        missing = (
+            f"no capture token: set {TOKEN_ENV}, or run a Prefect server and create the "
+            f"Secret block {CAPTURE_TOKEN!r} with `leadflow blocks init`"
+        )
+    return None, missing
