@@ -24,7 +24,15 @@ from tasks.capture.run import CaptureRun, empty_summary, inspect_input, publish_
 PARALLEL_FROM_BYTES = 8 << 20  # smaller inputs are not worth a worker process's start-up
 
 
-@flow(name="capture", flow_run_name="capture-{source}", log_prints=False)
+def run_name() -> str:
+    """``capture-webinar-leads.csv``: the input's name (a folder's, or an API's path)."""
+    parameters = flow_run.parameters or {}
+    path = str(parameters.get("path") or parameters.get("source") or "input").rstrip("/")
+    name = path.rsplit("/", 1)[-1].split("?", 1)[0] or path
+    return f"capture-{name}"
+
+
+@flow(name="capture", flow_run_name=run_name, log_prints=False)
 def capture(
     path: str,
     source: str,

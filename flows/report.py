@@ -1,4 +1,5 @@
-"""KPI report flow: the funnel, speed to lead, sources, waiting work and sales velocity from
+"""KPI report flow: the funnel, speed to lead, SLA compliance, sources, recycling, leakage,
+waiting work and sales velocity from
 the views in ``sql/views``, as Prefect table and markdown artifacts with PNG charts."""
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ def report(now: datetime | None = None, database_url: str | None = None) -> Stat
     create_table_artifact(
         key="kpi-sources", table=figures["source_performance"], description="Sources"
     )
+    if figures["sla_compliance"]:
+        create_table_artifact(
+            key="kpi-sla", table=figures["sla_compliance"], description="SLA compliance"
+        )
     create_markdown_artifact(
         key="kpi-report", markdown=kpi.markdown(figures, paths), description="leadflow KPIs"
     )

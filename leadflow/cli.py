@@ -234,10 +234,11 @@ def _run_flow(
 ) -> int:
     """Run a flow; print its summary. ``refused_code``: the exit code, with the state's
     message as the one line printed, when the flow ends Failed on purpose (with data)."""
-    from leadflow import store
+    from leadflow import progress, store
 
     store.upgrade()
-    state = flow_fn(return_state=True, **kwargs)
+    with progress.shown():
+        state = flow_fn(return_state=True, **kwargs)
     data, code, message = _state_outcome(state)
     if "error" in data:
         return _fail(message or f"{getattr(flow_fn, 'name', 'flow')} failed", code)

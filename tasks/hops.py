@@ -33,7 +33,7 @@ from prefect.utilities.annotations import quote
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError, PendingRollbackError
 
-from leadflow import lifecycle, queue, store
+from leadflow import lifecycle, progress, queue, store
 from leadflow import tables as t
 from leadflow.lifecycle import Status
 from leadflow.queue import Strategy
@@ -434,6 +434,7 @@ def drain(
         if outcome is None:
             break
         run.add(outcome)
+        progress.advance(f"{hop.name}: leads", outcome.claimed)
         if on_batch is not None:
             on_batch(outcome)
         if outcome.drained:  # no need for one more (empty) task run to find out

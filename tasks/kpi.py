@@ -2,10 +2,12 @@
 draw the charts, and write them as Prefect artifacts and text.
 
 - funnel: leads that reached each stage, and stage-to-stage conversion;
-- speed to lead: capture -> routed (leadflow's delay) and routed -> accepted (the rep's),
-  median and p90;
+- speed to lead: capture -> routed (leadflow's delay), routed -> accepted and routed ->
+  first touch (the rep's), median and p90;
+- SLA compliance by policy and rep: met in time, late, unmet, open, breached;
 - source performance: lead -> MQL -> SQL -> won by source;
-- recycling: leads sent back to nurture, by the status they stalled in;
+- recycling: leads sent back to nurture, by the status they stalled in, and the rate (of
+  the leads that reached that status);
 - waiting work: leads per status a person or a hop must act on, and the oldest;
 - sales velocity: open opportunities x win rate x average deal value / cycle length.
 """
@@ -34,6 +36,8 @@ VIEWS = (
     "kpi_recycling",
     "kpi_waiting",
     "kpi_deals",
+    "kpi_sla_compliance",
+    "kpi_first_touch",
 )
 
 
@@ -74,12 +78,63 @@ def _quantiles(seconds: pd.Series) -> dict[str, Any]:
     }
 
 
-def speed_to_lead(frame: pd.DataFrame) -> dict[str, Any]:
-    """System delay (capture -> routed) apart from rep delay (routed -> accepted)."""
-    return {
+def speed_to_lead(frame: pd.DataFrame, first_touch: pd.DataFrame | None = None) -> dict[str, Any]:
+    """System delay (capture -> routed) apart from rep delay (routed -> accepted, routed ->
+    first human touch), and the whole of it (capture -> first touch)."""
+    out = {
         "capture_to_routed": _quantiles(_seconds(frame["routed_at"], frame["captured_at"])),
         "routed_to_accepted": _quantiles(_seconds(frame["accepted_at"], frame["routed_at"])),
     }
+    if first_touch is not None:
+        touched = frame.merge(first_touch, on="lead_id", how="left")
+        # A touch logged before the lead was routed (a rep who already knew them) is not a
+        # response to the routing: those leads are left out rather than counted as 0 s.
+        to_touch = _seconds(touched["first_touch_at"], touched["routed_at"])
+        out["routed_to_first_touch"] = _quantiles(to_touch.where(to_touch >= 0))
+        whole = _seconds(touched["first_touch_at"], touched["captured_at"])
+        out["capture_to_first_touch"] = _quantiles(whole.where(to_touch >= 0))
+    return out
+
+
+def sla_compliance(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per policy and rep: timers, met in time / late, unmet, open, breached, and the share
+    met in time of those decided (met or closed)."""
+    rows = []
+    for row in frame.sort_values(["policy", "rep"]).to_dict("records"):
+        counts = {
+            k: int(row[k] or 0)
+            for k in ("timers", "met_on_time", "met_late", "closed_unmet", "still_open", "breached")
+        }
+        decided = counts["timers"] - counts["still_open"]
+        minutes = row.get("mean_business_minutes")
+        rows.append(
+            {
+                "policy": row["policy"],
+                "rep": row["rep"],
+                **counts,
+                "compliance": round(counts["met_on_time"] / decided, 4) if decided else None,
+                "mean_business_minutes": None if pd.isna(minutes) else round(float(minutes), 1),
+            }
+        )
+    return rows
+
+
+def recycle_rates(recycling: pd.DataFrame, funnel_rows: list[dict[str, Any]]) -> list[dict]:
+    """Leads recycled from each status, and their share of the leads that reached it."""
+    reached = {row["stage"]: row["leads"] for row in funnel_rows}
+    out = []
+    for row in recycling.to_dict("records"):
+        leads = int(row["leads"])
+        base = reached.get(row["from_status"])
+        out.append(
+            {
+                "from_status": row["from_status"],
+                "recycled": int(row["recycled"]),
+                "leads": leads,
+                "rate": round(leads / base, 4) if base else None,
+            }
+        )
+    return out
 
 
 def source_performance(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -139,12 +194,16 @@ def figures(views: dict[str, pd.DataFrame], now: datetime) -> dict[str, Any]:
     if len(waiting):
         oldest = pd.to_datetime(waiting["oldest_since"], utc=True)
         waiting["oldest_days"] = ((pd.Timestamp(now) - oldest).dt.total_seconds() / 86400).round(1)
+    stages = funnel(views["kpi_stage_reached"])
     return {
         "as_of": now.isoformat(),
-        "funnel": funnel(views["kpi_stage_reached"]),
-        "speed_to_lead": speed_to_lead(views["kpi_speed_to_lead"]),
+        "funnel": stages,
+        "speed_to_lead": speed_to_lead(views["kpi_speed_to_lead"], views.get("kpi_first_touch")),
+        "sla_compliance": sla_compliance(views["kpi_sla_compliance"])
+        if "kpi_sla_compliance" in views
+        else [],
         "source_performance": source_performance(views["kpi_source_performance"]),
-        "recycling": views["kpi_recycling"].to_dict("records"),
+        "recycling": recycle_rates(views["kpi_recycling"], stages),
         "waiting": waiting.drop(columns=["oldest_since"], errors="ignore").to_dict("records"),
         "sales_velocity": sales_velocity(views["kpi_deals"]),
     }
@@ -181,6 +240,17 @@ def charts(report: dict[str, Any], speed: pd.DataFrame, folder: Path) -> dict[st
     return {name: str(path) for name, path in paths.items()}
 
 
+def _first_touch_line(speed: dict[str, Any]) -> str:
+    touch = speed.get("routed_to_first_touch")
+    if not touch:
+        return ""
+    whole = speed["capture_to_first_touch"]
+    return (
+        f" Routed -> first touch (reps): median {touch['median_s']} s, p90 {touch['p90_s']} s "
+        f"over {touch['leads']} leads; capture -> first touch: median {whole['median_s']} s."
+    )
+
+
 def _percent(value: float | None) -> str:
     return "" if value is None else f"{value:.1%}"
 
@@ -204,7 +274,25 @@ def markdown(report: dict[str, Any], charts: dict[str, str] | None = None) -> st
         "## Speed to lead",
         f"Capture -> routed (leadflow): median {system['median_s']} s, p90 {system['p90_s']} s "
         f"over {system['leads']} leads. Routed -> accepted (reps): median {rep['median_s']} s, "
-        f"p90 {rep['p90_s']} s over {rep['leads']} leads.",
+        f"p90 {rep['p90_s']} s over {rep['leads']} leads." + _first_touch_line(speed),
+        "",
+        "## SLA compliance",
+        "| policy | rep | timers | met in time | late | unmet | open | breached | compliance |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *[
+            f"| {r['policy']} | {r['rep']} | {r['timers']} | {r['met_on_time']} | "
+            f"{r['met_late']} | {r['closed_unmet']} | {r['still_open']} | {r['breached']} | "
+            f"{_percent(r['compliance'])} |"
+            for r in report.get("sla_compliance", [])
+        ],
+        "",
+        "## Recycling",
+        "| from status | leads recycled | rate |",
+        "|---|---|---|",
+        *[
+            f"| {r['from_status']} | {r['leads']} | {_percent(r.get('rate'))} |"
+            for r in report["recycling"]
+        ],
         "",
         "## Sources",
         "| source | leads | MQL | SQL | won | lead->MQL |",

@@ -51,3 +51,21 @@ def test_every_deployment_in_prefect_yaml_deploys():
         client.create_flow_run_from_deployment(
             deployments["rescore"].id, parameters={"dry_run": "not a boolean"}
         )
+
+
+@pytest.mark.flow
+def test_flow_run_names_say_what_ran(database_url, tmp_path):
+    from datetime import UTC, datetime
+
+    from prefect.client.orchestration import get_client
+
+    from flows.capture import capture
+    from flows.nurture import nurture
+
+    path = tmp_path / "webinar-leads.csv"
+    path.write_text("email\nweb@x.com\n")
+    captured = capture(path=str(path), source="webinar", return_state=True)
+    ticked = nurture(now=datetime(2026, 11, 22, 10, 15, tzinfo=UTC), return_state=True)
+    with get_client(sync_client=True) as client:
+        names = [client.read_flow_run(s.state_details.flow_run_id).name for s in (captured, ticked)]
+    assert names == ["capture-webinar-leads.csv", "nurture-2026-11-22T10:15"]

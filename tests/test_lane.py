@@ -99,7 +99,7 @@ def test_posted_leads_are_captured_answered_and_accounted(database_url, engine):
 def test_the_lane_routes_and_notifies_once_and_leaves_nothing_behind(
     database_url, engine, tmp_path
 ):
-    client = app_for(database_url, handed := [])
+    client = app_for(database_url)
     ids = [
         client.post("/leads", json={"email": f"buyer{n}@acme{n}.com", **HOT}, headers=AUTH).json()[
             "lead_id"

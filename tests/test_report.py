@@ -72,3 +72,63 @@ def test_report_over_the_views(database_url, tmp_path):
     assert data["speed_to_lead"]["capture_to_routed"]["leads"] == 3
     assert [r["status"] for r in data["waiting"]] == ["routed"]
     assert all(p.endswith(".png") for p in data["charts"].values())
+
+
+@pytest.mark.unit
+def test_first_touch_sla_compliance_and_recycle_rates():
+    t0 = pd.Timestamp("2026-11-02T09:00:00Z")
+    speed = pd.DataFrame(
+        {
+            "lead_id": [1, 2, 3],
+            "captured_at": [t0] * 3,
+            "routed_at": [t0 + pd.Timedelta(seconds=2)] * 3,
+            "accepted_at": [pd.NaT] * 3,
+        }
+    )
+    touches = pd.DataFrame(
+        {
+            "lead_id": [1, 2, 3],
+            # lead 3 was called before it was routed: not a response to routing, left out
+            "first_touch_at": [t0 + pd.Timedelta(minutes=5), t0 + pd.Timedelta(minutes=15), t0],
+        }
+    )
+    figures = kpi.speed_to_lead(speed, touches)
+    assert figures["routed_to_first_touch"] == {"leads": 2, "median_s": 598.0, "p90_s": 838.0}
+    assert figures["capture_to_first_touch"]["median_s"] == 600.0
+    compliance = pd.DataFrame(
+        {
+            "policy": ["first-touch", "first-touch"],
+            "rep": ["ada", "bo"],
+            "timers": [4, 2],
+            "met_on_time": [2, 0],
+            "met_late": [1, 0],
+            "closed_unmet": [0, 1],
+            "still_open": [1, 1],
+            "breached": [1, 1],
+            "mean_business_minutes": [42.0, float("nan")],
+        }
+    )
+    rows = kpi.sla_compliance(compliance)
+    assert rows[0]["compliance"] == round(2 / 3, 4) and rows[1]["compliance"] == 0.0
+    assert rows[1]["mean_business_minutes"] is None
+    recycled = pd.DataFrame({"from_status": ["accepted"], "recycled": [3], "leads": [2]})
+    funnel_rows = [{"stage": "accepted", "leads": 8}]
+    assert kpi.recycle_rates(recycled, funnel_rows) == [
+        {"from_status": "accepted", "recycled": 3, "leads": 2, "rate": 0.25}
+    ]
+    markdown = kpi.markdown(
+        {
+            "as_of": "now",
+            "funnel": [],
+            "speed_to_lead": figures,
+            "sla_compliance": rows,
+            "source_performance": [],
+            "recycling": kpi.recycle_rates(recycled, funnel_rows),
+            "waiting": [],
+            "sales_velocity": kpi.sales_velocity(
+                pd.DataFrame(columns=["status", "attributes", "captured_at", "closed_at"])
+            ),
+        }
+    )
+    assert "| first-touch | ada | 4 | 2 | 1 | 0 | 1 | 1 | 66.7% |" in markdown
+    assert "| accepted | 2 | 25.0% |" in markdown

@@ -104,3 +104,16 @@ def test_generate_is_seeded_and_has_the_promised_defects(tmp_path):
     assert 3.5 < len(events) / n < 7
     for name in ("accounts", "reps", "firmographics"):
         assert len(pd.read_csv(a[name])) > 0
+
+
+def test_progress_goes_to_stderr_and_json_stays_clean(sqlite_url, tmp_path, capsys, monkeypatch):
+    path = write(tmp_path / "leads.csv", "email\n" + "".join(f"p{n}@x.com\n" for n in range(50)))
+    monkeypatch.setenv("LEADFLOW_PROGRESS", "1")
+    code, out, err = run_cli(capsys, "ingest", str(path), "--source", "web", "--json")
+    assert code == 0 and json.loads(out)["inserted"] == 50  # stdout: the JSON and nothing else
+    assert "capture: leads" in err and "50" in err
+    code, out, err = run_cli(capsys, "run", "--json")
+    assert code == 0 and "enrich: leads" in err and "score: leads" in err
+    monkeypatch.setenv("LEADFLOW_PROGRESS", "0")
+    code, out, err = run_cli(capsys, "ingest", str(path), "--source", "web2", "--json")
+    assert "capture: leads" not in err

@@ -16,7 +16,7 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from leadflow import store
+from leadflow import progress, store
 from leadflow.mapping import SourceMapping
 from tasks import activities, events, quality, sources  # noqa: F401 (they register kinds)
 from tasks.capture import linked, prepare, units, write
@@ -237,6 +237,7 @@ class CaptureRun:
                 self.summary["quarantined"] += failure.result.evaluated
                 continue
             self._add(outcome)
+            progress.advance(f"capture: {mapping.target}", outcome.received)
             self.gates.append(outcome.gate)
             for name, count in outcome.effects.items():
                 effects = self.summary.setdefault("effects", {})
