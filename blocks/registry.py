@@ -153,6 +153,13 @@ def capture_token(block: str | None) -> tuple[str | None, str]:
         except ValueError:
             if block:
                 return None, missing
+        except Exception as exc:  # the API is not there: say which, not a bare ConnectError
+            api = os.environ.get("PREFECT_API_URL")
+            raise RuntimeError(
+                f"cannot read the Secret block {name!r}: the Prefect API at {api} does not "
+                f"answer ({type(exc).__name__}); start it, or unset PREFECT_API_URL and set "
+                f"{TOKEN_ENV}"
+            ) from None
     value = _env(TOKEN_ENV)
     if value:
         return value, missing

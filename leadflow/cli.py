@@ -674,13 +674,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         emit_events=bool(os.environ.get("PREFECT_API_URL")),
         missing_token=missing,
     )
+    app = create_app(capture=capture)  # a mapping with a typo stops here, before serving
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     print(
         f"leadflow serve: http://{args.host}:{args.port} (POST /leads: "
         f"{'on' if token else 'off, ' + missing}; lane: {lane})",
         file=sys.stderr,
     )
-    uvicorn.run(create_app(capture=capture), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return EXIT_OK
 
 

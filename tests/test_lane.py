@@ -175,3 +175,31 @@ def test_a_burst_of_posts_is_captured_in_few_groups(database_url, engine):
     assert count(engine, t.leads) == 200
     with engine.connect() as conn:
         assert run_audit(conn).problems == []
+
+
+def test_a_group_a_killed_server_left_running_is_closed_at_restart(database_url, engine):
+    from tasks.capture import write
+
+    opened = write.open_batch(  # what a server killed before its commit leaves behind
+        engine,
+        source="web-form",
+        target="leads",
+        kind="http",
+        uri="http:POST /leads",
+        content_hash="a" * 64,
+        size=10,
+        header=None,
+        mapping_version="v",
+        flow_run_id=None,
+    )
+    with engine.connect() as conn:
+        assert [p for p in run_audit(conn).problems if "still 'running'" in p]
+    app_for(database_url)  # the restarted server
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(t.capture_batches.c.status, t.capture_batches.c.message).where(
+                t.capture_batches.c.id == opened.batch_id
+            )
+        ).one()
+        assert run_audit(conn).problems == []
+    assert row.status == "failed" and "none of its posts was answered 202" in row.message

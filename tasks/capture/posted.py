@@ -107,6 +107,50 @@ def capture_records(
     return outcomes(database_url, batch_id, len(records))
 
 
+def close_abandoned(database_url: str) -> int:
+    """Close the posted groups a killed server left ``running`` (their lock died with it).
+
+    A posted group cannot be resumed like a file: nobody will post that exact group again
+    (its clients got no 202 and post their records again, in other groups). A group whose
+    chunk was committed is complete; one killed before its commit wrote nothing and is
+    closed ``failed`` saying so. Returns how many were closed."""
+    from leadflow import capture_locks
+
+    b, chunks = t.capture_batches, t.capture_chunks
+    engine = store.get_engine(database_url)
+    with engine.connect() as conn:
+        running = conn.execute(
+            select(b.c.id, b.c.source, b.c.target, b.c.content_hash).where(
+                b.c.kind == KIND, b.c.status == "running"
+            )
+        ).all()
+        committed = set(
+            conn.execute(
+                select(chunks.c.batch_id).where(chunks.c.batch_id.in_([r.id for r in running]))
+            ).scalars()
+        )
+    closed = 0
+    for row in running:
+        if capture_locks.is_held(
+            engine, source=row.source, target=row.target, content_hash=row.content_hash
+        ):
+            continue  # another server is writing it right now
+        if row.id in committed:
+            write.close_batch(engine, row.id, status="complete", message="closed after a restart")
+        else:
+            write.close_batch(
+                engine,
+                row.id,
+                status="failed",
+                message="the server stopped before this group was written: nothing of it was "
+                "stored and none of its posts was answered 202 (their clients post again)",
+            )
+        closed += 1
+    if closed:
+        log.warning("closed %d posted group(s) a stopped server left running", closed)
+    return closed
+
+
 def outcomes(database_url: str, batch_id: int, received: int) -> list[Posted]:
     """Each record of a posted batch, read back from the ledger and the quarantine."""
     e, q = t.lead_events, t.quarantine
@@ -162,6 +206,7 @@ class Batcher:
         self.max_group = max_group
         self.on_captured = on_captured  # called with the group's results, after the commit
         self._queue: queue.Queue[tuple[dict[str, Any], Future[Posted]]] = queue.Queue()
+        close_abandoned(database_url)
         self._thread = threading.Thread(target=self._loop, name="capture-batcher", daemon=True)
         self._thread.start()
 
