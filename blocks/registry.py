@@ -127,7 +127,7 @@ def init(overwrite: bool = False) -> dict[str, str]:
         try:
             block.save(name, overwrite=overwrite)
         except ValueError as exc:
-            if "already exists" not in str(exc):
+            if "already in use" not in str(exc):
                 raise
             report[name] = "exists (kept; --overwrite replaces it)"
             continue
