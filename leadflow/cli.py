@@ -697,20 +697,30 @@ def _hand_off(lane: str) -> Callable[[list[int]], Any] | None:
         return lambda ids: speed_to_lead.delay(ids)
     from concurrent.futures import ThreadPoolExecutor
 
-    from tasks.lane import run_lane
+    from tasks.lane import hand, run_lane
 
     one_at_a_time = ThreadPoolExecutor(1, thread_name_prefix="lane")
 
     def run(ids: list[int]) -> None:
         try:
-            summary = run_lane(ids)
+            summary = run_lane(ids, handed=True)
         except Exception as exc:  # the leads wait in their status for the pipeline
-            print(f"lane: {len(ids)} lead(s) left to the pipeline: {exc}", file=sys.stderr)
+            print(f"lane: leads left to the pipeline: {type(exc).__name__}", file=sys.stderr)
             return
-        hops = ", ".join(f"{k} {v.get('claimed', 'failed')}" for k, v in summary["hops"].items())
-        print(f"lane: {len(ids)} lead(s) in {summary['seconds']} s: {hops}", file=sys.stderr)
+        if summary["leads"]:
+            hops = ", ".join(
+                f"{k} {v.get('claimed', 'failed')}" for k, v in summary["hops"].items()
+            )
+            print(
+                f"lane: {summary['leads']} lead(s) in {summary['seconds']} s: {hops}",
+                file=sys.stderr,
+            )
 
-    return lambda ids: one_at_a_time.submit(run, ids)
+    def hand_off(ids: list[int]) -> None:
+        hand(ids)  # a run still queued behind another takes them with its own
+        one_at_a_time.submit(run, ids)
+
+    return hand_off
 
 
 def cmd_lane(args: argparse.Namespace) -> int:

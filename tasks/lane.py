@@ -108,6 +108,8 @@ def _batches(hop: hops.Hop, context: Any, engine: Any, now: datetime) -> Iterato
 
 PASSES = 3
 _one_lane = threading.Lock()  # lane runs of one worker take turns (id-range claims skip, not wait)
+_pending: set[int] = set()  # leads handed to this process's lane that no run has taken yet
+_pending_lock = threading.Lock()
 WAITING = ("captured", "enriched")
 
 
@@ -153,6 +155,12 @@ def _plain(function: Any) -> Any:
     return getattr(function, "fn", function)
 
 
+def hand(lead_ids: Sequence[int]) -> None:
+    """Leads for the next lane run of this process (``run_lane`` takes them all)."""
+    with _pending_lock:
+        _pending.update(int(i) for i in lead_ids)
+
+
 def run_lane(
     lead_ids: Sequence[int],
     database_url: str | None = None,
@@ -160,42 +168,56 @@ def run_lane(
     provider: str | None = None,
     notifier: str | None = None,
     now: datetime | None = None,
+    handed: bool = False,
 ) -> dict[str, Any]:
     """Enrich, score and route ``lead_ids`` (those still waiting for each hop), then send
     the outbox's due messages. Returns what each hop did; a hop whose gate refuses the
-    batch stops the lane for those leads, which stay in their status for the pipeline."""
+    batch stops the lane for those leads, which stay in their status for the pipeline.
+
+    Runs in one process take turns, and a run takes every lead handed to the process so
+    far, its own and those of the runs waiting behind it: under a burst the waiting runs
+    find their leads done and return at once, so the lane's cost grows with the number of
+    turns, not of leads."""
     started = time.monotonic()
     database_url = database_url or get_settings().database_url
     notifier = notifier or os.environ.get("LEADFLOW_NOTIFIER")
     context = lane_context(database_url, provider, notifier)
     engine = store.get_engine(database_url)
-    now = now or datetime.now(UTC)
-    ids = sorted({int(i) for i in lead_ids})
-    summary: dict[str, Any] = {"leads": len(ids), "hops": {}}
-    score_context = context.score
-    score_context = score_hop.ScoreContext(
-        score_context.rules,
-        score_context.version,
-        score_context.text,
-        mode="new",
-        watermark=_plain(score_hop.event_watermark)(database_url),
-    )
-    steps = (
-        ("enrich", enrich.HOP, context.enrich),
-        ("score", score_hop.SCORE_NEW, score_context),
-        ("route", route_hop.HOP, context.route),
-    )
+    if not handed:  # (``hand`` was called when the run was queued)
+        hand(lead_ids)
+    summary: dict[str, Any] = {"handed": len(set(lead_ids)), "hops": {}}
     with _one_lane:
+        with _pending_lock:
+            ids = sorted(_pending)
+            _pending.clear()
+        summary["leads"] = len(ids)
+        if not ids:  # an earlier run took them with its own
+            summary["seconds"] = round(time.monotonic() - started, 3)
+            return summary
+        moment = now or datetime.now(UTC)
+        rules = context.score
+        score_context = score_hop.ScoreContext(
+            rules.rules,
+            rules.version,
+            rules.text,
+            mode="new",
+            watermark=_plain(score_hop.event_watermark)(database_url),
+        )
+        steps = (
+            ("enrich", enrich.HOP, context.enrich),
+            ("score", score_hop.SCORE_NEW, score_context),
+            ("route", route_hop.HOP, context.route),
+        )
         for attempt in range(1, PASSES + 1):
-            stopped = _pass(steps, ids, engine, now, summary)
+            stopped = _pass(steps, ids, engine, moment, summary)
             if stopped or not _still_waiting(engine, ids):
                 break
             # A pipeline batch held the id range these leads fall in: it started before they
             # were captured, so it does not have them. Try again once it has committed.
             time.sleep(0.3 * attempt)
         summary["passes"] = attempt
-    if context.notifiers:
-        summary["sent"] = send_due(engine, context.notifiers, 500, datetime.now(UTC)).as_dict()
+        if context.notifiers:
+            summary["sent"] = send_due(engine, context.notifiers, 500, datetime.now(UTC)).as_dict()
     summary["seconds"] = round(time.monotonic() - started, 3)
     return summary
 
@@ -226,10 +248,11 @@ def speed_to_lead(lead_ids: list[int]) -> dict[str, Any]:
     summary = run_lane(lead_ids)
     get_run_logger().info(
         "lane: %d lead(s) in %.3f s: %s",
-        len(lead_ids),
+        summary["leads"],
         summary["seconds"],
         ", ".join(f"{k} {v.get('claimed', 'failed')}" for k, v in summary["hops"].items())
-        + (f"; outbox {summary['sent']}" if "sent" in summary else "; no notifier"),
+        + (f"; outbox {summary['sent']}" if "sent" in summary else "")
+        or "taken with an earlier run's",
     )
     return summary
 

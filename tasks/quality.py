@@ -13,6 +13,8 @@ import json
 import logging
 import re
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
@@ -208,10 +210,28 @@ def _prepared(hop: str, level: str, root: str) -> tuple[Any, Any]:
     return batch_definition, suite
 
 
+@contextmanager
+def _across_processes(root: str) -> Iterator[None]:
+    """One process at a time sets up the GX file context: it writes its config, suites and
+    data sources to files that other processes (workers, ``leadflow serve``, the lane)
+    read; two at once left a half-written file that failed with a TypeError (found with two
+    ``leadflow serve`` processes started together)."""
+    import fcntl
+
+    Path(root).mkdir(parents=True, exist_ok=True)
+    with open(Path(root) / ".leadflow-setup.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _validate(hop: str, level: str, frame: pd.DataFrame, key: str | None) -> Any:
     root = str(get_settings().gx_dir)
     with _gx_lock:
-        batch_definition, suite = _prepared(hop, level, root)
+        with _across_processes(root):
+            batch_definition, suite = _prepared(hop, level, root)
         batch = batch_definition.get_batch(batch_parameters={"dataframe": frame})
         result_format: dict[str, Any] = {
             "result_format": "COMPLETE",
@@ -415,7 +435,7 @@ def publish_docs(results: list[GateResult]) -> Path | None:
     )
 
     root = str(get_settings().gx_dir)
-    with _gx_lock:
+    with _gx_lock, _across_processes(root):
         context = _context(root)
         identifiers = []
         for result, validation in validations:

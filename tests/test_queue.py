@@ -217,6 +217,15 @@ def test_a_dropped_connection_is_retried_and_a_lasting_one_named(database_url):
             drops["left"] -= 1
             with admin.connect() as conn:
                 conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": backend["pid"]})
+                # The signal is asynchronous: on a loaded machine the batch could otherwise
+                # commit before its backend is gone. Wait until it is.
+                for _ in range(100):
+                    gone = not conn.execute(
+                        text("SELECT 1 FROM pg_stat_activity WHERE pid = :p"), {"p": backend["pid"]}
+                    ).first()
+                    if gone:
+                        break
+                    time.sleep(0.05)
         return score_hop.score_batch(leads, events, context, now)
 
     def enriched(n: int) -> None:

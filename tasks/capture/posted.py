@@ -92,16 +92,18 @@ def capture_records(
             flow_run_id=None,
         )
         batch_id = opened.batch_id
-        chunk = prepare.prepare_chunk(
-            sources.page_chunk(page), mapping, source, now, batch_id, max_quarantine_rate=1.0
-        )
         status = "complete"
         try:
+            chunk = prepare.prepare_chunk(
+                sources.page_chunk(page), mapping, source, now, batch_id, max_quarantine_rate=1.0
+            )
             write.write_capture_chunk(engine, chunk=chunk, mapping=mapping, now=now)
         except quality.GateFailed:
             status = "failed"  # every record of the group failed its row checks: all held
-        except Exception:
-            write.close_batch(engine, batch_id, status="failed")
+        except Exception as exc:  # nothing of the group was stored; its posts hear a 503
+            write.close_batch(
+                engine, batch_id, status="failed", message=f"not written: {type(exc).__name__}"
+            )
             raise
         write.close_batch(engine, batch_id, status=status)
     return outcomes(database_url, batch_id, len(records))
