@@ -197,8 +197,10 @@ def main() -> None:
                 result["burst_post_to_email"] = quantiles(burst)
                 result["burst_post_to_202"] = quantiles(burst_accepted)
                 result["burst_missing"] = args.burst - len(burst)
-                lane_runs = stack.log("lane").count("lane: ")
-                result["lane_task_runs"] = lane_runs
+                runs = [int(n) for n in re.findall(r"lane: (\d+) lead", stack.log("lane"))]
+                result["lane_task_runs"] = len(runs)
+                result["lane_runs_that_did_work"] = sum(1 for n in runs if n)
+                result["largest_lane_run_leads"] = max(runs, default=0)
                 result["baseline_pipeline_interval_mean_s"] = 450
     finally:
         smtp.stop()
