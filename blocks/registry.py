@@ -44,6 +44,13 @@ CAPTURE_TOKEN = "leadflow-capture-token"
 TOKEN_ENV = "LEADFLOW_CAPTURE_TOKEN"
 
 
+def api_url() -> str | None:
+    """The Prefect server this process talks to (env or profile), None for the ephemeral API."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or None
+
+
 def register() -> list[str]:
     """Register every leadflow block type (and Prefect's Secret) with the API."""
     from prefect.blocks.system import Secret
@@ -145,7 +152,7 @@ def capture_token(block: str | None) -> tuple[str | None, str]:
         f"no capture token: the Secret block {name!r} does not exist; create it with "
         f"`{TOKEN_ENV}=... leadflow blocks init` (or in the Prefect UI)"
     )
-    if block or os.environ.get("PREFECT_API_URL"):
+    if block or api_url():
         from prefect.blocks.system import Secret
 
         try:
@@ -154,7 +161,7 @@ def capture_token(block: str | None) -> tuple[str | None, str]:
             if block:
                 return None, missing
         except Exception as exc:  # the API is not there: say which, not a bare ConnectError
-            api = os.environ.get("PREFECT_API_URL")
+            api = api_url()
             raise RuntimeError(
                 f"cannot read the Secret block {name!r}: the Prefect API at {api} does not "
                 f"answer ({type(exc).__name__}); start it, or unset PREFECT_API_URL and set "
@@ -163,7 +170,7 @@ def capture_token(block: str | None) -> tuple[str | None, str]:
     value = _env(TOKEN_ENV)
     if value:
         return value, missing
-    if not os.environ.get("PREFECT_API_URL"):
+    if not api_url():
         missing = (
             f"no capture token: set {TOKEN_ENV}, or run a Prefect server and create the "
             f"Secret block {CAPTURE_TOKEN!r} with `leadflow blocks init`"

@@ -665,13 +665,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     token, missing = registry.capture_token(args.token_block)
     if token is None and args.token_block:
         return _fail(missing)
-    lane = args.lane or ("worker" if os.environ.get("PREFECT_API_URL") else "inline")
+    server = registry.api_url()
+    lane = args.lane or ("worker" if server else "inline")
     capture = Capture(
         token=token,
         mapping_path=args.mapping,
         source=args.source,
         hand_off=_hand_off(lane),
-        emit_events=bool(os.environ.get("PREFECT_API_URL")),
+        emit_events=bool(server),
         missing_token=missing,
     )
     app = create_app(capture=capture)  # a mapping with a typo stops here, before serving
@@ -725,7 +726,9 @@ def _hand_off(lane: str) -> Callable[[list[int]], Any] | None:
 
 def cmd_lane(args: argparse.Namespace) -> int:
     """The lane's task worker: serves ``speed_to_lead`` background tasks until stopped."""
-    if not os.environ.get("PREFECT_API_URL"):
+    from blocks import registry
+
+    if not registry.api_url():
         return _fail(
             "the lane's task worker needs a Prefect server: set PREFECT_API_URL "
             "(e.g. http://127.0.0.1:4200/api after `prefect server start`)"

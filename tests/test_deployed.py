@@ -195,6 +195,22 @@ def test_deployed_pipeline_schedule_and_lane(stack) -> None:
             task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=[f"lane-lead-{lead}"]))
         )
     assert task_runs and task_runs[0].state.is_completed(), running.log("lane")[-2000:]
+
+    # Automations can react: the capture was announced as an event, with no address in it.
+    def captured_events():
+        answer = requests.post(
+            f"{api}/events/filter",
+            json={"filter": {"event": {"name": ["leadflow.lead.captured"]}}, "limit": 10},
+        )
+        return [
+            e
+            for e in answer.json().get("events", [])
+            if e["resource"]["prefect.resource.id"] == f"leadflow.lead.{lead}"
+        ]
+
+    events = until(captured_events, 30, "the leadflow.lead.captured event")
+    assert events[0]["payload"]["status"] == "inserted"
+    assert "@" not in str(events[0])
     engine.dispose()
     assert "Traceback" not in running.log("serve"), running.log("serve")[-2000:]
     assert os.environ.get("PREFECT_API_URL") != api  # the stack never leaked into the test run
