@@ -92,12 +92,12 @@ def capture_records(
             flow_run_id=None,
         )
         batch_id = opened.batch_id
-        status = "complete"
+        status, landed = "complete", None
         try:
             chunk = prepare.prepare_chunk(
                 sources.page_chunk(page), mapping, source, now, batch_id, max_quarantine_rate=1.0
             )
-            write.write_capture_chunk(engine, chunk=chunk, mapping=mapping, now=now)
+            landed = write.write_capture_chunk(engine, chunk=chunk, mapping=mapping, now=now).landed
         except quality.GateFailed:
             status = "failed"  # every record of the group failed its row checks: all held
         except Exception as exc:  # nothing of the group was stored; its posts hear a 503
@@ -106,7 +106,7 @@ def capture_records(
             )
             raise
         write.close_batch(engine, batch_id, status=status)
-    return outcomes(database_url, batch_id, len(records))
+    return outcomes(batch_id, len(records), landed, chunk.quarantined)
 
 
 def close_abandoned(database_url: str) -> int:
@@ -153,26 +153,28 @@ def close_abandoned(database_url: str) -> int:
     return closed
 
 
-def outcomes(database_url: str, batch_id: int, received: int) -> list[Posted]:
-    """Each record of a posted batch, read back from the ledger and the quarantine."""
-    e, q = t.lead_events, t.quarantine
-    with store.get_engine(database_url).connect() as conn:
-        ledger = conn.execute(
-            select(e.c.record_no, e.c.lead_id, e.c.kind).where(e.c.batch_id == batch_id)
-        ).all()
-        held = conn.execute(
-            select(q.c.record_no, q.c.reasons).where(q.c.batch_id == batch_id)
-        ).all()
-    landed = {int(no): (int(lead), kind) for no, lead, kind in ledger if no is not None}
-    reasons = {int(no): _own(r or []) for no, r in held if no is not None}
+def outcomes(batch_id: int, received: int, landed: Any, quarantined: Any) -> list[Posted]:
+    """Each record of a posted batch, from what the writer stored (``landed``: record_no,
+    lead_id, outcome; None when the gate held them all) and what it quarantined."""
+    reasons = {
+        int(no): _own([] if r is None else list(r))
+        for no, r in zip(quarantined["record_no"], quarantined["reasons"], strict=True)
+    }
+    stored = {}
+    if landed is not None:
+        stored = {
+            int(no): (int(lead), outcome)
+            for no, lead, outcome in zip(
+                landed["record_no"], landed["lead_id"], landed["outcome"], strict=True
+            )
+        }
     results = []
     for no in range(1, received + 1):
         if no in reasons:
             results.append(Posted("quarantined", batch_id, no, reasons=reasons[no]))
-        elif no in landed:
-            lead, kind = landed[no]
-            status = "inserted" if kind == "transition" else "merged"
-            results.append(Posted(status, batch_id, no, lead_id=lead))
+        elif no in stored:
+            lead, outcome = stored[no]
+            results.append(Posted(outcome, batch_id, no, lead_id=lead))
         else:  # cannot happen when the accounting holds; say so rather than invent an answer
             raise RuntimeError(f"batch {batch_id} record {no}: neither stored nor quarantined")
     return results

@@ -156,7 +156,7 @@ def _write_release(
         ).scalar_one()
         existing = write.find_existing(conn, prepared.local.leads)
         plan = write.resolve_against_store(prepared, existing, mapping.merge)
-        counts = write.write_accepted(
+        counts, _ = write.write_accepted(
             conn,
             replace(prepared, quarantined=nothing),
             plan,

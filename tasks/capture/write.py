@@ -117,6 +117,9 @@ class ChunkOutcome:
     gate: quality.GateResult = field(repr=False)
     blanked: dict[str, int] = field(default_factory=dict)
     effects: dict[str, int] = field(default_factory=dict)  # what activities did to leads
+    # Stored records: record_no, lead_id, outcome (inserted | merged). Who asks which lead a
+    # record became reads it here, not back from the ledger.
+    landed: pd.DataFrame | None = field(default=None, repr=False)
 
     def counts(self) -> dict[str, int]:
         return {
@@ -150,8 +153,9 @@ def write_capture_chunk(
         if gate.success:
             existing = find_existing(conn, chunk.local.leads)
             plan = resolve_against_store(chunk, existing, mapping.merge)
-            counts = write_accepted(conn, chunk, plan, now=now, **where)
+            counts, landed = write_accepted(conn, chunk, plan, now=now, **where)
         else:
+            landed = None
             write_quarantine(conn, batch_id, chunk.quarantined, flow_run_id=flow_run_id)
             counts = {
                 "received": chunk.received,
@@ -176,6 +180,7 @@ def write_capture_chunk(
         accepted=gate.success,
         gate=gate,
         blanked=chunk.blanked,
+        landed=landed,
         **counts,
     )
     if not gate.success:
@@ -227,7 +232,8 @@ def write_accepted(
     batch_id: int,
     chunk_no: int,
     flow_run_id: str | None,
-) -> dict[str, int]:
+) -> tuple[dict[str, int], pd.DataFrame]:
+    """Store an accepted chunk's merge plan; its counts, and each stored record's lead."""
     leads = plan.leads.copy()
     is_new = leads["id"].isna().to_numpy()
     ids = leads["id"].to_numpy(dtype="float64", na_value=np.nan)
@@ -285,12 +291,13 @@ def write_accepted(
         )
     write_quarantine(conn, batch_id, chunk.quarantined, flow_run_id=flow_run_id)
     inserted = int((records["outcome"] == "inserted").sum())
-    return {
+    counts = {
         "received": chunk.received,
         "inserted": inserted,
         "merged": len(records) - inserted,
         "quarantined": len(chunk.quarantined),
     }
+    return counts, records[["record_no", "lead_id", "outcome"]]
 
 
 def write_raw(conn: Connection, chunk: PreparedChunk) -> None:
