@@ -7,6 +7,8 @@ text on SQLite).
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -574,3 +576,11 @@ cadence_touches = Table(
     UniqueConstraint("enrolment_id", "step", name="uq_cadence_touches_enrolment_step"),
     Index("ix_cadence_touches_lead_time", "lead_id", "decided_at"),
 )
+
+
+def lead_column(name: str) -> Any | None:
+    """The ``leads`` column a rule field names: a column, or ``attributes.KEY`` as the JSON
+    value's text labelled with the field's name; None when the lead has no such column."""
+    if name.startswith("attributes."):
+        return leads.c.attributes[name.split(".", 1)[1]].as_string().label(name)
+    return leads.c.get(name)

@@ -700,12 +700,8 @@ def lead_columns(context: NurtureContext) -> list[Any]:
     leads = t.leads
     columns: list[Any] = [leads.c[name] for name in DETAIL_COLUMNS]
     wanted = context.rules.fields() | {context.rules.do_not_email_field}
-    for name in sorted(wanted - set(DETAIL_COLUMNS)):
-        if name.startswith("attributes."):
-            columns.append(leads.c.attributes[name.split(".", 1)[1]].as_string().label(name))
-        elif name in leads.c:
-            columns.append(leads.c[name])
-    return columns
+    extra = (t.lead_column(name) for name in sorted(wanted - set(DETAIL_COLUMNS)))
+    return columns + [column for column in extra if column is not None]
 
 
 def fetch_state(

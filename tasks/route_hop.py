@@ -71,12 +71,8 @@ def lead_columns(context: RouteContext) -> list[Any]:
     leads = t.leads
     columns: list[Any] = [leads.c[name] for name in DETAIL_COLUMNS]
     columns.append(leads.c.status_changed_at.label("queued_at"))  # when it became an MQL
-    for field in sorted(context.rules.fields() - set(DETAIL_COLUMNS)):
-        if field.startswith("attributes."):
-            columns.append(leads.c.attributes[field.split(".", 1)[1]].as_string().label(field))
-        elif field in leads.c:
-            columns.append(leads.c[field])
-    return columns
+    extra = (t.lead_column(name) for name in sorted(context.rules.fields() - set(DETAIL_COLUMNS)))
+    return columns + [column for column in extra if column is not None]
 
 
 def fetch_reps(

@@ -388,11 +388,8 @@ def lead_columns(rules: ScoringRules) -> list[Any]:
     for field in sorted(rules.fields()):
         if field.startswith("engagement.") or field in wanted:
             continue
-        if field.startswith("attributes."):
-            key = field.split(".", 1)[1]
-            columns.append(leads.c.attributes[key].as_string().label(field))
-        else:
-            columns.append(leads.c[field])
+        column = t.lead_column(field)
+        columns.append(column if column is not None else leads.c[field])  # unknown: KeyError
     return columns
 
 

@@ -185,13 +185,8 @@ def _policy_fields(rules: SlaRules) -> list[Any]:
     for policy in rules.policies:
         if policy.when is not None:
             fields |= policy.when.fields()
-    columns: list[Any] = []
-    for name in sorted(fields):
-        if name.startswith("attributes."):
-            columns.append(t.leads.c.attributes[name.split(".", 1)[1]].as_string().label(name))
-        elif name in t.leads.c:
-            columns.append(t.leads.c[name])
-    return columns
+    columns = (t.lead_column(name) for name in sorted(fields))
+    return [column for column in columns if column is not None]
 
 
 def start_timers(
