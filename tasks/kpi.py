@@ -198,10 +198,8 @@ def figures(views: dict[str, pd.DataFrame], now: datetime) -> dict[str, Any]:
     return {
         "as_of": now.isoformat(),
         "funnel": stages,
-        "speed_to_lead": speed_to_lead(views["kpi_speed_to_lead"], views.get("kpi_first_touch")),
-        "sla_compliance": sla_compliance(views["kpi_sla_compliance"])
-        if "kpi_sla_compliance" in views
-        else [],
+        "speed_to_lead": speed_to_lead(views["kpi_speed_to_lead"], views["kpi_first_touch"]),
+        "sla_compliance": sla_compliance(views["kpi_sla_compliance"]),
         "source_performance": source_performance(views["kpi_source_performance"]),
         "recycling": recycle_rates(views["kpi_recycling"], stages),
         "waiting": waiting.drop(columns=["oldest_since"], errors="ignore").to_dict("records"),
@@ -283,7 +281,7 @@ def markdown(report: dict[str, Any], charts: dict[str, str] | None = None) -> st
             f"| {r['policy']} | {r['rep']} | {r['timers']} | {r['met_on_time']} | "
             f"{r['met_late']} | {r['closed_unmet']} | {r['still_open']} | {r['breached']} | "
             f"{_percent(r['compliance'])} |"
-            for r in report.get("sla_compliance", [])
+            for r in report["sla_compliance"]
         ],
         "",
         "## Recycling",
