@@ -8,9 +8,9 @@ Revises: 0004
 Create Date: 2026-11-23
 """
 
-from pathlib import Path
-
 from alembic import op
+
+from sql import create_views, drop_views
 
 revision = "0007"
 down_revision = "0004"
@@ -25,14 +25,11 @@ VIEWS = (
     "kpi_waiting",
     "kpi_deals",
 )
-FOLDER = Path(__file__).resolve().parents[1] / "views"
 
 
 def upgrade() -> None:
-    for name in VIEWS:
-        op.execute((FOLDER / f"{name}.sql").read_text(encoding="utf-8"))
+    create_views(op, VIEWS)
 
 
 def downgrade() -> None:
-    for name in reversed(VIEWS):
-        op.execute(f"DROP VIEW IF EXISTS {name}")
+    drop_views(op, VIEWS)

@@ -6,9 +6,9 @@ Revises: 0009
 Create Date: 2026-11-23
 """
 
-from pathlib import Path
-
 from alembic import op
+
+from sql import create_views, drop_views
 
 revision = "0010"
 down_revision = "0009"
@@ -16,14 +16,11 @@ branch_labels = None
 depends_on = None
 
 VIEWS = ("kpi_sla_compliance", "kpi_first_touch")
-FOLDER = Path(__file__).resolve().parents[1] / "views"
 
 
 def upgrade() -> None:
-    for name in VIEWS:
-        op.execute((FOLDER / f"{name}.sql").read_text(encoding="utf-8"))
+    create_views(op, VIEWS)
 
 
 def downgrade() -> None:
-    for name in reversed(VIEWS):
-        op.execute(f"DROP VIEW IF EXISTS {name}")
+    drop_views(op, VIEWS)
