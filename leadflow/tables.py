@@ -445,10 +445,15 @@ outbox = Table(
     Column("status", Text, nullable=False),  # pending | sending | sent | failed | dead
     Column("attempts", Integer, nullable=False, server_default=text("0")),
     Column("last_error", Text),
-    Column("next_attempt_at", UTC, nullable=False),  # due time; while sending: lease expiry
+    Column("next_attempt_at", UTC, nullable=False),  # when it is due (again)
     Column("created_at", UTC, nullable=False),
     Column("sent_at", UTC),
     Column("flow_run_id", Text),
+    # Migration 0011: the sender holding a ``sending`` message and until when (wall clock),
+    # and since when its temporary failures run (it dies when its kind's budget is spent).
+    Column("claim_token", Text),
+    Column("lease_until", UTC),
+    Column("failing_since", UTC),
     UniqueConstraint("idempotency_key", name="uq_outbox_idempotency_key"),
     Index("ix_outbox_status_due", "status", "next_attempt_at"),
 )

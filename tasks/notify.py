@@ -5,43 +5,37 @@ Jinja2 template with the reason the lead is the rep's; for hot leads, the owner'
 slots in their working hours and an ICS invitation built with ``icalendar``). The routing hop
 enqueues them in the assignment's transaction.
 
-Then delivery: ``send_due`` claims due messages and sends email with plain ``smtplib`` and
-webhooks with ``requests``. Every message is marked the moment it is sent, so a crash never
-resends what went out; a refused recipient or a failing webhook call marks that message
-alone (retried with backoff, or dead when the error is permanent); an unreachable server puts
-the batch back untouched. ``send_outbox`` is the Prefect task around it. Log lines carry
-counts and masked addresses, never a raw email.
+Then delivery: ``send_outbox`` is the Prefect task around ``leadflow.sender.send_due``, which
+claims due messages and sends them exactly as ``leadflow/outbox.py`` promises.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import logging
-import mailbox
-import re
-import smtplib
-import ssl as ssl_module
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
-from email.utils import make_msgid
 from typing import Any
 
 import pandas as pd
-import requests
 from icalendar import Calendar, Event, vCalAddress, vText
 from jinja2 import Environment, StrictUndefined
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import Engine
 
 from blocks.notifier import NOTIFIERS, MaildirNotifier, SmtpNotifier, WebhookNotifier
 from leadflow import outbox, store
 from leadflow.business_time import next_free_slots
+from leadflow.outbox import masked
 from leadflow.routing_rules import Rep, RoutingRules
+from leadflow.sender import (
+    Permanent,
+    SendReport,
+    Unreachable,
+    build_email,
+    record_bounce,
+    send_due,
+)
 
 log = logging.getLogger(__name__)
 
@@ -265,285 +259,21 @@ def owner_messages(
 
 # --------------------------------------------------------------------------- delivery
 
-_EMAIL = re.compile(r"([^\s,;:\"'<>()\[\]@]+)@([^\s,;:\"'<>()\[\]@]+)")
+__all__ = [
+    "Permanent",
+    "SendReport",
+    "Unreachable",
+    "build_email",
+    "masked",
+    "owner_messages",
+    "record_bounce",
+    "resolve_notifiers",
+    "send_due",
+    "send_outbox",
+]
 
 
-def masked(text: Any) -> str:
-    """Text fit for a log line: ``a…@example.com`` instead of an address."""
-    return _EMAIL.sub(lambda m: f"{m.group(1)[:1]}…@{m.group(2)}", str(text))
-
-
-class Unreachable(Exception):
-    """The server could not be reached or refused us: no message is to blame."""
-
-
-class Permanent(Exception):
-    """This message can never be delivered as it is (a refused address, a 4xx)."""
-
-
-@dataclass
-class SendReport:
-    claimed: int = 0
-    sent: int = 0
-    failed: int = 0
-    dead: int = 0
-    deferred: int = 0
-    errors: list[str] = field(default_factory=list)  # masked, for the run's artifact
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "claimed": self.claimed,
-            "sent": self.sent,
-            "failed": self.failed,
-            "dead": self.dead,
-            "deferred": self.deferred,
-            "errors": self.errors[:20],
-        }
-
-
-def _email(notifier: SmtpNotifier, row: dict[str, Any]) -> EmailMessage:
-    message = EmailMessage()
-    message["From"] = notifier.from_address
-    message["To"] = row["recipient"]
-    message["Subject"] = row["subject"] or ""
-    # A stable Message-ID: a resend after a crash is recognisably the same message.
-    digest = hashlib.sha256(row["idempotency_key"].encode()).hexdigest()[:24]
-    message["Message-ID"] = make_msgid(idstring=digest, domain="leadflow")
-    payload = store.json_value(row.get("payload")) or {}
-    for name, value in (payload.get("headers") or {}).items():  # List-Unsubscribe, ...
-        message[name] = value
-    message.set_content(row["body"] or "")
-    for attachment in store.json_value(row.get("attachments")) or []:
-        main, _, rest = attachment.get("content_type", "text/plain").partition("/")
-        subtype, *params = [p.strip() for p in rest.split(";")]
-        message.add_attachment(
-            attachment["content"].encode("utf-8"),
-            maintype=main,
-            subtype=subtype,
-            filename=attachment.get("filename"),
-            params=dict(p.split("=", 1) for p in params if "=" in p),
-        )
-    return message
-
-
-def _smtp_connect(notifier: SmtpNotifier) -> smtplib.SMTP:
-    try:
-        if notifier.ssl:
-            client: smtplib.SMTP = smtplib.SMTP_SSL(
-                notifier.host,
-                notifier.port,
-                timeout=notifier.timeout_seconds,
-                context=ssl_module.create_default_context(),
-            )
-        else:
-            client = smtplib.SMTP(notifier.host, notifier.port, timeout=notifier.timeout_seconds)
-            if notifier.starttls:
-                client.starttls(context=ssl_module.create_default_context())
-        if notifier.username:
-            password = notifier.password.get_secret_value() if notifier.password else ""
-            client.login(notifier.username, password)
-        return client
-    except (OSError, smtplib.SMTPException) as exc:
-        raise Unreachable(
-            f"SMTP {notifier.host}:{notifier.port}: {type(exc).__name__}: {exc}"
-        ) from exc
-
-
-def _send_email(client: smtplib.SMTP, notifier: SmtpNotifier, row: dict[str, Any]) -> None:
-    try:
-        client.send_message(_email(notifier, row))
-    except smtplib.SMTPRecipientsRefused as exc:
-        codes = [code for code, _ in exc.recipients.values()]
-        error = f"recipient refused ({', '.join(str(c) for c in codes)})"
-        raise (Permanent(error) if all(c >= 500 for c in codes) else RuntimeError(error)) from exc
-    except smtplib.SMTPResponseException as exc:
-        error = f"SMTP {exc.smtp_code}: {masked(exc.smtp_error)}"
-        raise (Permanent(error) if exc.smtp_code >= 500 else RuntimeError(error)) from exc
-    except (OSError, smtplib.SMTPServerDisconnected) as exc:
-        raise Unreachable(f"SMTP connection lost: {type(exc).__name__}") from exc
-
-
-def _post_webhook(
-    session: requests.Session, notifier: WebhookNotifier, row: dict[str, Any]
-) -> None:
-    url = (
-        row["recipient"]
-        if str(row["recipient"]).startswith(("http://", "https://"))
-        else notifier.url
-    )
-    headers = {"Idempotency-Key": row["idempotency_key"], "Content-Type": "application/json"}
-    if notifier.token is not None:
-        headers["Authorization"] = f"Bearer {notifier.token.get_secret_value()}"
-    body = store.json_value(row.get("payload")) or {}
-    try:
-        response = session.post(
-            url,
-            data=json.dumps(body, default=str),
-            headers=headers,
-            timeout=notifier.timeout_seconds,
-        )
-    except requests.RequestException as exc:
-        raise RuntimeError(f"webhook: {type(exc).__name__}") from exc
-    if response.status_code < 300:
-        return
-    error = f"webhook answered {response.status_code}"
-    if 400 <= response.status_code < 500 and response.status_code not in (408, 409, 425, 429):
-        raise Permanent(error)
-    raise RuntimeError(error)
-
-
-class _MaildirClient:
-    """The SMTP client's two methods, over a local Maildir."""
-
-    def __init__(self, notifier: MaildirNotifier) -> None:
-        try:
-            self.box = mailbox.Maildir(notifier.directory, create=True)
-        except OSError as exc:
-            raise Unreachable(f"maildir {notifier.directory}: {type(exc).__name__}") from exc
-
-    def send_message(self, message: EmailMessage) -> None:
-        self.box.add(message)
-
-    def quit(self) -> None:
-        self.box.close()
-
-
-def _by_channel(notifiers: Sequence[SmtpNotifier | WebhookNotifier]) -> dict[str, Any]:
-    return {n.channel: n for n in notifiers}
-
-
-def send_due(
-    engine: Engine,
-    notifiers: Sequence[SmtpNotifier | WebhookNotifier],
-    limit: int,
-    now: datetime,
-) -> SendReport:
-    """Claim up to ``limit`` due messages and deliver them; each is marked sent, failed (due
-    again after backoff), dead (permanent error or last attempt) or put back untried (server
-    unreachable, no notifier for its channel). Never raises for a delivery problem."""
-    report = SendReport()
-    claimed = outbox.claim_due(engine, limit, now)
-    report.claimed = len(claimed)
-    if claimed.empty:
-        return report
-    channels = _by_channel(notifiers)
-    rows = claimed.to_dict("records")
-
-    def put_back(batch: list[dict[str, Any]], error: str) -> None:
-        with engine.begin() as conn:
-            report.deferred += outbox.defer(conn, [r["id"] for r in batch], error, now)
-        report.errors.append(masked(error))
-        log.warning("outbox: %d message(s) put back: %s", len(batch), masked(error))
-
-    for channel in ("email", "webhook"):
-        batch = [r for r in rows if r["channel"] == channel]
-        if not batch:
-            continue
-        notifier = channels.get(channel)
-        if notifier is None:
-            put_back(batch, f"no notifier for channel {channel!r}")
-            continue
-        client: Any
-        try:
-            if isinstance(notifier, MaildirNotifier):
-                client = _MaildirClient(notifier)
-            elif channel == "email":
-                client = _smtp_connect(notifier)
-            else:
-                client = requests.Session()
-        except Unreachable as exc:
-            put_back(batch, str(exc))
-            continue
-        try:
-            for position, row in enumerate(batch):
-                try:
-                    if channel == "email":
-                        _send_email(client, notifier, row)
-                    else:
-                        _post_webhook(client, notifier, row)
-                except Unreachable as exc:
-                    put_back(batch[position:], str(exc))
-                    break
-                except Permanent as exc:
-                    _failed(engine, report, row, str(exc), now, permanent=True)
-                    continue
-                except Exception as exc:  # any other failure: this message only, retried
-                    _failed(engine, report, row, f"{type(exc).__name__}: {exc}", now)
-                    continue
-                with engine.begin() as conn:  # at once: a crash later must not resend it
-                    report.sent += outbox.mark_sent(conn, [row["id"]], now)
-        finally:
-            if channel == "email":
-                with contextlib.suppress(OSError, smtplib.SMTPException):
-                    client.quit()
-            else:
-                client.close()
-    log.info(
-        "outbox: %d claimed, %d sent, %d failed, %d dead, %d put back",
-        report.claimed,
-        report.sent,
-        report.failed,
-        report.dead,
-        report.deferred,
-    )
-    return report
-
-
-def _failed(
-    engine: Engine,
-    report: SendReport,
-    row: dict[str, Any],
-    error: str,
-    now: datetime,
-    *,
-    permanent: bool = False,
-) -> None:
-    error = masked(error)
-    with engine.begin() as conn:
-        status = outbox.mark_failed(
-            conn, int(row["id"]), error, now, **({"max_attempts": 1} if permanent else {})
-        )
-    if permanent and row.get("kind") == "nurture_touch":
-        record_bounce(engine, row, error, now)
-    if status == "dead":
-        report.dead += 1
-    else:
-        report.failed += 1
-    report.errors.append(f"#{row['id']} to {masked(row['recipient'])}: {error}")
-    log.warning(
-        "outbox: message #%s to %s %s: %s", row["id"], masked(row["recipient"]), status, error
-    )
-
-
-def record_bounce(engine: Engine, row: dict[str, Any], error: str, now: datetime) -> bool:
-    """A nurture email the server refused for good comes back as a ``bounce`` engagement
-    event for its lead (once per message): the lead is suppressed from then on."""
-    from sqlalchemy import select
-
-    from leadflow import tables as t
-
-    payload = store.json_value(row.get("payload")) or {}
-    if payload.get("audience") != "lead" or row.get("channel") != "email" or not row.get("lead_id"):
-        return False
-    events = t.engagement_events
-    key = f"bounce:{row['idempotency_key']}"
-    with engine.begin() as conn:
-        if conn.execute(select(events.c.id).where(events.c.event_key == key)).first():
-            return False
-        conn.execute(
-            events.insert().values(
-                lead_id=int(row["lead_id"]),
-                event_type="bounce",
-                occurred_at=now if now.tzinfo else now.replace(tzinfo=UTC),
-                properties={"error": error[:500], "outbox_id": int(row["id"])},
-                source="outbox",
-                event_key=key,
-            )
-        )
-    return True
-
-
-def resolve_notifiers(spec: Any) -> list[SmtpNotifier | WebhookNotifier]:
+def resolve_notifiers(spec: Any) -> list[SmtpNotifier | WebhookNotifier | MaildirNotifier]:
     """Notifiers from a block instance, ``block:NAME``, ``maildir:PATH``, or a list or
     comma-separated mix of those."""
     from blocks import resolve
@@ -554,7 +284,7 @@ def resolve_notifiers(spec: Any) -> list[SmtpNotifier | WebhookNotifier]:
         return [spec]
     if isinstance(spec, str):
         spec = [s.strip() for s in spec.split(",") if s.strip()]
-    out: list[SmtpNotifier | WebhookNotifier] = []
+    out: list[SmtpNotifier | WebhookNotifier | MaildirNotifier] = []
     for item in spec:
         if isinstance(item, NOTIFIERS):
             out.append(item)
@@ -575,8 +305,13 @@ def send_outbox(
     notifier_spec: Any,
     limit: int = 500,
     now: datetime | None = None,
+    first: Sequence[str] | None = outbox.URGENT,
 ) -> dict[str, Any]:
-    """Send what is due in the outbox (see ``send_due``); returns the counts and masked errors."""
+    """Send every due message of the ``first`` kinds (default: owner notices and SLA
+    escalations), then up to ``limit`` more, urgent first (see ``leadflow.sender.send_due``);
+    returns the counts, what is left in the outbox and masked errors."""
     engine = store.get_engine(database_url)
-    report = send_due(engine, resolve_notifiers(notifier_spec), limit, now or store.utcnow())
+    report = send_due(
+        engine, resolve_notifiers(notifier_spec), limit, now or store.utcnow(), first=first
+    )
     return report.as_dict()

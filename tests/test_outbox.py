@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -32,6 +33,10 @@ def messages(keys: list[str], **extra) -> pd.DataFrame:
     )
 
 
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def statuses(engine) -> dict[str, str]:
     with engine.connect() as conn:
         rows = conn.execute(select(t.outbox.c.idempotency_key, t.outbox.c.status)).all()
@@ -52,43 +57,104 @@ def test_enqueue_is_idempotent_and_transactional(engine) -> None:
     assert row.payload == {"lead": 0} and row.attachments[0]["filename"] == "a.ics"
 
 
-def test_claim_due_leases_and_backoff_to_dead(engine) -> None:
-    later = messages(["later"], next_attempt_at=[NOW + timedelta(hours=1)])
+def test_claim_due_leases_backs_off_within_the_budget_then_dead(engine) -> None:
+    later = messages(["later"], next_attempt_at=[NOW + timedelta(days=2)])
     with engine.begin() as conn:
         outbox.enqueue(conn, pd.concat([messages(["a", "b"]), later]), now=NOW)
-    claimed = outbox.claim_due(engine, 10, NOW)
+    claimed = outbox.claim_due(engine, 10, NOW, token="s1")
     assert sorted(claimed["idempotency_key"]) == ["a", "b"]
+    assert set(claimed["claim_token"]) == {"s1"}
     assert outbox.claim_due(engine, 10, NOW).empty  # leased: nobody else takes them
+    rng = random.Random(1)
     with engine.begin() as conn:
         ids = dict(zip(claimed["idempotency_key"], claimed["id"], strict=True))
-        assert outbox.mark_sent(conn, [ids["a"]], NOW) == 1
-        assert outbox.mark_failed(conn, ids["b"], "421 try later", NOW, max_attempts=3) == "failed"
-    # Backoff: due again after one minute, not before.
-    assert outbox.claim_due(engine, 10, NOW + timedelta(seconds=59)).empty
-    again = outbox.claim_due(engine, 10, NOW + timedelta(minutes=1))
-    assert again["idempotency_key"].tolist() == ["b"]
+        assert outbox.mark_sent(conn, [ids["a"]], NOW, token="other") == 0  # not its claim
+        assert outbox.mark_sent(conn, [ids["a"]], NOW, token="s1") == 1
+        assert outbox.mark_failed(conn, ids["b"], "421 try later", NOW, token="s1", rng=rng) == (
+            "failed"
+        )
+        row = conn.execute(select(t.outbox).where(t.outbox.c.id == ids["b"])).one()
+    # Backoff with jitter: due again between 30 s and one minute, not before.
+    due = _aware(row.next_attempt_at)
+    assert NOW + timedelta(seconds=30) <= due <= NOW + timedelta(minutes=1)
+    assert _aware(row.failing_since) == NOW and row.claim_token is None
+    assert outbox.claim_due(engine, 10, due - timedelta(seconds=1)).empty
+    # Temporary failures go on for the kind's budget (owner notices: hours), not a count.
+    moment = due
+    for _ in range(40):
+        again = outbox.claim_due(engine, 10, moment, token="s2")
+        assert again["idempotency_key"].tolist() == ["b"]
+        with engine.begin() as conn:
+            status = outbox.mark_failed(conn, ids["b"], "451 later", moment, token="s2", rng=rng)
+            nxt = conn.execute(select(t.outbox.c.next_attempt_at).where(t.outbox.c.id == ids["b"]))
+            moment = _aware(nxt.scalar_one())
+        assert status == "failed"
+        if moment - NOW >= outbox.BUDGET["owner_notification"]:
+            break
+    assert moment - NOW < outbox.BUDGET["owner_notification"] + outbox.BACKOFF_CAP
+    last = outbox.claim_due(engine, 10, moment, token="s3")
     with engine.begin() as conn:
-        assert outbox.mark_failed(conn, ids["b"], "x", NOW, max_attempts=3) == "failed"
-    third = outbox.claim_due(engine, 10, NOW + timedelta(minutes=3))
-    with engine.begin() as conn:
-        assert (
-            outbox.mark_failed(conn, int(third["id"].iloc[0]), "x", NOW, max_attempts=3) == "dead"
+        assert outbox.mark_failed(conn, int(last["id"].iloc[0]), "451", moment, token="s3") == (
+            "dead"
         )
     assert statuses(engine) == {"a": "sent", "b": "dead", "later": "pending"}
-    assert outbox.claim_due(engine, 10, NOW + timedelta(days=1))["idempotency_key"].tolist() == [
+    assert outbox.claim_due(engine, 10, NOW + timedelta(days=3))["idempotency_key"].tolist() == [
         "later"
     ]
     with engine.begin() as conn:
         assert outbox.mark_sent(conn, [ids["a"]], NOW) == 0  # already sent: not ours to mark
         assert outbox.counts(conn) == {"sent": 1, "dead": 1, "sending": 1}
+        # A person gives the dead one a fresh budget.
+        assert outbox.requeue_dead(conn, NOW + timedelta(days=1)) == 1
+        row = conn.execute(select(t.outbox).where(t.outbox.c.id == ids["b"])).one()
+    assert (row.status, row.attempts, row.failing_since) == ("pending", 0, None)
 
 
-def test_a_crashed_senders_messages_are_taken_over_after_the_lease(engine) -> None:
+def test_a_permanent_error_is_dead_at_once(engine) -> None:
     with engine.begin() as conn:
         outbox.enqueue(conn, messages(["a"]), now=NOW)
-    assert len(outbox.claim_due(engine, 10, NOW)) == 1  # ...and the sender dies
-    assert outbox.claim_due(engine, 10, NOW + outbox.LEASE - timedelta(seconds=1)).empty
-    assert len(outbox.claim_due(engine, 10, NOW + outbox.LEASE)) == 1
+    claimed = outbox.claim_due(engine, 10, NOW, token="s")
+    with engine.begin() as conn:
+        status = outbox.mark_failed(
+            conn, int(claimed["id"][0]), "550 no such user", NOW, token="s", permanent=True
+        )
+    assert status == "dead" and statuses(engine) == {"a": "dead"}
+
+
+def test_a_crashed_senders_messages_are_taken_over_after_the_lease_on_the_wall_clock(
+    engine,
+) -> None:
+    with engine.begin() as conn:
+        outbox.enqueue(conn, messages(["a"]), now=NOW)
+    wall = datetime(2026, 12, 3, 9, 0, tzinfo=UTC)
+    assert len(outbox.claim_due(engine, 10, NOW, token="dead", clock=wall)) == 1  # it dies
+    assert outbox.claim_due(engine, 10, NOW, clock=wall + outbox.LEASE - timedelta(seconds=1)).empty
+    # A sender whose `now` is hours ahead (or behind) does not see the lease as expired:
+    # leases are on the wall clock.
+    assert outbox.claim_due(engine, 10, NOW + timedelta(hours=2), clock=wall).empty
+    taken = outbox.claim_due(engine, 10, NOW, token="new", clock=wall + outbox.LEASE)
+    assert len(taken) == 1
+    with engine.begin() as conn:
+        # The dead sender's token no longer holds it: it can neither renew nor mark it.
+        assert not outbox.renew(conn, int(taken["id"][0]), "dead", clock=wall)
+        assert outbox.mark_sent(conn, taken["id"].tolist(), NOW, token="dead") == 0
+        assert outbox.renew(conn, int(taken["id"][0]), "new", clock=wall + outbox.LEASE)
+
+
+def test_claims_put_owner_notices_and_escalations_before_nurture_touches(engine) -> None:
+    touches = messages([f"t{i}" for i in range(5)], kind="nurture_touch")
+    touches["next_attempt_at"] = NOW - timedelta(hours=1)  # due long before the others
+    urgent = pd.concat(
+        [messages(["o1", "o2"]), messages(["e1"], kind="sla_escalation")], ignore_index=True
+    )
+    with engine.begin() as conn:
+        outbox.enqueue(conn, touches, now=NOW)
+        outbox.enqueue(conn, urgent, now=NOW)
+    first = outbox.claim_due(engine, 3, NOW)
+    assert sorted(first["idempotency_key"]) == ["e1", "o1", "o2"]
+    assert outbox.claim_due(engine, 10, NOW, kinds=["sla_escalation"]).empty
+    assert len(outbox.claim_due(engine, 10, NOW, channels=["webhook"])) == 0
+    assert len(outbox.claim_due(engine, 10, NOW)) == 5
 
 
 def test_concurrent_claimers_never_share_a_message(engine) -> None:
@@ -111,9 +177,12 @@ def test_concurrent_claimers_never_share_a_message(engine) -> None:
     assert len(every) == 200 and len(set(every)) == 200
 
 
-def test_retry_delay_is_exponential_and_capped() -> None:
-    assert [outbox.retry_delay(n).total_seconds() / 60 for n in (1, 2, 3, 4)] == [1, 2, 4, 8]
-    assert outbox.retry_delay(30) == outbox.BACKOFF_CAP
+def test_retry_delay_is_exponential_jittered_and_capped() -> None:
+    rng = random.Random(3)
+    for failures, ceiling in ((1, 1), (2, 2), (3, 4), (4, 8), (30, 30)):
+        delays = {outbox.retry_delay(failures, rng).total_seconds() / 60 for _ in range(50)}
+        assert all(ceiling / 2 <= d <= ceiling for d in delays)
+        assert len(delays) > 40  # spread out, not one instant for everyone
 
 
 def test_bulk_enqueue_of_many_is_fast(engine) -> None:
