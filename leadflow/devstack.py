@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -114,3 +115,67 @@ def prefect_server(folder: Path, env: dict[str, str] | None = None) -> Iterator[
         yield stack
     finally:
         stack.stop()
+
+
+class MailSink:
+    """A real SMTP server on loopback (aiosmtpd, from the test extra) for tests and
+    benchmarks: keeps every message it accepts, can answer slowly (``delay`` seconds per
+    message, as a busy relay does), refuse every recipient with a temporary ``refuse`` reply
+    (an outage), or take a message and hold its reply to DATA until ``release`` is set (to
+    kill a sender there: the server has the message, the sender never heard so). Use as a context manager; ``notifier()`` gives the block that sends to it."""
+
+    def __init__(self, delay: float = 0.0, port: int | None = None) -> None:
+        import threading
+
+        self.delay = delay
+        self.port = port or free_port()
+        self.refuse: str | None = None  # e.g. "451 4.3.0 try again later"
+        self.hold = threading.Event()  # set: DATA waits for ``release``
+        self.in_data = threading.Event()  # set once a held DATA has begun
+        self.release = threading.Event()
+        self.received: list[Any] = []  # email.message.Message, in arrival order
+        self._controller: Any = None
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if self.refuse:
+            return self.refuse
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        import asyncio
+        import email
+
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        self.received.append(email.message_from_bytes(envelope.content))
+        if self.hold.is_set():  # the server has the message; its reply waits
+            self.in_data.set()
+            while not self.release.is_set():
+                await asyncio.sleep(0.01)
+        return "250 Message accepted"
+
+    def message_ids(self) -> list[str]:
+        return [str(m["Message-ID"]) for m in self.received]
+
+    def notifier(self, timeout: float = 20.0) -> Any:
+        from blocks.notifier import SmtpNotifier
+
+        return SmtpNotifier(
+            host="127.0.0.1",
+            port=self.port,
+            from_address="leadflow@example.com",
+            starttls=False,
+            timeout_seconds=timeout,
+        )
+
+    def __enter__(self) -> MailSink:
+        from aiosmtpd.controller import Controller
+
+        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self._controller.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        self._controller.stop()

@@ -54,7 +54,7 @@ BREAKER_THRESHOLD = 3  # temporary failures in a row before a channel is left fo
 BREAKER_COOL_OFF = timedelta(minutes=1)  # when messages put back by an open breaker are due
 DB_ATTEMPTS = 6  # a dropped database connection: retried over about 6 s
 # Headers are never folded into RFC 2047 words: a List-Unsubscribe URL must stay a URL.
-MAIL_POLICY = policy.SMTP.clone(max_line_length=998)
+MAIL_POLICY = policy.default.clone(max_line_length=998)
 
 Notifier = SmtpNotifier | WebhookNotifier | MaildirNotifier
 T = TypeVar("T")
@@ -305,6 +305,7 @@ class _Run:
         now: datetime,
         clock: Callable[[], datetime],
         rng: random.Random,
+        lease: timedelta | None,
     ) -> None:
         by_name = {n.channel: n for n in notifiers}
         self.channels = {name: _Channel(name, by_name.get(name)) for name in outbox.CHANNELS}
@@ -317,7 +318,7 @@ class _Run:
         self.report = SendReport()
         # Longer than any one send can take, whatever the notifiers' timeouts.
         timeouts = [float(getattr(n, "timeout_seconds", 0) or 0) for n in notifiers]
-        self.lease = max(outbox.LEASE, timedelta(seconds=6 * max(timeouts, default=0)))
+        self.lease = lease or max(outbox.LEASE, timedelta(seconds=6 * max(timeouts, default=0)))
 
     def sent_at(self) -> datetime:
         """The time of sending on the run's clock: its ``now`` plus the time spent so far."""
@@ -460,14 +461,19 @@ def send_due(
     first: Sequence[str] | None = outbox.URGENT,
     clock: Callable[[], datetime] | None = None,
     rng: random.Random | None = None,
+    lease: timedelta | None = None,
 ) -> SendReport:
     """Deliver every due message of the ``first`` kinds (default: owner notices and SLA
     escalations), then up to ``limit`` more due messages of any kind, urgent first. Each is
     marked sent (at the time of sending), failed (due again after backoff), dead (permanent
     error or budget spent) or put back untried (server unreachable or failing, no notifier
     for its channel). Never raises for a delivery problem; a database that stays gone
-    through the retries raises, leaving the messages in flight to the lease."""
-    run = _Run(engine, notifiers, now, clock or (lambda: datetime.now(UTC)), rng or random.Random())
+    through the retries raises, leaving the messages in flight to the lease. ``lease``
+    (default: ``outbox.LEASE``, longer for slow notifiers), ``clock`` (the wall clock) and
+    ``rng`` (backoff jitter) are for tests and benchmarks."""
+    run = _Run(
+        engine, notifiers, now, clock or (lambda: datetime.now(UTC)), rng or random.Random(), lease
+    )
     try:
         if first:
             run.drain(first, None)

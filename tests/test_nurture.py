@@ -301,10 +301,13 @@ def test_removing_steps_ends_the_cadence_per_on_finish_and_keeps_history(sqlite_
 
 
 def test_smtp_down_loses_nothing_a_refused_address_bounces_alone_and_unsubscribe_works(
-    database_url, tmp_path
+    database_url, tmp_path, monkeypatch
 ):
     from aiosmtpd.controller import Controller
 
+    # A real public URL is long: the header must still go out as <URL>, never RFC 2047 words.
+    public = "https://leads.marketing-operations.example-company.example/lifecycle/v1"
+    monkeypatch.setenv("LEADFLOW_PUBLIC_URL", public)
     engine = store.get_engine(database_url)
     rules = rules_dir(tmp_path)
     good, refused, other = nurturing(
@@ -332,7 +335,9 @@ def test_smtp_down_loses_nothing_a_refused_address_bounces_alone_and_unsubscribe
     assert sorted(m["To"] for m in inbox.messages) == ["good@a.example", "other@a.example"]
     message = next(m for m in inbox.messages if m["To"] == "good@a.example")
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
-    url = re.search(r"<([^>]+)>", message["List-Unsubscribe"]).group(1)
+    header = " ".join(message["List-Unsubscribe"].split())  # unfolded, RFC 5322
+    assert "=?" not in header and header.startswith(f"<{public}/unsubscribe?")
+    url = re.fullmatch(r"<([^>]+)>", header).group(1)
     assert f"lead={good}" in url
     # The refused address came back as a bounce: the lead is suppressed from now on.
     events = table(database_url, "engagement_events")
@@ -353,7 +358,7 @@ def test_smtp_down_loses_nothing_a_refused_address_bounces_alone_and_unsubscribe
             if server.started:
                 break
             time.sleep(0.05)
-        local = url.replace("http://127.0.0.1:8080", f"http://127.0.0.1:{web_port}")
+        local = url.replace(public, f"http://127.0.0.1:{web_port}")
         assert (
             requests.get(local.replace(f"lead={good}", f"lead={other}"), timeout=5).status_code
             == 403
