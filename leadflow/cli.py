@@ -185,9 +185,11 @@ def _human_run(data: dict[str, Any]) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from flows.pipeline import pipeline
+    from leadflow import rules_check
 
     if problem := _provider_problem(args.provider):
         return _fail(problem)
+    rules_check.pipeline()  # every hop's rules first: a typo is one line, exit 2, nothing moves
 
     return _run_flow(args, pipeline, _human_run, now=args.now, provider=args.provider)
 
@@ -1078,6 +1080,10 @@ def build_parser() -> argparse.ArgumentParser:
     exported.add_argument("--batch", type=int, required=True)
     exported.add_argument("--out", required=True)
     exported.add_argument("--json", action="store_true")
+
+    from leadflow.cli_outbox import add_parser as add_outbox
+
+    add_outbox(sub, _timestamp)
 
     demo = add("demo", cmd_demo, "the whole thing on sample data (what `make run` does)")
     demo.add_argument("--leads", type=int, default=5000)

@@ -76,6 +76,7 @@ class SendReport:
     dead: int = 0
     deferred: int = 0  # put back untried (server unreachable, breaker open, no notifier)
     taken_over: int = 0  # claimed, then found in another sender's hands: not sent by us
+    bounced: int = 0  # of the dead: nurture mail refused for good (a bounce event, the lead's)
     breaker_opened: list[str] = field(default_factory=list)
     backlog: dict[str, int] = field(default_factory=dict)  # outbox.backlog after the run
     errors: list[str] = field(default_factory=list)  # masked, for the run's artifact
@@ -93,6 +94,7 @@ class SendReport:
             "dead": self.dead,
             "deferred": self.deferred,
             "taken_over": self.taken_over,
+            "bounced": self.bounced,
             "undelivered": self.undelivered,
             "breaker_opened": list(self.breaker_opened),
             "backlog": dict(self.backlog),
@@ -438,6 +440,7 @@ class _Run:
             return
         if status == "dead" and row.get("kind") == "nurture_touch" and permanent:
             record_bounce(self.engine, row, error, self.now)
+            self.report.bounced += 1
         if status == "dead":
             self.report.dead += 1
         else:
