@@ -3,7 +3,8 @@
 Every command that runs a hop runs it as a Prefect flow (on Prefect's ephemeral API unless
 ``PREFECT_API_URL`` points at a server). ``--json`` prints one JSON document on stdout and
 nothing else there; logs go to stderr. Exit codes: 0 done, 1 a gate or the audit failed,
-2 bad input or config (the message names the file, row or field).
+2 bad input or config (the message names the file, row or field), 3 done, but messages were
+left undelivered (failed for now, put back, or dead: ``leadflow outbox list``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from leadflow.cli_outbox import EXIT_UNDELIVERED, delivery_line, undelivered_code
+
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+__all__ = ["EXIT_UNDELIVERED", "main"]
 
 
 def _quiet_prefect() -> None:
@@ -251,6 +255,13 @@ def _run_flow(
         print(f"leadflow: {message}", file=sys.stderr)
     elif state.name != "Completed":  # completed, with a caveat (e.g. "Completed with pending")
         print(f"leadflow: {state.message}", file=sys.stderr)
+    if code == EXIT_OK and (undelivered := undelivered_code(data.get("notifications"))):
+        print(
+            "leadflow: messages were left undelivered; they wait in the outbox "
+            "(`leadflow outbox list`)",
+            file=sys.stderr,
+        )
+        return undelivered
     return code
 
 
@@ -516,7 +527,7 @@ def _human_route(data: dict[str, Any]) -> str:
     lines.append(
         f"notifications: queued {data.get('queued', 0)}"
         + (
-            f", sent {sent.get('sent', 0)}, failed {sent.get('failed', 0)}"
+            f"; {delivery_line(sent)}"
             if sent
             else " (no notifier: set LEADFLOW_NOTIFIER=block:NAME to send)"
         )
@@ -560,6 +571,8 @@ def _human_sla(data: dict[str, Any]) -> str:
     for action, count in sorted((data.get("actions") or {}).items()):
         lines.append(f"  {action:<16} {count}")
     lines.append(f"open breaches: {data.get('open_breaches', 0)}")
+    if sent := data.get("notifications"):
+        lines.append(f"notifications: {delivery_line(sent)}")
     rows = data.get("compliance") or []
     if rows:
         lines.append(f"  {'policy':<20} {'rep':<14} timers on-time late open-breach compliance")
@@ -608,10 +621,7 @@ def _human_nurture(data: dict[str, Any]) -> str:
         lines.extend(f"    {error}" for error in data.get("template_errors", [])[:5])
     sent = data.get("notifications") or {}
     if sent:
-        lines.append(
-            f"  sent              {sent.get('sent', 0)} (failed {sent.get('failed', 0)}, "
-            f"dead {sent.get('dead', 0)}, put back {sent.get('deferred', 0)})"
-        )
+        lines.append(f"  delivery          {delivery_line(sent)}")
     return "\n".join(lines)
 
 

@@ -376,8 +376,8 @@ class _Run:
             channel.send(row)
         except Unreachable as exc:
             channel.drop()
-            self._put_back([row], str(exc), BREAKER_COOL_OFF)
             self._trip(channel, str(exc))
+            self._put_back([row], channel.why, BREAKER_COOL_OFF)
             return
         except Permanent as exc:
             self._failed(row, str(exc), permanent=True)
@@ -398,7 +398,7 @@ class _Run:
 
     def _trip(self, channel: _Channel, why: str) -> None:
         channel.open = True
-        channel.why = f"{channel.name} channel failing ({masked(why)}); tried again next run"
+        channel.why = f"{masked(why)} (breaker open: tried again in the next run)"
         self.report.breaker_opened.append(channel.name)
         log.warning(
             "outbox: %s channel left for this run (%s); its messages wait for the next run",
