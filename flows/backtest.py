@@ -16,6 +16,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, Failed, State
 
+from leadflow import rules_check
 from leadflow.settings import get_settings
 from tasks import backtest as metrics
 from tasks import learn as learner
@@ -26,6 +27,8 @@ def backtest(
     rules: str | None = None, now: datetime | None = None, database_url: str | None = None
 ) -> State:
     """Score every lead with a known outcome with ``rules`` (path or block:NAME) and measure."""
+    if refused := rules_check.refusal(rules_check.scoring, rules):
+        return refused
     started = time.monotonic()
     settings = get_settings()
     now = now or datetime.now(UTC)

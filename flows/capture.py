@@ -14,11 +14,10 @@ from prefect import flow
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
-from leadflow.config import ConfigError
+from leadflow import rules_check
 from leadflow.mapping import load_mapping
 from leadflow.settings import get_settings
 from tasks import sources
-from tasks.activities import reject_policy
 from tasks.capture.run import CaptureRun, empty_summary, inspect_input, publish_gates
 
 PARALLEL_FROM_BYTES = 8 << 20  # smaller inputs are not worth a worker process's start-up
@@ -51,14 +50,12 @@ def capture(
     """
     started = time.monotonic()
     settings = get_settings()
+    # The mapping and, for activities, the SLA rules (what a reject does), before anything.
+    if refused := rules_check.refusal(rules_check.capture, mapping_path, target):
+        return Failed(message=refused.message, data=empty_summary())
     mapping, version = load_mapping(mapping_path)
     if target is not None and target != mapping.target:
         mapping = mapping.model_copy(update={"target": target})
-    if mapping.target == "activities":
-        try:
-            reject_policy()  # what a reject does comes from the SLA rules: check them first
-        except ConfigError as exc:
-            return Failed(message=str(exc), data=empty_summary())
     run = CaptureRun(
         database_url=database_url or settings.database_url,
         source=source or mapping.source or "unknown",

@@ -17,6 +17,7 @@ from prefect.states import Completed, Failed, State
 from flows.capture import capture
 from flows.pipeline import pipeline
 from flows.report import report
+from leadflow import rules_check
 from tasks.demo import describe, ledger_report, month, prepare_sample, sales_week, sample_file
 
 __all__ = ["demo", "describe"]
@@ -24,6 +25,9 @@ __all__ = ["demo", "describe"]
 
 @flow(name="demo", flow_run_name="demo-{leads}-leads")
 def demo(leads: int = 5000, seed: int = 7, days: int = 30) -> State:
+    # Every rules file of the pipeline, the sales week and the month, before anything moves.
+    if refused := rules_check.refusal(rules_check.demo):
+        return refused
     started = time.monotonic()
     summary: dict[str, Any] = prepare_sample(leads, seed)
     captured = capture(sample_file(summary, "leads.csv"), source="sample", return_state=True)

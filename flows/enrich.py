@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from prefect import flow
 from prefect.states import Completed, Failed, State
 
+from leadflow import rules_check
 from leadflow.settings import get_settings
 from tasks import enrich as hop
 from tasks import hops
@@ -31,6 +32,8 @@ def enrich(
 
     ``provider``: none | file:PATH | block:NAME (default: rules/enrichment.yaml).
     """
+    if refused := rules_check.refusal(rules_check.enrichment, rules_path):
+        return refused
     clock = time.monotonic()
     started = datetime.now(UTC)
     database_url = database_url or get_settings().database_url

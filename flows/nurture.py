@@ -13,6 +13,7 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 from prefect.states import Completed, Failed, State
 
+from leadflow import rules_check
 from leadflow.settings import get_settings
 from tasks import hops
 from tasks import nurture as hop
@@ -33,10 +34,12 @@ def nurture(
     to ``send_limit`` due messages with ``notifier`` (block:NAME or maildir:PATH; default
     $LEADFLOW_NOTIFIER; none: touches stay queued in the outbox)."""
     started = time.monotonic()
+    context, refused = rules_check.loaded(hop.load_context, rules)  # before anything moves
+    if refused:
+        return refused
     database_url = database_url or get_settings().database_url
     now = now or datetime.now(UTC)
     notifier = notifier or os.environ.get("LEADFLOW_NOTIFIER")
-    context = hop.load_context(rules)
     prepared = hop.prepare_tick(database_url, context, now)
     ids = hop.candidates(database_url, now)
     finished: list[tuple[int, str]] = []

@@ -1,6 +1,7 @@
 """Pipeline flow: run every hop, in lifecycle order (``tasks/order.py``), on whatever is
 waiting. Each hop is its own flow (a subflow here), so a hop's gate failing fails the
-pipeline and stops the hops after it."""
+pipeline and stops the hops after it. The rules of every hop are checked before the first
+runs (``leadflow/rules_check.py``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from prefect.states import Completed, Failed, State
 from flows.enrich import enrich
 from flows.route import route
 from flows.score import score
+from leadflow import rules_check
 from leadflow.settings import get_settings
 from tasks import hops, order, reports
 
@@ -29,7 +31,11 @@ def pipeline(
 ) -> State:
     """Run the hops in order. Returns a state whose data has each hop's summary and the
     lead counts by status. ``provider`` is the enrich hop's firmographics provider;
-    ``notifier`` the route hop's (block:NAME or maildir:PATH; default $LEADFLOW_NOTIFIER)."""
+    ``notifier`` the route hop's (block:NAME or maildir:PATH; default $LEADFLOW_NOTIFIER).
+    Every rules file the hops use is checked first: a bad one fails the run before the
+    first hop moves a lead."""
+    if refused := rules_check.refusal(rules_check.pipeline):
+        return refused
     started = time.monotonic()
     now = now or datetime.now(UTC)
     database_url = database_url or get_settings().database_url

@@ -11,6 +11,7 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 from prefect.states import Completed, Failed, State
 
+from leadflow import rules_check
 from leadflow.settings import get_settings
 from tasks import hops, leakage
 from tasks import recycle as hop
@@ -25,9 +26,11 @@ def recycle(
 ) -> State:
     """Recycle stalled leads at ``now`` with ``rules`` (default rules/recycle.yaml)."""
     started = time.monotonic()
+    context, refused = rules_check.loaded(hop.load_context, rules)  # before anything moves
+    if refused:
+        return refused
     database_url = database_url or get_settings().database_url
     now = now or datetime.now(UTC)
-    context = hop.load_context(rules)
     ids = hop.candidates(database_url, context, now)
     run = hops.drain(
         hop.HOP, context, database_url=database_url, now=now, candidates=ids, batch_size=batch_size

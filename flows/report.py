@@ -10,6 +10,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, State
 
+from leadflow import rules_check
 from leadflow.recycle_rules import load_rules
 from leadflow.settings import get_settings
 from tasks import hops, kpi, leakage
@@ -19,12 +20,16 @@ from tasks import hops, kpi, leakage
 def report(now: datetime | None = None, database_url: str | None = None) -> State:
     """Compute the KPIs as of ``now`` and publish them."""
     settings = get_settings()
+    # The leakage report's policy, before anything is computed.
+    loaded, refused = rules_check.loaded(load_rules, settings.rules_dir / "recycle.yaml")
+    if refused:
+        return refused
+    policy, _ = loaded
     now = now or datetime.now(UTC)
     views = kpi.read_views(database_url or settings.database_url)
     figures = kpi.figures(views, now)
     paths = kpi.charts(figures, views["kpi_speed_to_lead"], settings.var_dir / "reports")
     figures["charts"] = paths
-    policy, _ = load_rules(settings.rules_dir / "recycle.yaml")
     figures["leakage"] = leakage.leakage(database_url or settings.database_url, policy, now)
     create_table_artifact(key="kpi-funnel", table=figures["funnel"], description="Funnel")
     create_table_artifact(

@@ -14,6 +14,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, Failed, State
 
+from leadflow import rules_check
 from leadflow.settings import get_settings
 from tasks import hops
 from tasks import route_hop as hop
@@ -33,10 +34,12 @@ def route(
     notifications with ``notifier`` (block:NAME[,block:NAME]; default $LEADFLOW_NOTIFIER;
     none: messages stay queued in the outbox). ``reps``: a reps CSV replacing the rules' reps."""
     started = time.monotonic()
+    context, refused = rules_check.loaded(hop.load_context.fn, rules, reps)
+    if refused:  # before anything moves
+        return refused
     database_url = database_url or get_settings().database_url
     now = now or datetime.now(UTC)
     notifier = notifier or os.environ.get("LEADFLOW_NOTIFIER")
-    context = hop.load_context(rules, reps)
     run = hops.drain(hop.HOP, context, database_url=database_url, now=now, batch_size=batch_size)
     sent = send_outbox(database_url, notifier, now=now) if notifier and not run.failure else None
     summary = hop.summarise(run, sent)
@@ -65,9 +68,12 @@ def route_dry_run(
     database_url: str | None = None,
 ) -> State:
     """What ``rules`` would change for the MQLs routed since ``since`` (and those waiting)."""
+    context, refused = rules_check.loaded(hop.load_context.fn, rules)
+    if refused:
+        return refused
     database_url = database_url or get_settings().database_url
     now = now or datetime.now(UTC)
-    report = hop.dry_run(database_url, hop.load_context(rules), since, now)
+    report = hop.dry_run(database_url, context, since, now)
     create_markdown_artifact(
         key="route-dry-run",
         markdown=report["markdown"],

@@ -17,6 +17,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed, Failed, State
 
+from leadflow import rules_check
 from leadflow.settings import get_settings
 from tasks import hops
 from tasks import score_hop as hop
@@ -33,9 +34,12 @@ def score(
 ) -> State:
     """Score enriched leads; rescore nurturing/MQL leads with new engagement."""
     started = time.monotonic()
+    loaded, refused = rules_check.loaded(hop.load_rules.fn, rules)  # before anything moves
+    if refused:
+        return refused
+    rule_set, version, text = loaded
     database_url = database_url or get_settings().database_url
     now = now or datetime.now(UTC)
-    rule_set, version, text = hop.load_rules(rules)
     # Events up to here count as seen by this run's scores; newer ones wait for the next run.
     watermark = hop.event_watermark(database_url)
     context = hop.ScoreContext(rule_set, version, text, mode="new", watermark=watermark)
@@ -77,9 +81,12 @@ def rescore(
     (temperature transitions, new and lost MQLs, biggest movers and the rules that moved
     them) and, unless ``dry_run``, apply it in the same pass."""
     started = time.monotonic()
+    loaded, refused = rules_check.loaded(hop.load_rules.fn, rules)  # before anything moves
+    if refused:
+        return refused
+    rule_set, version, text = loaded
     database_url = database_url or get_settings().database_url
     now = now or datetime.now(UTC)
-    rule_set, version, text = hop.load_rules(rules)
     statuses, condition = hop.parse_scope(scope)
     warnings = hop.rule_warnings(database_url, rule_set)
     context = hop.ScoreContext(rule_set, version, text, mode="rescore", condition=condition)

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from prefect import flow
 from prefect.states import Completed, Failed, State
 
+from leadflow import rules_check
 from leadflow.settings import get_settings
 from tasks import hops, quality
 from tasks import sla as hop
@@ -34,10 +35,12 @@ def sla(
     reassign with ``routing`` (default rules/routing.yaml, ``reps`` CSV replacing its reps);
     send due messages with ``notifier`` (default $LEADFLOW_NOTIFIER; none: they stay queued)."""
     started = time.monotonic()
+    context, refused = rules_check.loaded(hop.load_context.fn, rules, routing, reps)
+    if refused:  # before anything moves
+        return refused
     database_url = database_url or get_settings().database_url
     now = now or datetime.now(UTC)
     notifier = notifier or os.environ.get("LEADFLOW_NOTIFIER")
-    context = hop.load_context(rules, routing, reps)
     try:
         result = hop.run_check(database_url, context, now)
     except quality.GateFailed as failure:
