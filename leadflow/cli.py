@@ -775,7 +775,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """`make run`: database, sample data, ingest, pipeline, audit, summary."""
     from flows.demo import demo
+    from leadflow import rules_check
 
+    rules_check.demo()  # every rules file the demo uses: a typo is one line, exit 2
     state = demo(leads=args.leads, seed=args.seed, return_state=True)
     data, code, message = _state_outcome(state)
     if args.json:
