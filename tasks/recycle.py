@@ -7,8 +7,11 @@ enrolments; ``recycle_batch`` (pure) decides, per lead, whether it stalled and w
 reason code), the new recycle count, what happens to the owner and the score, and where the
 lead goes: ``recycled -> nurturing``, into the long-term cadence, or ``disqualified`` past
 ``max_recycles``. The runner gates with ``suites/recycled.yaml`` and writes, in one
-transaction, both lifecycle steps, the assignments ended with the reason, the reps' cool-down,
-and the long-term enrolment.
+transaction, both lifecycle steps, the assignments ended with the reason, their SLA timers
+closed (a timer runs only while its lead is owned), the reps' cool-down, and the long-term
+enrolment. Locks: the claimed leads (``FOR UPDATE SKIP LOCKED``: leads an SLA check holds
+wait for the next run), then their assignments, then their timers (skipping, never waiting
+for, one a check is closing): the order of ``tasks.sla.hold_leads``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import Connection, and_, exists, func, or_, select
+from sqlalchemy import Connection, and_, exists, func, literal, or_, select, update
 
 from leadflow import lifecycle, store
 from leadflow import tables as t
@@ -338,6 +341,12 @@ def recycle_batch(
         report={
             "following": following,
             "release": release,
+            "stopped": pd.DataFrame(
+                {
+                    "assignment_id": open_["id"].astype("int64").to_numpy(),
+                    "lead_id": open_["lead_id"].astype("int64").to_numpy(),
+                }
+            ),
             "cooldown": cooldown,
             "long_term": long_term.tolist(),
             "entries": inputs.entries,
@@ -361,6 +370,11 @@ def persist_recycling(
     lifecycle.apply(conn, following, actor=ACTOR, at=now, flow_run_id=run_id)
     store.update_from_frame(conn, t.assignments, report["release"])
     store.update_from_frame(conn, t.assignments, report["cooldown"])
+    # The ended assignments' timers stop too (a lead the gate held went to quarantine).
+    went = dict(zip(following["id"].astype("int64"), following["to_status"], strict=True))
+    stopped = report["stopped"]
+    stopped["status"] = stopped["lead_id"].map(went).fillna(Status.QUARANTINED.value)
+    close_timers(conn, stopped, now)
     long_term = [i for i in report["long_term"] if i not in held]
     if long_term:
         cadence = context.cadences.cadence(context.rules.after_max_cadence or "")
@@ -393,6 +407,35 @@ def persist_recycling(
             flow_run_id=run_id,
         )
     result.report = None
+
+
+def close_timers(conn: Connection, stopped: pd.DataFrame, now: datetime) -> int:
+    """Close the open SLA timers of the assignments recycling ended (``assignment_id``), with
+    the reason an SLA check would give (``lead left: <status>``), in recycling's transaction.
+    On PostgreSQL a timer an SLA check has locked (closing or meeting it) is skipped, not
+    waited for: that check closes it, and recycling never waits on a check that may be
+    waiting for recycling's leads. Returns the timers closed."""
+    if stopped.empty:
+        return 0
+    timers = t.sla_timers
+    closing = timers.alias("closing")
+    closed = 0
+    for status, group in stopped.groupby("status"):
+        ids = select(closing.c.id).where(
+            closing.c.closed_at.is_(None),
+            closing.c.assignment_id.in_(sorted({int(i) for i in group["assignment_id"]})),
+        )
+        if store.is_postgres(conn):
+            ids = ids.with_for_update(skip_locked=True)
+        closed += conn.execute(
+            update(timers)
+            .where(timers.c.id.in_(ids.scalar_subquery()))
+            .values(
+                closed_at=literal(now, timers.c.closed_at.type),
+                closed_reason=f"lead left: {status}",
+            )
+        ).rowcount
+    return closed
 
 
 HOP = Hop(

@@ -2,6 +2,8 @@
 
 A check at ``now`` (one at a time: the ``sla`` writer lock) does, in one transaction:
 
+0. **hold** (PostgreSQL) the leads it will act on, before it reads anything it decides on;
+   see ``hold_leads`` for the lock order every writer of leads, assignments and timers keeps;
 1. **close** the timers of assignments that ended (reassigned, rejected) and of leads that
    left the owned statuses;
 2. **start** timers for new assignments (and for acceptances, for ``start: accepted``
@@ -29,7 +31,7 @@ import numpy as np
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import Connection, and_, case, func, literal, or_, select, tuple_, update
+from sqlalchemy import Connection, and_, case, func, literal, or_, select, tuple_, union, update
 
 from leadflow import outbox, store
 from leadflow import tables as t
@@ -40,6 +42,8 @@ from leadflow.sla_rules import Policy, SlaRules
 from tasks import quality
 from tasks.scoring import condition_mask
 from tasks.sla_escalate import (
+    OWNED,
+    ROUTE_TURN,
     SlaContext,
     breach_rows,
     empty_breaches,
@@ -47,11 +51,11 @@ from tasks.sla_escalate import (
     level_two,
     raise_level,
     warn,
+    within,
 )
 
 SUITE = "sla"
 WATERMARK = "sla:activities"  # source_cursors row: the newest activity a check has seen
-OWNED = (Status.ROUTED.value, Status.ACCEPTED.value, Status.QUALIFIED.value)
 ACCEPTED = (Status.ACCEPTED.value, Status.QUALIFIED.value)
 
 
@@ -148,6 +152,70 @@ def _as64(values: pd.Series) -> np.ndarray:
     return pd.to_datetime(values, utc=True).dt.tz_localize(None).to_numpy().astype("datetime64[us]")
 
 
+# --------------------------------------------------------------------------- 0. hold
+
+
+def hold_leads(conn: Connection, context: SlaContext, now: datetime) -> frozenset[int] | None:
+    """Take the check's turns and lock the leads it may act on, before it reads them; returns
+    the leads held (``None`` on SQLite: the check's transaction is the only writer).
+
+    The lock order, kept by every writer of leads, assignments and timers (no cycle, so no
+    deadlock between SLA checks, recycling and routing):
+
+    1. advisory turns first: ``sla`` (the caller's), ``capture`` (activities, and the accepts
+       and rejects they apply, wait for the check), ``leadflow.route`` when a timer may be
+       reassigned (the round-robin counters; routing holds it while it writes MQLs, which
+       the check never locks);
+    2. lead rows, in id order: here the owned leads with a timer to warn or escalate or an
+       assignment whose timers start, ``FOR NO KEY UPDATE``. Recycling claims ``FOR UPDATE
+       SKIP LOCKED``, so it passes over them until the check commits; leads it already holds
+       are waited for, and the check then reads them moved and leaves them alone;
+    3. only then their assignments and timers (recycling likewise writes its own leads'
+       only, and skips a timer a check is closing rather than wait for it).
+    """
+    if not store.is_postgres(conn):
+        return None
+    store.serialize_writers(conn, "capture")
+    timers, assignments, leads = t.sla_timers, t.assignments, t.leads
+    moment = literal(now, timers.c.due_at.type)
+    unmet = and_(timers.c.closed_at.is_(None), timers.c.met_at.is_(None))
+    escalating = and_(timers.c.level < 2, timers.c.escalate_at <= moment)
+    reassigning = [p.name for p in context.rules.policies if p.escalate == "reassign"]
+    may_reassign = select(timers.c.id).where(unmet, escalating, timers.c.policy.in_(reassigning))
+    if reassigning and conn.execute(may_reassign.limit(1)).first():
+        store.serialize_writers(conn, ROUTE_TURN)
+    due = select(timers.c.lead_id).where(
+        unmet,
+        or_(
+            and_(timers.c.warned_at.is_(None), timers.c.level == 0, timers.c.warn_at <= moment),
+            and_(timers.c.level < 1, timers.c.due_at <= moment),
+            escalating,
+        ),
+    )
+    fresh = select(assignments.c.lead_id).where(
+        assignments.c.released_at.is_(None),
+        assignments.c.sla_stage.is_(None),
+        assignments.c.rep_id.is_not(None),
+    )
+    accepting = leads.alias("accepting")
+    accepted = (
+        select(assignments.c.lead_id)
+        .join(accepting, accepting.c.id == assignments.c.lead_id)
+        .where(
+            assignments.c.released_at.is_(None),
+            assignments.c.sla_stage == "assigned",
+            accepting.c.status.in_(ACCEPTED),
+        )
+    )
+    locked = conn.execute(
+        select(leads.c.id)
+        .where(leads.c.id.in_(union(due, fresh, accepted)), leads.c.status.in_(OWNED))
+        .order_by(leads.c.id)
+        .with_for_update(key_share=True, of=leads)
+    ).scalars()
+    return frozenset(int(i) for i in locked)
+
+
 # --------------------------------------------------------------------------- 1. close
 
 
@@ -194,9 +262,12 @@ def start_timers(
     context: SlaContext,
     calendars_: dict[int, WorkingCalendar],
     now: datetime,
+    held: frozenset[int] | None = None,
 ) -> int:
     """Timers for assignments not yet seen (``start: assigned`` policies, from the
-    assignment) and for leads accepted since (``start: accepted``, from the acceptance)."""
+    assignment) and for leads accepted since (``start: accepted``, from the acceptance), of
+    the leads the check holds (an assignment routed since it locked them starts its timers at
+    the next check, from its assignment time all the same)."""
     rules = context.rules
     assignments, leads, activities = t.assignments, t.leads, t.activities
     extra = _policy_fields(rules)
@@ -224,6 +295,7 @@ def start_timers(
             leads.c.status.in_(OWNED),
         ),
     )
+    fresh = within(fresh, held)
     accepted_at = (
         select(func.min(activities.c.occurred_at))
         .where(
@@ -244,6 +316,7 @@ def start_timers(
             leads.c.status.in_(ACCEPTED),
         ),
     )
+    accepted = within(accepted, held)
     rows = []
     for stage, frame, policies in (
         ("assigned", fresh, [p for p in rules.policies if p.start == "assigned"]),
@@ -462,15 +535,18 @@ def check(
     store.serialize_writers(conn, "sla")
     result = CheckResult(now=now)
     clock = _Clock(result.seconds)
+    calendars_ = clock("calendars", calendars(conn, context))
+    # From here on, the leads the check acts on cannot move until it commits: it decides
+    # on what it reads under the lock (see hold_leads for the order locks are taken in).
+    held = clock("hold", hold_leads(conn, context, now))
     result.closed = clock("close", close_ended(conn, now))
-    calendars_ = calendars(conn, context)
-    result.started = clock("start", start_timers(conn, context, calendars_, now))
+    result.started = clock("start", start_timers(conn, context, calendars_, now, held))
     result.met, met_late = clock("meet", meet_timers(conn, context, calendars_, now, flow_run_id))
-    result.warned, warnings = clock("warn", warn(conn, now, flow_run_id))
-    first, notices = clock("level_1", level_one(conn, context, now, flow_run_id))
-    second, escalations = clock("level_2", level_two(conn, context, now, flow_run_id))
-    # Reassigned leads start their new owner's clocks at once.
-    result.started += clock("restart", start_timers(conn, context, calendars_, now))
+    result.warned, warnings = clock("warn", warn(conn, now, flow_run_id, held))
+    first, notices = clock("level_1", level_one(conn, context, now, flow_run_id, held))
+    second, escalations = clock("level_2", level_two(conn, context, now, flow_run_id, held))
+    # Reassigned leads (held: level 2 only acts on those) start their new owner's clocks.
+    result.started += clock("restart", start_timers(conn, context, calendars_, now, held))
     parts = [p for p in (met_late, first, second) if len(p)]
     breaches = pd.concat(parts, ignore_index=True) if parts else empty_breaches()
     gate = quality.check_batch(

@@ -2,6 +2,12 @@
 through routing away from everyone who held it, or the manager alerted), for the check in
 ``tasks/sla.py``. Each returns the breach rows to record and the messages to queue; the
 check gates and writes them in its transaction.
+
+Each reads the timers it acts on together with their lead *after* the check locked those
+leads (``tasks.sla.hold_leads``) and only while the lead is still owned by the timer's rep
+through the timer's assignment: a lead that recycling (or anything else) moved before the
+lock is neither escalated nor written to about, and none can move until the check commits.
+``held`` is the set of leads the check locked (``None``: all of them, SQLite's one writer).
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Connection, literal, select, text, update
+from sqlalchemy import Connection, literal, select, update
 
 from leadflow import lifecycle, outbox, routing_store, store
 from leadflow import tables as t
@@ -23,6 +29,10 @@ from tasks.route_hop import RouteContext, fetch_reps, lead_columns
 
 ACTOR = "sla"
 ACTIONS = ("notified", "met_late", "reassigned", "to_manager", "manager_alerted")
+# Statuses in which a rep works the lead: the only ones a timer runs, warns and escalates in.
+OWNED = (Status.ROUTED.value, Status.ACCEPTED.value, Status.QUALIFIED.value)
+# The routing hop's turn (its SERIAL claim, ``leadflow.queue``): level 2 shares its counters.
+ROUTE_TURN = "leadflow.route"
 
 
 @dataclass(frozen=True)
@@ -94,9 +104,20 @@ def raise_level(conn: Connection, ids: pd.Series, level: int) -> None:
         )
 
 
-def _open_timers(conn: Connection, *conditions: Any) -> pd.DataFrame:
-    timers, reps, leads = t.sla_timers, t.reps, t.leads
-    return store.read_frame(
+def within(frame: pd.DataFrame, held: frozenset[int] | None) -> pd.DataFrame:
+    """The rows of ``frame`` (by ``lead_id``) whose lead the check holds locked."""
+    if held is None or frame.empty:
+        return frame
+    return frame[frame["lead_id"].astype("int64").isin(held)].reset_index(drop=True)
+
+
+def _open_timers(
+    conn: Connection, *conditions: Any, held: frozenset[int] | None = None
+) -> pd.DataFrame:
+    """Open, unmet timers matching ``conditions`` whose lead is still owned, by the timer's
+    rep, through the timer's assignment (re-read under the check's lock: see the module)."""
+    timers, reps, leads, assignments = t.sla_timers, t.reps, t.leads, t.assignments
+    frame = store.read_frame(
         conn,
         select(
             timers.c.id,
@@ -117,12 +138,20 @@ def _open_timers(conn: Connection, *conditions: Any) -> pd.DataFrame:
             leads.c.company,
         )
         .select_from(
-            timers.outerjoin(reps, reps.c.id == timers.c.rep_id).join(
-                leads, leads.c.id == timers.c.lead_id
-            )
+            timers.outerjoin(reps, reps.c.id == timers.c.rep_id)
+            .join(leads, leads.c.id == timers.c.lead_id)
+            .join(assignments, assignments.c.id == timers.c.assignment_id)
         )
-        .where(timers.c.closed_at.is_(None), timers.c.met_at.is_(None), *conditions),
+        .where(
+            timers.c.closed_at.is_(None),
+            timers.c.met_at.is_(None),
+            leads.c.status.in_(OWNED),
+            leads.c.owner_rep_id == timers.c.rep_id,
+            assignments.c.released_at.is_(None),
+            *conditions,
+        ),
     )
+    return within(frame, held)
 
 
 def _manager_emails(context: SlaContext, conn: Connection) -> dict[str, str]:
@@ -143,7 +172,12 @@ def _who(row: Any) -> str:
     return f"{name or 'lead ' + str(row.lead_id)} ({row.company or 'no company'})"
 
 
-def warn(conn: Connection, now: datetime, flow_run_id: str | None) -> tuple[int, pd.DataFrame]:
+def warn(
+    conn: Connection,
+    now: datetime,
+    flow_run_id: str | None,
+    held: frozenset[int] | None = None,
+) -> tuple[int, pd.DataFrame]:
     """Owners of timers past their warning instant, not yet due, get one warning each."""
     timers = t.sla_timers
     moment = literal(now, timers.c.due_at.type)
@@ -153,6 +187,7 @@ def warn(conn: Connection, now: datetime, flow_run_id: str | None) -> tuple[int,
         timers.c.level == 0,
         timers.c.warn_at <= moment,
         timers.c.due_at > moment,
+        held=held,
     )
     if due.empty:
         return 0, pd.DataFrame(columns=list(outbox.MESSAGE_COLUMNS))
@@ -178,12 +213,16 @@ def warn(conn: Connection, now: datetime, flow_run_id: str | None) -> tuple[int,
 
 
 def level_one(
-    conn: Connection, context: SlaContext, now: datetime, flow_run_id: str | None
+    conn: Connection,
+    context: SlaContext,
+    now: datetime,
+    flow_run_id: str | None,
+    held: frozenset[int] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Timers past due and unmet: one breach each, owner and manager notified."""
     timers = t.sla_timers
     late = _open_timers(
-        conn, timers.c.level < 1, timers.c.due_at <= literal(now, timers.c.due_at.type)
+        conn, timers.c.level < 1, timers.c.due_at <= literal(now, timers.c.due_at.type), held=held
     )
     if late.empty:
         return empty_breaches(), pd.DataFrame(columns=list(outbox.MESSAGE_COLUMNS))
@@ -225,6 +264,7 @@ def level_two(
     context: SlaContext,
     now: datetime,
     flow_run_id: str | None,
+    held: frozenset[int] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Timers past their escalation instant: reassign the lead (``escalate: reassign`` and
     the lead still only routed) or alert the manager."""
@@ -234,6 +274,7 @@ def level_two(
         timers.c.level < 2,
         timers.c.escalate_at.is_not(None),
         timers.c.escalate_at <= literal(now, timers.c.escalate_at.type),
+        held=held,
     )
     if late.empty:
         return empty_breaches(), pd.DataFrame(columns=list(outbox.MESSAGE_COLUMNS))
@@ -298,9 +339,9 @@ def reassign_leads(
     and new assignments, the owner, the ledger, the round-robin counters and the new owner's
     notification. Returns level-2 breach rows (one per escalating timer) and messages."""
     route = context.route
-    # The router's turn: the round-robin counters are shared with route runs.
-    if store.is_postgres(conn):
-        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('leadflow.route'))"))
+    # The router's turn: the round-robin counters are shared with route runs. The check took
+    # it before locking any lead (``tasks.sla.hold_leads``); taking it again is a no-op.
+    store.serialize_writers(conn, ROUTE_TURN)
     lead_ids = sorted(set(late["lead_id"].astype("int64")))
     leads = store.read_frame_by_ids(conn, lead_columns(route), t.leads.c.id, lead_ids)
     leads = leads[leads["status"] == Status.ROUTED.value]
