@@ -13,6 +13,14 @@ shows a page with a button (link scanners follow GETs; they must not unsubscribe
 records an ``unsubscribe`` engagement event for the lead, once however often it is posted.
 From then on the lead is suppressed: the next nurture tick ends its cadences and nothing is
 sent to it again. A wrong or missing token is a 403 and writes nothing.
+
+Both are hardened (``Limits``, from ``LEADFLOW_SERVE_*`` environment variables): a body over
+the size limit is refused while it is read (413), records with too many fields, too long a
+value or too deep a nesting are refused before capture (413 / 422), a body that is not UTF-8
+is a 400, and token buckets per client address, for the capture token, and for wrong tokens
+per address answer 429 with ``Retry-After``. A refused post writes nothing; every post that
+is let through ends inserted, merged or quarantined. Large records are captured by their
+own writer, so that a small post never waits behind them.
 """
 
 from __future__ import annotations
@@ -21,18 +29,28 @@ import asyncio
 import hmac
 import json
 import logging
+import math
+import os
+import re
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from html import escape
 from typing import Any
+from urllib.parse import parse_qsl
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from leadflow import store, unsubscribe
 from leadflow import tables as t
+from leadflow.config import ConfigError
 from leadflow.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -119,20 +137,398 @@ def emit_captured(results: Sequence[Any], source: str) -> None:
         )
 
 
-def create_app(database_url: str | None = None, capture: Capture | None = None) -> FastAPI:
-    database_url = database_url or get_settings().database_url
-    app = FastAPI(title="leadflow", docs_url=None, redoc_url=None)
-    if capture is not None:
-        _add_capture(app, database_url, capture)
+# --------------------------------------------------------------------------- limits
 
-    def page(title: str, body: str, status: int = 200) -> HTMLResponse:
-        return HTMLResponse(_PAGE.format(title=escape(title), body=body), status_code=status)
+
+@dataclass(frozen=True)
+class Limits:
+    """What ``leadflow serve`` accepts. Each is read from ``LEADFLOW_SERVE_<NAME>`` (e.g.
+    ``LEADFLOW_SERVE_MAX_BODY_BYTES``); a rate of 0 turns that rate limit off."""
+
+    max_body_bytes: int = 64 * 1024  # a POST /leads body (Content-Length is checked first)
+    max_fields: int = 200  # keys and list items of one record, at any depth
+    max_value_bytes: int = 8 * 1024  # one key or text value, in UTF-8
+    max_depth: int = 8  # objects and lists inside each other
+    client_rate: float = 20.0  # per client address, requests per second ...
+    client_burst: int = 40  # ... and at once (posts with the capture token count per token)
+    token_rate: float = 100.0  # posts with the capture token, all clients together
+    token_burst: int = 1000
+    auth_failures_per_minute: float = 5.0  # wrong or missing tokens per address (also the burst)
+
+    @classmethod
+    def from_env(cls, environ: Any = None) -> Limits:
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for spec in fields(cls):
+            name = f"LEADFLOW_SERVE_{spec.name.upper()}"
+            raw = str(environ.get(name) or "").strip()
+            if not raw:
+                continue
+            try:
+                number = float(raw)
+            except ValueError:
+                number = math.nan
+            whole = spec.type == "int"
+            rate = spec.name.endswith(("_rate", "_per_minute"))
+            if not math.isfinite(number) or number < (0 if rate else 1):
+                floor = "a number >= 0 (0: no limit)" if rate else "a number >= 1"
+                raise ConfigError(f"environment variable {name}={raw!r} must be {floor}")
+            if whole and number != int(number):
+                raise ConfigError(f"environment variable {name}={raw!r} must be a whole number")
+            values[spec.name] = int(number) if whole else number
+        return cls(**values)
+
+
+class Refused(Exception):
+    """A request answered without capturing anything: the status and a one-line reason
+    (never a posted value)."""
+
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.headers = status, detail, headers or {}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"detail": self.detail}, status_code=self.status, headers=self.headers)
+
+
+class Buckets:
+    """Token buckets by key (a client address, a token): ``rate`` tokens a second, at most
+    ``burst`` saved up. Thread-safe. At most ``max_keys`` keys are remembered (the least
+    recently seen is forgotten first, and starts full again)."""
+
+    def __init__(
+        self,
+        rate: float,
+        burst: float,
+        *,
+        max_keys: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.rate, self.burst = float(rate), max(1.0, float(burst))
+        self.max_keys, self.clock = max_keys, clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # tokens, when
+        self._lock = threading.Lock()
+
+    def wait(self, key: str, *, take: bool = True) -> float:
+        """0.0 when a request may go now (taking a token unless ``take`` is False), else
+        the seconds until one may."""
+        if self.rate <= 0:
+            return 0.0
+        with self._lock:
+            now = self.clock()
+            tokens, then = self._buckets.get(key, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - then) * self.rate)
+            if tokens < 1:
+                return (1 - tokens) / self.rate
+            if take:
+                self._buckets[key] = (tokens - 1, now)
+                self._buckets.move_to_end(key)
+                if len(self._buckets) > self.max_keys:
+                    self._buckets.popitem(last=False)
+            return 0.0
+
+
+def _too_many(wait: float, what: str) -> Refused:
+    seconds = max(1, math.ceil(wait))
+    return Refused(429, f"too many {what}; retry after {seconds} s", {"Retry-After": str(seconds)})
+
+
+class Gate:
+    """The rate limits of one app: per client address, per capture token, and wrong
+    tokens per address."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.clients = Buckets(limits.client_rate, limits.client_burst)
+        self.tokens = Buckets(limits.token_rate, limits.token_burst)
+        per_minute = limits.auth_failures_per_minute
+        self.failures = Buckets(per_minute / 60, per_minute)
+
+    def client(self, address: str) -> Refused | None:
+        wait = self.clients.wait(address)
+        return _too_many(wait, "requests from this address") if wait else None
+
+    def token(self, token: str) -> Refused | None:
+        wait = self.tokens.wait(token)
+        return _too_many(wait, "posts with this token") if wait else None
+
+    def locked_out(self, address: str) -> Refused | None:
+        """An address that used up its wrong-token attempts hears 429 whatever it sends next
+        (a right token answered otherwise would tell it apart from the wrong ones)."""
+        wait = self.failures.wait(address, take=False)
+        return _too_many(wait, "wrong tokens from this address") if wait else None
+
+    def failed(self, address: str) -> None:
+        self.failures.wait(address)
+
+
+def client_address(request: Request) -> str:
+    """The remote address (uvicorn puts a trusted proxy's ``X-Forwarded-For`` there)."""
+    return request.client.host if request.client else "unknown"
+
+
+# --------------------------------------------------------------------------- bodies
+
+_SPECIAL = re.compile(r'[\[\]{}"\\]')
+_SAFE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,39}")
+
+
+def _utf8(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Refused(400, "body is not UTF-8") from None
+
+
+def deeper_than(text: str, limit: int) -> bool:
+    """Whether JSON ``text`` nests objects and lists more than ``limit`` deep, found with a
+    flat scan (no recursion, linear in the text), so that the parser never recurses deeper.
+    Brackets inside strings do not count; malformed text is the parser's business."""
+    depth, in_string, escaped = 0, False, -1
+    for match in _SPECIAL.finditer(text):
+        char, at = match.group(), match.start()
+        if in_string:
+            if at == escaped:
+                continue
+            if char == "\\":
+                escaped = at + 1
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in "]}":
+            depth -= 1
+    return False
+
+
+def _named(key: str) -> str:
+    """A key in a message only when it looks like a field name (never an address)."""
+    return f"field {key!r}" if _SAFE_NAME.fullmatch(key) and "@" not in key else "a field"
+
+
+def check_record(value: Any, limits: Limits) -> int:
+    """Refuse a parsed record over the limits, or holding text no store can keep (unpaired
+    surrogates, NUL characters); returns how many fields (keys and items) it has. Walks the
+    record with a stack, not recursion."""
+    count = 0
+    stack: list[tuple[Any, int, str]] = [(value, 0, "")]
+    while stack:
+        node, depth, key = stack.pop()
+        if isinstance(node, dict | list):
+            if depth + 1 > limits.max_depth:
+                raise Refused(422, f"JSON nested deeper than {limits.max_depth} levels")
+            count += len(node)
+            if count > limits.max_fields:
+                raise Refused(413, f"more than {limits.max_fields} fields")
+            if isinstance(node, dict):
+                for name, item in node.items():
+                    _check_text(str(name), limits, "a field name")
+                    stack.append((item, depth + 1, str(name)))
+            else:
+                stack.extend((item, depth + 1, key) for item in node)
+        elif isinstance(node, str):
+            _check_text(node, limits, _named(key) if key else "the body")
+    return count
+
+
+def _check_text(text: str, limits: Limits, what: str) -> None:
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise Refused(400, f"{what} is not valid Unicode (an unpaired surrogate escape)") from None
+    if size > limits.max_value_bytes:
+        raise Refused(413, f"{what} is longer than {limits.max_value_bytes} bytes")
+    _no_nul(text, what)
+
+
+def _no_nul(text: str, what: str) -> None:
+    """NUL cannot be stored in PostgreSQL text: one would fail its whole group's write."""
+    if "\x00" in text:
+        raise Refused(422, f"{what} holds a NUL character")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError("a number too large for a float")
+    return number
+
+
+@dataclass
+class Parsed:
+    """A posted body as a record for capture (``error``: why JSON could not be parsed; the
+    text is then captured as it came, to be quarantined as malformed)."""
+
+    record: Any
+    size: int  # bytes
+    fields: int  # keys and list items, at any depth
+    error: str | None = None
+
+
+def parse_json(raw: bytes, limits: Limits) -> Parsed:
+    """A JSON body, parsed safely: UTF-8 (else 400), nesting scanned before parsing (422),
+    no NaN / Infinity, then the field limits. Text that is not JSON comes back as text."""
+    text = _utf8(raw)
+    if deeper_than(text, limits.max_depth):
+        raise Refused(422, f"JSON nested deeper than {limits.max_depth} levels")
+    try:
+        record = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+    except json.JSONDecodeError as exc:
+        error = f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+    except (ValueError, RecursionError) as exc:  # a number too long or not finite
+        error = f"invalid JSON: {str(exc).split(':')[0][:80]}"
+    else:
+        return Parsed(record, len(raw), check_record(record, limits))
+    _no_nul(text, "the body")
+    return Parsed(text, len(raw), 0, error)
+
+
+def parse_form(raw: bytes, limits: Limits) -> Parsed:
+    """A form-encoded body: UTF-8 (also its %-escapes), at most ``max_fields`` fields."""
+    text = _utf8(raw)
+    try:
+        pairs = parse_qsl(
+            text,
+            keep_blank_values=True,
+            encoding="utf-8",
+            errors="strict",
+            max_num_fields=limits.max_fields,
+        )
+    except UnicodeDecodeError:
+        raise Refused(400, "body is not UTF-8") from None
+    except ValueError:
+        raise Refused(413, f"more than {limits.max_fields} fields") from None
+    record = dict(pairs)
+    return Parsed(record, len(raw), check_record(record, limits))
+
+
+async def parse_multipart(request: Request, raw: bytes, limits: Limits) -> Parsed:
+    """A multipart body (already read within the limit): text fields only, files dropped."""
+    from starlette.exceptions import HTTPException
+
+    request._body = raw  # what starlette's form parser reads instead of the stream
+    try:
+        form = await request.form(
+            max_files=limits.max_fields,
+            max_fields=limits.max_fields,
+            max_part_size=limits.max_value_bytes,
+        )
+    except HTTPException as exc:
+        detail = str(exc.detail)
+        if detail.startswith("Too many"):
+            raise Refused(413, f"more than {limits.max_fields} fields") from None
+        if "maximum size" in detail:
+            raise Refused(413, f"a field is longer than {limits.max_value_bytes} bytes") from None
+        raise Refused(400, "malformed multipart body") from None
+    except Exception:  # python-multipart's own parse errors
+        raise Refused(400, "malformed multipart body") from None
+    try:
+        record = {key: value for key, value in form.items() if isinstance(value, str)}
+    finally:
+        await form.close()
+    return Parsed(record, len(raw), check_record(record, limits))
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused (413) as soon as it is known to be over ``limit``: from
+    Content-Length before reading, else while reading; never more than ``limit + 1`` bytes
+    are kept."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        declared = declared.strip()
+        if not (declared.isascii() and declared.isdigit()):
+            raise Refused(400, "Content-Length is not a number")
+        if len(declared) > 18 or int(declared) > limit:
+            raise Refused(413, f"body larger than {limit} bytes")
+    body = bytearray()
+    stream = request.stream()
+    try:
+        async for chunk in stream:
+            body += chunk[: limit + 1 - len(body)]
+            if len(body) > limit:
+                raise Refused(413, f"body larger than {limit} bytes")
+    except ClientDisconnect:
+        raise Refused(400, "the body ended early (the client went away)") from None
+    finally:
+        await stream.aclose()
+    return bytes(body)
+
+
+async def read_record(request: Request, limits: Limits) -> Parsed:
+    """The posted fields: a JSON object, or form fields, within the limits; parsing runs in
+    a worker thread, off the event loop. JSON that does not parse comes back as its text,
+    so that capture quarantines it as malformed (and the ledger counts it)."""
+    raw = await read_body(request, limits.max_body_bytes)
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "multipart/form-data":
+        return await parse_multipart(request, raw, limits)
+    if kind == "application/x-www-form-urlencoded":
+        return await run_in_threadpool(parse_form, raw, limits)
+    return await run_in_threadpool(parse_json, raw, limits)
+
+
+# --------------------------------------------------------------------------- the app
+
+# A record with more fields than this, or a body larger, is captured by a writer of its own
+# (one record per group: capture costs ~2.5 ms a distinct field), so small posts never wait
+# behind it; at most LARGE_WAITING of them are queued, more hear 503 with Retry-After.
+LARGE_FIELDS = 50
+LARGE_BYTES = 16 * 1024
+LARGE_WAITING = 8
+
+_TOKEN = re.compile(r"[0-9a-f]{32}")
+_LEAD = re.compile(r"[0-9]{1,18}")
+
+
+def create_app(
+    database_url: str | None = None,
+    capture: Capture | None = None,
+    limits: Limits | None = None,
+) -> FastAPI:
+    database_url = database_url or get_settings().database_url
+    limits = limits or Limits.from_env()
+    gate = Gate(limits)
+    app = FastAPI(title="leadflow", docs_url=None, redoc_url=None)
+    app.state.limits = limits
+    if capture is not None:
+        _add_capture(app, database_url, capture, limits, gate)
+
+    def page(
+        title: str, body: str, status: int = 200, headers: dict[str, str] | None = None
+    ) -> HTMLResponse:
+        return HTMLResponse(
+            _PAGE.format(title=escape(title), body=body), status_code=status, headers=headers
+        )
+
+    def link(request: Request) -> int | HTMLResponse:
+        """The lead of a valid unsubscribe link, or the page refusing it: 429 over the rate
+        limits, 400 for a link missing its lead or token, 403 for a wrong token."""
+        address = client_address(request)
+        refused = gate.client(address) or gate.locked_out(address)
+        if refused is not None:
+            return page("Too many requests", "<p>Please try again later.</p>", 429, refused.headers)
+        lead, token = request.query_params.get("lead"), request.query_params.get("t")
+        if lead is None or token is None or not _LEAD.fullmatch(lead):
+            return page("Link not valid", "<p>This unsubscribe link is not complete.</p>", 400)
+        if not _TOKEN.fullmatch(token) or not unsubscribe.valid(int(lead), token):
+            gate.failed(address)
+            return page("Link not valid", "<p>This unsubscribe link is not valid.</p>", 403)
+        return int(lead)
 
     @app.get("/unsubscribe", response_class=HTMLResponse)
-    def confirm(lead: int = Query(...), t: str = Query(...)) -> HTMLResponse:
-        if not unsubscribe.valid(lead, t):
-            return page("Link not valid", "<p>This unsubscribe link is not valid.</p>", 403)
-        action = escape(f"/unsubscribe?lead={lead}&t={t}", quote=True)
+    def confirm(request: Request) -> HTMLResponse:
+        lead = link(request)
+        if isinstance(lead, HTMLResponse):
+            return lead
+        token = request.query_params["t"]
+        action = escape(f"/unsubscribe?lead={lead}&t={token}", quote=True)
         return page(
             "Unsubscribe",
             "<p>Stop all emails from us?</p>"
@@ -140,9 +536,10 @@ def create_app(database_url: str | None = None, capture: Capture | None = None) 
         )
 
     @app.post("/unsubscribe", response_class=HTMLResponse)
-    def unsubscribe_now(lead: int = Query(...), t: str = Query(...)) -> HTMLResponse:
-        if not unsubscribe.valid(lead, t):
-            return page("Link not valid", "<p>This unsubscribe link is not valid.</p>", 403)
+    def unsubscribe_now(request: Request) -> HTMLResponse:
+        lead = link(request)
+        if isinstance(lead, HTMLResponse):
+            return lead
         record_unsubscribe(database_url, lead)
         return page("Unsubscribed", "<p>You are unsubscribed. You will get no more emails.</p>")
 
@@ -153,7 +550,9 @@ def create_app(database_url: str | None = None, capture: Capture | None = None) 
     return app
 
 
-def _add_capture(app: FastAPI, database_url: str, capture: Capture) -> None:
+def _add_capture(
+    app: FastAPI, database_url: str, capture: Capture, limits: Limits, gate: Gate
+) -> None:
     from leadflow.mapping import load_mapping
     from tasks.capture.posted import Batcher
 
@@ -169,6 +568,10 @@ def _add_capture(app: FastAPI, database_url: str, capture: Capture) -> None:
             capture.hand_off(ids)
 
     batcher = Batcher(database_url, mapping, version, source=source, on_captured=captured)
+    large = Batcher(
+        database_url, mapping, version, source=source, max_group=1, on_captured=captured
+    )
+    waiting = {"large": 0}  # touched on the event loop only
 
     def authorised(request: Request) -> bool:
         given = request.headers.get("authorization", "")
@@ -177,40 +580,60 @@ def _add_capture(app: FastAPI, database_url: str, capture: Capture) -> None:
             token = request.headers.get("x-leadflow-token", "")
         return bool(token) and hmac.compare_digest(token.encode(), capture.token.encode())
 
+    async def accept(request: Request) -> Parsed:
+        """The record of an authorised post, or ``Refused`` saying why not."""
+        address = client_address(request)
+        if refused := gate.locked_out(address):
+            raise refused
+        if not authorised(request):
+            if refused := gate.client(address):
+                raise refused
+            gate.failed(address)
+            raise Refused(
+                401,
+                "missing or wrong capture token (Authorization: Bearer <token>)",
+                {"WWW-Authenticate": "Bearer"},
+            )
+        if refused := gate.token("capture"):
+            raise refused
+        return await read_record(request, limits)
+
     @app.post("/leads", status_code=202)
     async def post_lead(request: Request) -> JSONResponse:
         if capture.token is None:
             return JSONResponse({"detail": capture.missing_token}, status_code=503)
-        if not authorised(request):
-            return JSONResponse(
-                {"detail": "missing or wrong capture token (Authorization: Bearer <token>)"},
-                status_code=401,
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        record = await _record(request)
         try:
-            posted = await asyncio.wrap_future(batcher.submit(record))
+            parsed = await accept(request)
+        except Refused as refused:
+            if refused.status not in (401, 429):
+                log.info("POST /leads refused (%d): %s", refused.status, refused.detail)
+            return refused.response()
+        is_large = parsed.fields > LARGE_FIELDS or parsed.size > LARGE_BYTES
+        if is_large and waiting["large"] >= LARGE_WAITING:
+            return JSONResponse(
+                {"detail": "too many large posts are being captured; post again"},
+                status_code=503,
+                headers={"Retry-After": "1"},
+            )
+        writer = large if is_large else batcher
+        waiting["large"] += is_large
+        try:
+            # shielded: a cancelled request must not cancel the writer's future (the record
+            # is written all the same, and the writer sets every future of its group)
+            posted = await asyncio.shield(asyncio.wrap_future(writer.submit(parsed.record)))
         except Exception:
             return JSONResponse(
                 {"detail": "the lead store is unavailable; nothing was captured, post again"},
                 status_code=503,
             )
+        finally:
+            waiting["large"] -= is_large
         body = {"record": f"{posted.batch_id}/{posted.record_no}", **posted.as_dict()}
         if posted.status == "quarantined":
             body["detail"] = _fields(posted.reasons, checks)
+            if parsed.error:
+                for item in body["detail"]:
+                    if item["type"] == "record_is_well_formed":
+                        item["msg"] = parsed.error
             return JSONResponse(body, status_code=422)
         return JSONResponse(body, status_code=202)
-
-
-async def _record(request: Request) -> Any:
-    """The posted fields: a JSON object, or form fields. Anything else is returned as the
-    text received, so that capture quarantines it as malformed (and the ledger counts it)."""
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if kind in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        form = await request.form()
-        return {key: value for key, value in form.items() if isinstance(value, str)}
-    raw = await request.body()
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return raw.decode("utf-8", errors="replace")  # quarantined: "a JSON str, not an object"
