@@ -20,8 +20,11 @@ run: $(BIN)/leadflow
 test: $(BIN)/leadflow
 	$(BIN)/python -m pytest -q
 
+# Style, and the layering: the core imports no tasks/flows/app, tasks no flows/app, flows no app.
 lint: $(BIN)/leadflow
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 bench: $(BIN)/leadflow
 	$(BIN)/python bench/ingest.py --leads 100000

@@ -65,9 +65,9 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     n = args.records
 
+    from app.demo_steps import ACTIVITY_MAPPING
     from leadflow import store
     from leadflow.routing_store import sync_reps
-    from tasks.demo import ACTIVITY_MAPPING
     from tasks.route_hop import load_context
 
     work = Path(tempfile.mkdtemp(prefix="bench-activities-"))

@@ -31,7 +31,7 @@ def normalised_leads(count: int, seed: int):
     """Sample leads as capture leaves them (mapped and normalised), in 100k chunks."""
     import multiprocessing
 
-    from leadflow.generate import generate
+    from app.generate import generate
     from leadflow.mapping import SourceMapping
     from leadflow.settings import get_settings
     from tasks import sources

@@ -90,8 +90,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the bench schema")
     args = parser.parse_args()
 
+    from app.generate import generate
     from leadflow import store
-    from leadflow.generate import generate
     from leadflow.settings import get_settings
 
     sample = get_settings().var_dir / "bench" / f"leads-{args.leads}-seed{args.seed}"

@@ -36,15 +36,15 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_database_url, bench_schema, peak_rss_mb
 
+from app.devstack import MailSink
 from leadflow import outbox, store
-from leadflow.devstack import MailSink
 
 SENDER = textwrap.dedent(
     """
     import json, sys, time
     from datetime import UTC, datetime
     from leadflow import outbox, sender, store
-    from leadflow.devstack import MailSink
+    from app.devstack import MailSink
 
     url, port = sys.argv[1], int(sys.argv[2])
     engine = store.get_engine(url)

@@ -36,7 +36,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_database_url, bench_schema, peak_rss_mb
 
-from leadflow.devstack import bin_path, free_port, prefect_server, wait_for
+from app.devstack import bin_path, free_port, prefect_server, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "bench-capture-token"

@@ -16,10 +16,10 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, Failed, State
 
-from leadflow import rules_check
 from leadflow.settings import get_settings
 from tasks import backtest as metrics
 from tasks import learn as learner
+from tasks import rules_check
 
 
 @flow(name="backtest", flow_run_name="backtest")

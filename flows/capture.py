@@ -14,10 +14,9 @@ from prefect import flow
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
-from leadflow import rules_check
 from leadflow.mapping import load_mapping
 from leadflow.settings import get_settings
-from tasks import sources
+from tasks import rules_check, sources
 from tasks.capture.run import CaptureRun, empty_summary, inspect_input, publish_gates
 
 PARALLEL_FROM_BYTES = 8 << 20  # smaller inputs are not worth a worker process's start-up

@@ -13,10 +13,9 @@ from datetime import UTC, datetime
 from prefect import flow
 from prefect.states import Completed, Failed, State
 
-from leadflow import rules_check
 from leadflow.settings import get_settings
 from tasks import enrich as hop
-from tasks import hops
+from tasks import hops, rules_check
 
 
 @flow(name="enrich", flow_run_name=hops.run_name("enrich"))

@@ -1,7 +1,7 @@
 """Pipeline flow: run every hop, in lifecycle order (``tasks/order.py``), on whatever is
 waiting. Each hop is its own flow (a subflow here), so a hop's gate failing fails the
 pipeline and stops the hops after it. The rules of every hop are checked before the first
-runs (``leadflow/rules_check.py``)."""
+runs (``tasks/rules_check.py``)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,8 @@ from prefect.states import Completed, Failed, State
 from flows.enrich import enrich
 from flows.route import route
 from flows.score import score
-from leadflow import rules_check
 from leadflow.settings import get_settings
-from tasks import hops, order, reports
+from tasks import hops, order, reports, rules_check
 
 FLOWS = {"enrich": enrich, "score": score, "route": route}  # hop name -> the flow that runs it
 

@@ -11,9 +11,8 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 from prefect.states import Completed, Failed, State
 
-from leadflow import rules_check
 from leadflow.settings import get_settings
-from tasks import hops, leakage
+from tasks import hops, leakage, rules_check
 from tasks import recycle as hop
 
 

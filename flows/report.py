@@ -10,10 +10,9 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, State
 
-from leadflow import rules_check
 from leadflow.recycle_rules import load_rules
 from leadflow.settings import get_settings
-from tasks import hops, kpi, leakage
+from tasks import hops, kpi, leakage, rules_check
 
 
 @flow(name="report", flow_run_name=hops.run_name("report"))

@@ -14,9 +14,8 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, Failed, State
 
-from leadflow import rules_check
 from leadflow.settings import get_settings
-from tasks import hops
+from tasks import hops, rules_check
 from tasks import route_hop as hop
 from tasks.notify import send_outbox
 

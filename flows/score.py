@@ -17,9 +17,8 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed, Failed, State
 
-from leadflow import rules_check
 from leadflow.settings import get_settings
-from tasks import hops
+from tasks import hops, rules_check
 from tasks import score_hop as hop
 from tasks.rescore_diff import Diff, biggest_movers, diff_markdown
 

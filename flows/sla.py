@@ -14,9 +14,8 @@ from datetime import UTC, datetime
 from prefect import flow
 from prefect.states import Completed, Failed, State
 
-from leadflow import rules_check
 from leadflow.settings import get_settings
-from tasks import hops, quality
+from tasks import hops, quality, rules_check
 from tasks import sla as hop
 from tasks.notify import send_outbox
 

@@ -4,8 +4,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from leadflow import cli
-from leadflow.generate import generate
+from app import cli
+from app.generate import generate
 from leadflow.scoring_rules import load_rules
 
 from helpers import ingest

@@ -8,7 +8,7 @@ import json
 import pandas as pd
 import pytest
 
-from leadflow import cli
+from app import cli
 from tasks import phones
 from tasks.capture.mapping import prepare_records
 from tasks.sources import read_chunks
@@ -160,7 +160,7 @@ def cli_process(database_url: str, path, *extra: str, batch_size: int = 100):
         "PREFECT_API_URL": str(get_current_settings().api.url),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
-    command = [sys.executable, "-m", "leadflow.cli", "ingest", str(path), "--source", "web"]
+    command = [sys.executable, "-m", "app.cli", "ingest", str(path), "--source", "web"]
     return subprocess.Popen(
         [*command, "--now", NOW, "--max-quarantine-rate", "0.5", *extra],
         env=env,
@@ -430,7 +430,7 @@ def test_output_into_a_closed_pipe_is_not_an_error(sqlite_url):
 
     env = {**os.environ, "LEADFLOW_DATABASE_URL": sqlite_url}
     process = subprocess.Popen(
-        [sys.executable, "-m", "leadflow.cli", "audit"],
+        [sys.executable, "-m", "app.cli", "audit"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -3,7 +3,7 @@
 
 def test_demo_runs_every_hop_and_the_ledger_holds(sqlite_url, tmp_path, monkeypatch):
     monkeypatch.setenv("LEADFLOW_HOME", str(tmp_path))
-    from flows.demo import demo, describe
+    from app.demo import demo, describe
 
     state = demo(leads=400, seed=5, days=8, return_state=True)
     summary = state.result(raise_on_failure=False)

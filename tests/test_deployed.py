@@ -19,9 +19,9 @@ import pytest
 import requests
 from sqlalchemy import create_engine, select
 
+from app.devstack import bin_path, free_port, prefect_server, wait_for
 from leadflow import store
 from leadflow import tables as t
-from leadflow.devstack import bin_path, free_port, prefect_server, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "e2e-capture-token"

@@ -12,9 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from app.web import Capture, create_app
 from leadflow import tables as t
 from leadflow.audit import run_audit
-from leadflow.web import Capture, create_app
 from tasks.lane import run_lane
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -174,7 +174,9 @@ def test_webhook_500_is_retried_with_backoff_then_sent_once(engine, httpserver) 
     httpserver.expect_oneshot_request("/hook", method="POST").respond_with_data("busy", status=500)
     first = notify.send_due(engine, [hook], 10, NOW)
     assert (first.sent, first.failed) == (0, 1)
-    assert notify.send_due(engine, [hook], 10, NOW + timedelta(seconds=29)).claimed == 0  # jitter: 30-60 s
+    assert (
+        notify.send_due(engine, [hook], 10, NOW + timedelta(seconds=29)).claimed == 0
+    )  # jitter: 30-60 s
     httpserver.expect_oneshot_request(
         "/hook",
         method="POST",

@@ -345,7 +345,7 @@ def test_smtp_down_loses_nothing_a_refused_address_bounces_alone_and_unsubscribe
     # The header's link works: a one-click POST to a real `leadflow serve` on loopback.
     import uvicorn
 
-    from leadflow.web import create_app
+    from app.web import create_app
 
     web_port = free_port()
     server = uvicorn.Server(
@@ -396,7 +396,7 @@ def test_two_ticks_at_once_never_queue_a_step_twice(database_url, tmp_path):
         LEADFLOW_BATCH_SIZE="500",
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
     )
-    command = [sys.executable, "-m", "leadflow.cli", "nurture", "--rules", rules, "--json"]
+    command = [sys.executable, "-m", "app.cli", "nurture", "--rules", rules, "--json"]
     command += ["--now", MONDAY.isoformat()]
     runs = [
         subprocess.Popen(

@@ -11,7 +11,8 @@ import pandas as pd
 from sqlalchemy import select, update
 from test_route_flow import mqls, rules_file
 
-from leadflow import cli, outbox
+from app import cli
+from leadflow import outbox
 from leadflow import tables as t
 
 NOW = datetime(2026, 11, 2, 15, tzinfo=UTC)

@@ -20,9 +20,9 @@ import pandas as pd
 import pytest
 from sqlalchemy import create_engine, event, select, text
 
+from app.devstack import MailSink
 from leadflow import outbox, sender, store
 from leadflow import tables as t
-from leadflow.devstack import MailSink
 
 NOW = datetime(2026, 11, 24, 13, 0, tzinfo=UTC)
 
@@ -91,7 +91,7 @@ def test_a_sender_killed_inside_smtp_data_is_resent_once_with_the_same_message_i
             f"""
             from datetime import datetime, timezone
             from leadflow import sender, store
-            from leadflow.devstack import MailSink
+            from app.devstack import MailSink
             sink = MailSink(port={sink.port})
             sender.send_due(store.get_engine({database_url!r}), [sink.notifier()], 10,
                             datetime.fromisoformat({NOW.isoformat()!r}))

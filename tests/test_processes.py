@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from leadflow import generate
+from app import generate
 
 pytestmark = pytest.mark.skipif(not Path("/proc").exists(), reason="Linux /proc")
 
@@ -57,7 +57,7 @@ def test_a_killed_command_takes_its_server_and_workers_with_it(tmp_path):
         LEADFLOW_PREPARE_WORKERS="2",
         LEADFLOW_BATCH_SIZE="2000",
     )
-    command = [sys.executable, "-m", "leadflow.cli"]
+    command = [sys.executable, "-m", "app.cli"]
     subprocess.run([*command, "db", "upgrade"], env=env, check=True, capture_output=True)
     run = subprocess.Popen(
         [*command, "ingest", str(tmp_path / "sample" / "leads.csv"), "--source", "t"],

@@ -211,7 +211,7 @@ def test_bad_routing_rules_are_refused_naming_the_rep_and_field(tmp_path):
 def test_explain_shows_the_routing_decision(database_url, tmp_path, capsys):
     import json
 
-    from leadflow import cli
+    from app import cli
 
     engine = store.get_engine(database_url)
     (lead,) = mqls(engine, ["DE"])
@@ -226,7 +226,7 @@ def test_explain_shows_the_routing_decision(database_url, tmp_path, capsys):
 
 
 def test_a_typo_in_the_routing_rules_is_one_clear_message(database_url, tmp_path, capsys):
-    from leadflow import cli
+    from app import cli
 
     bad = write(
         tmp_path / "bad.yaml", RULES.replace("CAP", "-1").replace("Europe/Berlin", "Europe/Berlinn")

@@ -312,7 +312,7 @@ def test_routed_suite_passes_good_assignments_and_quarantines_ownerless() -> Non
 
 
 def test_generated_reps_load_as_csv_and_someone_is_away_now(tmp_path: Path) -> None:
-    from leadflow.generate_reps import reps_frame
+    from app.generate_reps import reps_frame
 
     frame = reps_frame(np.random.default_rng(7), NOW)
     path = tmp_path / "reps.csv"

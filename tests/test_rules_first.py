@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from leadflow import rules_check, store
+from leadflow import store
 from leadflow import tables as t
+from tasks import rules_check
 
 from conftest import write
 from helpers import ingest
@@ -108,7 +109,7 @@ def leadflow(*argv: str) -> subprocess.CompletedProcess[str]:
 
     env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value() or "")
     return subprocess.run(
-        [sys.executable, "-m", "leadflow.cli", *argv],
+        [sys.executable, "-m", "app.cli", *argv],
         env=env,
         capture_output=True,
         text=True,
@@ -161,7 +162,8 @@ def test_pipeline_flow_fails_before_the_first_hop(
 
 
 def _flow(name: str) -> Callable[..., Any]:
-    from flows import demo, enrich, nurture, pipeline, recycle, report, route, score, sla
+    from app import demo
+    from flows import enrich, nurture, pipeline, recycle, report, route, score, sla
 
     modules = {
         "pipeline": pipeline,

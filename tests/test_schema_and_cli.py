@@ -8,9 +8,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import delete, text
 
-from leadflow import cli, store
+from app import cli
+from app.generate import DEFECTS, generate
+from leadflow import store
 from leadflow import tables as t
-from leadflow.generate import DEFECTS, generate
 
 from conftest import write
 

@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 
-from leadflow import cli, lifecycle, store
+from app import cli
+from leadflow import lifecycle, store
 
 from conftest import write
 from helpers import assert_ledger_ok, ingest, table

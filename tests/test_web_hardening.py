@@ -30,12 +30,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
+from app.devstack import bin_path, free_port, wait_for
+from app.web import Capture, Limits, create_app, deeper_than, read_body
 from leadflow import store, unsubscribe
 from leadflow import tables as t
 from leadflow.audit import run_audit
 from leadflow.config import ConfigError
-from leadflow.devstack import bin_path, free_port, wait_for
-from leadflow.web import Capture, Limits, create_app, deeper_than, read_body
 
 ROOT = Path(__file__).resolve().parents[1]
 MAPPING = str(ROOT / "rules" / "sources" / "web_form.yaml")
@@ -242,7 +242,7 @@ def test_limits_come_from_the_environment_and_bad_values_name_the_variable():
 def test_the_body_is_read_no_further_than_the_limit():
     from starlette.requests import Request
 
-    from leadflow.web import Refused
+    from app.web import Refused
 
     async def run(headers: list[tuple[bytes, bytes]], chunks: int) -> tuple[int, str]:
         calls = 0
@@ -469,7 +469,7 @@ def test_a_huge_content_length_is_refused_before_the_body_is_sent(sqlite_url):
 
 
 def test_a_small_post_does_not_wait_behind_large_ones(sqlite_url, monkeypatch):
-    from leadflow import web
+    from app import web
 
     with serving(sqlite_url, Limits(client_rate=0, token_rate=0)) as base:
         assert post(base, b'{"email": "warm@acme.com"}').status_code == 202  # warm up

@@ -13,9 +13,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy import func, select
 
+from app.generate import generate
 from leadflow import audit, reference, store
 from leadflow import tables as t
-from leadflow.generate import generate
 from leadflow.settings import get_settings
 
 

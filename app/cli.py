@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from leadflow.cli_outbox import EXIT_UNDELIVERED, delivery_line, undelivered_code
+from app.cli_outbox import EXIT_UNDELIVERED, delivery_line, undelivered_code
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 __all__ = ["EXIT_UNDELIVERED", "main"]
@@ -189,7 +189,7 @@ def _human_run(data: dict[str, Any]) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from flows.pipeline import pipeline
-    from leadflow import rules_check
+    from tasks import rules_check
 
     if problem := _provider_problem(args.provider):
         return _fail(problem)
@@ -447,7 +447,7 @@ def _human_explain(data: dict[str, Any]) -> str:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from leadflow.generate import generate
+    from app.generate import generate
 
     started = time.monotonic()
     written = generate(Path(args.out), leads=args.leads, seed=args.seed, now=args.now)
@@ -669,9 +669,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from app.web import Capture, create_app
     from blocks import registry
     from leadflow import store
-    from leadflow.web import Capture, create_app
 
     store.upgrade()
     token, missing = registry.capture_token(args.token_block)
@@ -774,8 +774,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """`make run`: database, sample data, ingest, pipeline, audit, summary."""
-    from flows.demo import demo
-    from leadflow import rules_check
+    from app.demo import demo
+    from tasks import rules_check
 
     rules_check.demo()  # every rules file the demo uses: a typo is one line, exit 2
     state = demo(leads=args.leads, seed=args.seed, return_state=True)
@@ -783,7 +783,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, default=str, sort_keys=True))
     else:
-        from flows.demo import describe
+        from app.demo import describe
 
         print(describe(data))
     if message:
@@ -1093,7 +1093,7 @@ def build_parser() -> argparse.ArgumentParser:
     exported.add_argument("--out", required=True)
     exported.add_argument("--json", action="store_true")
 
-    from leadflow.cli_outbox import add_parser as add_outbox
+    from app.cli_outbox import add_parser as add_outbox
 
     add_outbox(sub, _timestamp)
 

@@ -14,11 +14,11 @@ from typing import Any
 from prefect import flow
 from prefect.states import Completed, Failed, State
 
+from app.demo_steps import describe, ledger_report, month, prepare_sample, sales_week, sample_file
 from flows.capture import capture
 from flows.pipeline import pipeline
 from flows.report import report
-from leadflow import rules_check
-from tasks.demo import describe, ledger_report, month, prepare_sample, sales_week, sample_file
+from tasks import rules_check
 
 __all__ = ["demo", "describe"]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from leadflow import generate_reps
+from app import generate_reps
 from leadflow.mapping import EVENT_TYPES  # the event weights below follow its order
 
 # Shares of lead rows with each defect (chosen to stay well under the 5% quarantine limit).
