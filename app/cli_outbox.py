@@ -33,6 +33,8 @@ def delivery_line(sent: dict[str, Any]) -> str:
             f"; outbox: {backlog.get('due', 0)} due, {backlog.get('waiting', 0)} waiting to "
             f"retry, {backlog.get('dead', 0)} dead"
         )
+        if backlog.get("sending"):
+            line += f", {backlog['sending']} held by a sender (taken over when its lease ends)"
     if sent.get("breaker_opened"):
         line += f"; {', '.join(sent['breaker_opened'])} server failing, left for the next run"
     return line
