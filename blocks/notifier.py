@@ -1,6 +1,6 @@
 """Notifiers as Prefect blocks: where messages from the outbox go, and the credentials to get
 there. Save one in the UI or with ``.save(name)``; point the sender at it with
-``leadflow notify --notifier block:NAME`` (an SMTP server for email messages, a JSON webhook
+``--notifier block:NAME`` (route, sla, nurture, ``leadflow outbox send``) (an SMTP server for email messages, a JSON webhook
 for webhook messages; give both to send both). Passwords and tokens are ``SecretStr``: they
 never appear in ``repr``, logs or the Prefect UI.
 """

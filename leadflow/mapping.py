@@ -1,6 +1,6 @@
 """How a source's records become lead fields: the per-source mapping file (YAML).
 
-See README "Source mappings" for the format with an example. Without a mapping file,
+See docs/configuration.md "Source mappings" for the format with an example. Without a mapping file,
 columns named like lead fields map to themselves.
 """
 
