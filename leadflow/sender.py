@@ -318,6 +318,9 @@ class _Run:
         self.started = time.monotonic()
         self.token = outbox.new_token()
         self.report = SendReport()
+        # The last message sent and when, marked in the transaction of the next step (one
+        # commit a message instead of two); every step, and the end of the run, marks it.
+        self.unmarked: tuple[int, datetime] | None = None
         # Longer than any one send can take, whatever the notifiers' timeouts.
         timeouts = [float(getattr(n, "timeout_seconds", 0) or 0) for n in notifiers]
         self.lease = lease or max(outbox.LEASE, timedelta(seconds=6 * max(timeouts, default=0)))
@@ -325,6 +328,29 @@ class _Run:
     def sent_at(self) -> datetime:
         """The time of sending on the run's clock: its ``now`` plus the time spent so far."""
         return self.now + timedelta(seconds=time.monotonic() - self.started)
+
+    def step(self, work: Callable[[Connection], T], what: str) -> T:
+        """``work`` in a transaction (retried as ``with_retries`` says), marking the message
+        sent just before it in the same transaction."""
+        unmarked = self.unmarked
+
+        def both(conn: Connection) -> tuple[int, T]:
+            marked = 0
+            if unmarked is not None:
+                marked = outbox.mark_sent(conn, [unmarked[0]], unmarked[1], token=self.token)
+            return marked, work(conn)
+
+        if unmarked is not None:
+            what = f"marking a message sent and {what}"
+        marked, result = with_retries(self.engine, both, what)
+        self.unmarked = None
+        self.report.sent += marked
+        return result
+
+    def flush(self) -> None:
+        """Mark the last message sent, if it is not yet."""
+        if self.unmarked is not None:
+            self.step(lambda conn: None, "nothing else")
 
     def drain(self, kinds: Sequence[str] | None, limit: int | None) -> None:
         """Claim and send until nothing (of ``kinds``) is due on a channel that works, or
@@ -336,6 +362,7 @@ class _Run:
             if not channels:
                 return
             size = CLAIM_BATCH if limit is None else min(CLAIM_BATCH, limit - taken)
+            self.flush()
             claimed = retrying(
                 lambda size=size, channels=channels: outbox.claim_due(
                     self.engine,
@@ -362,8 +389,7 @@ class _Run:
 
     def _deliver(self, channel: _Channel, row: dict[str, Any]) -> None:
         message = int(row["id"])
-        mine = with_retries(
-            self.engine,
+        mine = self.step(
             lambda conn: outbox.renew(
                 conn, message, self.token, clock=self.clock(), lease=self.lease
             ),
@@ -389,12 +415,7 @@ class _Run:
                 self._trip(channel, f"{channel.failures_in_a_row} temporary failures in a row")
             return
         channel.failures_in_a_row = 0
-        sent_at = self.sent_at()
-        self.report.sent += with_retries(
-            self.engine,
-            lambda conn: outbox.mark_sent(conn, [message], sent_at, token=self.token),
-            "marking a message sent",
-        )
+        self.unmarked = (message, self.sent_at())
 
     def _trip(self, channel: _Channel, why: str) -> None:
         channel.open = True
@@ -408,8 +429,7 @@ class _Run:
 
     def _put_back(self, rows: list[dict[str, Any]], error: str, delay: timedelta) -> None:
         ids = [int(r["id"]) for r in rows]
-        deferred, died = with_retries(
-            self.engine,
+        deferred, died = self.step(
             lambda conn: outbox.defer(
                 conn, ids, masked(error), self.now, token=self.token, delay=delay
             ),
@@ -422,8 +442,7 @@ class _Run:
 
     def _failed(self, row: dict[str, Any], error: str, *, permanent: bool = False) -> None:
         error = masked(error)
-        status = with_retries(
-            self.engine,
+        status = self.step(
             lambda conn: outbox.mark_failed(
                 conn,
                 int(row["id"]),
@@ -481,6 +500,7 @@ def send_due(
         if first:
             run.drain(first, None)
         run.drain(None, limit)
+        run.flush()
     finally:
         run.close()
     report = run.report
