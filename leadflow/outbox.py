@@ -5,10 +5,10 @@ a nurture touch due) calls ``enqueue`` inside its own transaction: the message e
 only if the decision does. Each message has an idempotency key (e.g. ``owner:<lead>:<rep>``);
 enqueueing the same key again is a no-op, so a rerun of the hop never queues a second copy.
 
-A sender (``tasks/notify.py``) claims small batches with ``claim_due`` under a token and a
-lease on the wall clock, then, for each message, ``renew``s its lease just before handing it
-to the server and ``mark_sent`` / ``mark_failed`` / ``defer`` right after, each conditional
-on the token. The guarantee, precisely:
+A sender (``leadflow/sender.py``) claims small batches with ``claim_due`` under a token and
+a lease on the wall clock, then, for each message, ``renew``s its lease just before handing it
+to the server, and records ``mark_failed`` / ``defer`` right after and ``mark_sent`` with the
+next step (in the transaction that renews the next message), each conditional on the token. The guarantee, precisely:
 
 - **Never two senders at once, by design.** A message is handed to a server only by the
   sender whose token it carries, and only after a renewal that gives it a full ``LEASE`` (far

@@ -9,7 +9,8 @@ One run of ``send_due``:
 2. then sends up to ``limit`` more due messages of any kind, urgent first.
 
 For each claimed message the lease is renewed (conditional on the claim's token) just before
-the send and the outcome is recorded just after, so a message is never in two senders' hands.
+the send and the outcome is recorded after it (a success with the next step, in one commit), so
+a message is never in two senders' hands.
 A temporary failure (SMTP 4xx, webhook 5xx/429, a lost connection) backs off with jitter
 within the kind's time budget; a permanent one (SMTP 5xx, webhook 4xx) is dead at once with
 the reason. A circuit breaker per channel stops the run from spending attempts on a server
