@@ -23,9 +23,8 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateError
 from pydantic import BaseModel, ConfigDict, Field, SkipValidation, field_validator, model_validator
 
 from leadflow import config
-from leadflow.routing_rules import SCORED_FIELDS, check_time_zone, routing_condition
-from leadflow.scoring_rules import Condition
-from leadflow.sla_rules import parse_amount
+from leadflow.rules.conditions import SCORED_FIELDS, Condition, routing_condition
+from leadflow.rules.units import calendar_minutes, check_time_zone
 
 # What a cadence may list under ``exit``: reasons a lead stops getting its touches.
 EXITS = (
@@ -47,13 +46,6 @@ CHANNELS = ("email", "rep_task", "webhook")
 CONDITION_FIELDS = SCORED_FIELDS | {"status", "recycle_count"}
 _ID = r"^[a-z0-9][a-z0-9_.-]*$"
 _CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
-
-
-def calendar_minutes(text: str | int | float) -> float:
-    """Minutes in ``30m``, ``4h`` or ``3d`` of calendar time (``0d`` allowed: at once)."""
-    if text in (0, "0", "0m", "0h", "0d"):
-        return 0.0
-    return parse_amount(text, 24 * 60)
 
 
 class _Strict(BaseModel):

@@ -12,8 +12,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from leadflow import config
-from leadflow.cadence_rules import calendar_minutes
 from leadflow.lifecycle import Status
+from leadflow.rules.units import calendar_minutes
 from leadflow.sla_rules import ACTIVITY_TYPES
 
 RECYCLABLE = ("routed", "accepted", "qualified", "lost")

@@ -14,10 +14,9 @@ import csv
 import itertools
 import re
 from datetime import UTC, date, datetime, time, timedelta
-from functools import cache
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+from zoneinfo import ZoneInfo
 
 import pycountry
 from pydantic import (
@@ -32,10 +31,9 @@ from pydantic import (
 
 from leadflow import config
 from leadflow.config import ConfigError
-from leadflow.scoring_rules import Condition
+from leadflow.rules.conditions import Condition, routing_condition
+from leadflow.rules.units import check_time_zone
 
-# Fields a routing condition may use besides the lead fields scoring knows: what scoring wrote.
-SCORED_FIELDS = frozenset({"score", "temperature", "score_version"})
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 # States and provinces are routed for the two countries whose sales teams split by them.
 SUBDIVISION_COUNTRIES = ("US", "CA")
@@ -48,23 +46,6 @@ class _Strict(BaseModel):
 
 
 # --------------------------------------------------------------------------- places and time
-
-
-@cache
-def _time_zones() -> frozenset[str]:
-    return frozenset(available_timezones())
-
-
-def check_time_zone(name: str) -> str:
-    """``name`` if it is an IANA time zone, else ValueError naming it."""
-    if name not in _time_zones():
-        try:
-            ZoneInfo(name)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(
-                f"unknown time zone {name!r} (use an IANA name like Europe/Paris)"
-            ) from exc
-    return name
 
 
 def check_territory(code: str) -> str:
@@ -260,48 +241,6 @@ class RoutingRule(_Strict):
 class Fallback(_Strict):
     queue: str = Field(pattern=_ID)  # a name people see: "sales-ops"
     owner: str  # a rep id: the person who works the queue
-
-
-def routing_condition(data: Any, fields: frozenset[str] = SCORED_FIELDS) -> Condition:
-    """A condition in the shared language where ``score`` and ``temperature`` (or the other
-    ``fields`` a later hop knows: ``status`` for cadences) are fields too.
-
-    Scoring's ``Condition`` refuses fields it does not produce; routing runs after scoring, so
-    scored fields are validated under a stand-in name and then given their own back.
-    """
-    if isinstance(data, Condition):
-        return data
-    return _restore(Condition.model_validate(_disguise(data, fields)))
-
-
-_STAND_IN = "attributes.__scored__."
-
-
-def _disguise(data: Any, fields: frozenset[str]) -> Any:
-    if isinstance(data, list):
-        return [_disguise(item, fields) for item in data]
-    if not isinstance(data, dict):
-        return data
-    out = {key: _disguise(value, fields) for key, value in data.items()}
-    field = data.get("field")
-    if field in fields:
-        out["field"] = _STAND_IN + field
-    elif isinstance(field, str) and field.startswith("engagement."):
-        raise ValueError(f"routing cannot use {field!r}: engagement counts are scoring's input")
-    return out
-
-
-def _restore(condition: Condition) -> Condition:
-    update: dict[str, Any] = {}
-    if condition.field and condition.field.startswith(_STAND_IN):
-        update["field"] = condition.field[len(_STAND_IN) :]
-    for key in ("all", "any"):
-        children = getattr(condition, key)
-        if children is not None:
-            update[key] = [_restore(child) for child in children]
-    if condition.not_ is not None:
-        update["not_"] = _restore(condition.not_)
-    return condition.model_copy(update=update) if update else condition
 
 
 class RoutingRules(_Strict):

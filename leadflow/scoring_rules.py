@@ -11,96 +11,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from leadflow import config, mapping
-from leadflow.tables import ENRICHED_FIELDS
-
-# Fields a condition may name (plus any ``attributes.<key>`` and ``engagement.<event_type>``):
-# what capture and enrichment put on a lead, less enrichment's bookkeeping.
-LEAD_FIELDS = frozenset({*mapping.LEAD_FIELDS, "external_id", "outcome", *ENRICHED_FIELDS}) - {
-    "account_owner_rep_id",
-    "enrichment_notes",
-}
-EVENT_TYPES = frozenset(mapping.EVENT_TYPES)
+from leadflow import config
+from leadflow.rules.conditions import EVENT_TYPES, Condition
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Condition(_Strict):
-    """One test on a field, or a combination of conditions (exactly one form per condition)."""
-
-    field: str | None = None
-    equals: Any = None
-    in_: list[Any] | None = Field(default=None, alias="in")
-    range: tuple[float | None, float | None] | None = None  # [min, max]; either may be null
-    regex: str | None = None
-    exists: bool | None = None
-    missing: bool | None = None
-    all: list[Condition] | None = None
-    any: list[Condition] | None = None
-    not_: Condition | None = Field(default=None, alias="not")
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    @model_validator(mode="after")
-    def _one_form(self) -> Condition:
-        tests = [
-            n
-            for n in ("equals", "in_", "range", "regex", "exists", "missing")
-            if getattr(self, n) is not None
-        ]
-        combos = [n for n in ("all", "any", "not_") if getattr(self, n) is not None]
-        if self.field is not None:
-            if combos:
-                raise ValueError("a condition with `field` cannot also have all/any/not")
-            if len(tests) != 1:
-                raise ValueError(
-                    f"condition on {self.field!r} needs exactly one of equals, in, range, regex, "
-                    f"exists, missing (got {', '.join(t.rstrip('_') for t in tests) or 'none'})"
-                )
-            _check_field(self.field)
-        elif len(combos) != 1 or tests:
-            raise ValueError(
-                "a condition is either {field: ..., <test>: ...} or exactly one of all/any/not"
-            )
-        if self.regex is not None:
-            try:
-                re.compile(self.regex)
-            except re.error as exc:
-                raise ValueError(f"bad regex {self.regex!r}: {exc}") from exc
-        if self.range is not None:
-            low, high = self.range
-            if low is None and high is None:
-                raise ValueError("range needs a minimum or a maximum")
-            if low is not None and high is not None and low > high:
-                raise ValueError(f"range minimum {low} is above its maximum {high}")
-        return self
-
-    def fields(self) -> set[str]:
-        found = {self.field} if self.field else set()
-        for child in (self.all or []) + (self.any or []) + ([self.not_] if self.not_ else []):
-            found |= child.fields()
-        return found
-
-
-def _check_field(name: str) -> None:
-    if name.startswith("attributes.") and len(name) > len("attributes."):
-        return
-    if name.startswith("engagement."):
-        kind = name.split(".", 1)[1]
-        if kind not in EVENT_TYPES:
-            raise ValueError(f"unknown event type in {name!r}; known: {sorted(EVENT_TYPES)}")
-        return
-    if name not in LEAD_FIELDS:
-        raise ValueError(
-            f"unknown field {name!r}: use a lead field ({', '.join(sorted(LEAD_FIELDS))}), "
-            "attributes.<key> or engagement.<event_type>"
-        )
 
 
 class FitRule(_Strict):

@@ -11,15 +11,14 @@ reassigns the lead or hands it to the manager. Errors name the file, the policy 
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SkipValidation, field_validator, model_validator
 
 from leadflow import config
-from leadflow.routing_rules import routing_condition
-from leadflow.scoring_rules import Condition
+from leadflow.rules.conditions import Condition, routing_condition
+from leadflow.rules.units import parse_amount
 
 # What sales does with a lead. Dispositions move its status; the rest are touches.
 ACTIVITY_TYPES = (
@@ -35,23 +34,7 @@ ACTIVITY_TYPES = (
     "not_now",
     "no_response",
 )
-_AMOUNT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(m|min|h|d)\s*$")
 _ID = r"^[a-z0-9][a-z0-9_.-]*$"
-
-
-def parse_amount(text: str | int | float, day_minutes: float) -> float:
-    """Business minutes in ``15m``, ``4h`` or ``2d`` (a bare number is minutes)."""
-    if isinstance(text, int | float):
-        if text <= 0:
-            raise ValueError(f"{text!r}: must be more than 0")
-        return float(text)
-    match = _AMOUNT.match(str(text))
-    if not match:
-        raise ValueError(f"{text!r}: write business time as 15m, 4h or 2d")
-    value, unit = float(match.group(1)), match.group(2)
-    if value <= 0:
-        raise ValueError(f"{text!r}: must be more than 0")
-    return value * {"m": 1, "min": 1, "h": 60, "d": day_minutes}[unit]
 
 
 class _Strict(BaseModel):

@@ -24,6 +24,7 @@ from sqlalchemy import Engine, func, select
 
 from leadflow import store
 from leadflow import tables as t
+from leadflow.rules.conditions import as_text
 from leadflow.scoring_rules import EVENT_TYPES, parse_rules
 from tasks import backtest, scoring
 
@@ -167,7 +168,7 @@ def build_features(frame: pd.DataFrame, *, min_share: float = 0.01, bins: int = 
                 features.columns.append(mask)
         else:
             # The same text the scoring engine compares with (true/false, 7 for 7.0).
-            text = scoring._as_text(values.astype(object).where(present, None))
+            text = as_text(values.astype(object).where(present, None))
             counts = text.value_counts()
             kept = [value for value, count in counts.items() if count >= min_count][:30]
             if not kept and counts.empty:

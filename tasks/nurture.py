@@ -51,8 +51,8 @@ from leadflow.cadence_rules import (
 )
 from leadflow.lifecycle import Status
 from leadflow.queue import Strategy
+from leadflow.rules.conditions import condition_mask
 from tasks.hops import Hop, HopResult
-from tasks.scoring import condition_mask
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def windows(zones: pd.Series, now: datetime, rules: CadenceRules) -> pd.Series:
 
 def lead_zones(leads: pd.DataFrame, rules: CadenceRules) -> pd.Series:
     """Each lead's time zone: enrichment's, else the file's default (a bad name too)."""
-    from leadflow.routing_rules import check_time_zone
+    from leadflow.rules.units import check_time_zone
 
     def usable(zone: Any) -> str:
         if not isinstance(zone, str) or not zone:

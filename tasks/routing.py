@@ -59,7 +59,7 @@ import pandas as pd
 
 from leadflow.routing_rules import Rep, RoutingRules
 from leadflow.routing_store import STATE_COLUMNS  # defined once, beside the I/O that fills it
-from tasks.scoring import condition_mask
+from leadflow.rules.conditions import condition_mask
 
 ASSIGNMENT_COLUMNS = (
     "id",

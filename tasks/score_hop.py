@@ -27,7 +27,8 @@ from leadflow import tables as t
 from leadflow.config import ConfigError, parse
 from leadflow.lifecycle import Status
 from leadflow.queue import Strategy
-from leadflow.scoring_rules import Condition, ScoringRules
+from leadflow.rules.conditions import Condition, condition_mask
+from leadflow.scoring_rules import ScoringRules
 from tasks import scoring
 from tasks.hops import Hop, HopResult, HopRun
 
@@ -70,7 +71,7 @@ def score_batch(
 ) -> HopResult:
     """The hop's pure function: score a batch, decide each lead's status, and say why."""
     if context.condition is not None and len(leads):
-        leads = leads[scoring.condition_mask(context.condition, leads)].reset_index(drop=True)
+        leads = leads[condition_mask(context.condition, leads)].reset_index(drop=True)
     result = scoring.score_leads(context.rules, leads, events, now)
     to_status = [
         next_status(s, d, context.mode)

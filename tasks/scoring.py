@@ -23,100 +23,10 @@ import pyarrow.compute as pc
 from sqlalchemy import func, select
 
 from leadflow.lifecycle import Status
-from leadflow.scoring_rules import Condition, ScoringRules
+from leadflow.rules.conditions import Condition, condition_mask
+from leadflow.scoring_rules import ScoringRules
 
 DAY = np.timedelta64(1, "D")
-
-
-# --------------------------------------------------------------------------- conditions
-
-
-def _numbers(values: pd.Series) -> pd.Series:
-    """Values as numbers; text like "25,000" counts (sources send numbers as text)."""
-    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
-        return values.astype("float64")
-    text = values.astype(object).where(values.notna(), None)
-    as_text = text.map(lambda v: v.replace(",", "") if isinstance(v, str) else v)
-    return pd.to_numeric(as_text, errors="coerce")
-
-
-def _present(values: pd.Series) -> np.ndarray:
-    present = values.notna().to_numpy().copy()
-    if values.dtype == object or values.dtype == "str":
-        present &= (
-            values.astype(object).where(values.notna(), "").astype(str).str.strip() != ""
-        ).to_numpy()
-    return present
-
-
-def _as_text(values: pd.Series) -> pd.Series:
-    def text(value: object) -> object:
-        if value is None or (isinstance(value, float) and np.isnan(value)):
-            return None
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, float) and value.is_integer():
-            return str(int(value))
-        return str(value)
-
-    if values.dtype == "str":
-        return values
-    return values.astype(object).map(text)
-
-
-def _equal(values: pd.Series, wanted: object) -> np.ndarray:
-    if isinstance(wanted, bool):
-        as_text = _as_text(values)
-        return (as_text == ("true" if wanted else "false")).fillna(False).to_numpy(dtype=bool)
-    if isinstance(wanted, int | float):
-        return (_numbers(values) == float(wanted)).fillna(False).to_numpy(dtype=bool)
-    return (_as_text(values) == str(wanted)).fillna(False).to_numpy(dtype=bool)
-
-
-def condition_mask(condition: Condition, frame: pd.DataFrame) -> np.ndarray:
-    """Which rows of ``frame`` satisfy ``condition`` (a missing value satisfies nothing but
-    ``missing``)."""
-    if condition.all is not None:
-        out = np.ones(len(frame), dtype=bool)
-        for child in condition.all:
-            out &= condition_mask(child, frame)
-        return out
-    if condition.any is not None:
-        out = np.zeros(len(frame), dtype=bool)
-        for child in condition.any:
-            out |= condition_mask(child, frame)
-        return out
-    if condition.not_ is not None:
-        return ~condition_mask(condition.not_, frame)
-    values = (
-        frame[condition.field]
-        if condition.field in frame.columns
-        else pd.Series([None] * len(frame), index=frame.index, dtype=object)
-    )
-    if condition.exists is not None:
-        present = _present(values)
-        return present if condition.exists else ~present
-    if condition.missing is not None:
-        present = _present(values)
-        return ~present if condition.missing else present
-    if condition.equals is not None:
-        return _equal(values, condition.equals)
-    if condition.in_ is not None:
-        out = np.zeros(len(frame), dtype=bool)
-        for wanted in condition.in_:
-            out |= _equal(values, wanted)
-        return out
-    if condition.range is not None:
-        low, high = condition.range
-        number = _numbers(values)
-        out = number.notna().to_numpy().copy()
-        if low is not None:
-            out &= (number >= low).fillna(False).to_numpy(dtype=bool)
-        if high is not None:
-            out &= (number < high).fillna(False).to_numpy(dtype=bool)
-        return out
-    text = _as_text(values).astype("str")
-    return text.str.contains(condition.regex, regex=True, na=False).to_numpy(dtype=bool)
 
 
 # --------------------------------------------------------------------------- points

@@ -38,9 +38,9 @@ from leadflow import tables as t
 from leadflow.business_time import Timeline, WorkingCalendar, calendar_of
 from leadflow.lifecycle import Status
 from leadflow.routing_rules import Rep
+from leadflow.rules.conditions import condition_mask
 from leadflow.sla_rules import Policy, SlaRules
 from tasks import quality
-from tasks.scoring import condition_mask
 from tasks.sla_escalate import (
     OWNED,
     ROUTE_TURN,
