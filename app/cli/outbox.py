@@ -1,4 +1,4 @@
-"""``leadflow outbox``: look at what waits to be sent and act on it.
+"""`leadflow outbox`: look at what waits to be sent and act on it.
 
 - ``list``: counts by status and kind, the commonest errors, and the messages of a status or
   kind (recipients masked);
@@ -12,46 +12,20 @@ Exit codes as everywhere: 0 done; 3 when ``send`` left messages undelivered.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from datetime import UTC, datetime
 from typing import Any
 
-EXIT_OK, EXIT_BAD_INPUT, EXIT_UNDELIVERED = 0, 2, 3
-
-
-def delivery_line(sent: dict[str, Any]) -> str:
-    """One line for a person about a sender's run (route, sla, nurture, outbox send)."""
-    backlog = sent.get("backlog") or {}
-    line = (
-        f"sent {sent.get('sent', 0)}, failed {sent.get('failed', 0)} (retried), "
-        f"dead {sent.get('dead', 0)}, put back {sent.get('deferred', 0)}"
-    )
-    if backlog:
-        line += (
-            f"; outbox: {backlog.get('due', 0)} due, {backlog.get('waiting', 0)} waiting to "
-            f"retry, {backlog.get('dead', 0)} dead"
-        )
-        if backlog.get("sending"):
-            line += f", {backlog['sending']} held by a sender (taken over when its lease ends)"
-    if sent.get("breaker_opened"):
-        line += f"; {', '.join(sent['breaker_opened'])} server failing, left for the next run"
-    return line
-
-
-def undelivered_code(sent: dict[str, Any] | None) -> int:
-    """3 when a sender's run left messages it should have delivered: temporary failures, put
-    back, or dead (other than nurture mail that bounced for good, which is the lead's)."""
-    if not sent:
-        return EXIT_OK
-    needs_a_look = (
-        sent.get("failed", 0)
-        + sent.get("deferred", 0)
-        + sent.get("dead", 0)
-        - sent.get("bounced", 0)
-    )
-    return EXIT_UNDELIVERED if needs_a_look > 0 else EXIT_OK
+from app.cli.common import (
+    EXIT_BAD_INPUT,
+    EXIT_OK,
+    Command,
+    delivery_line,
+    emit,
+    timestamp,
+    undelivered_code,
+)
 
 
 def _human_list(data: dict[str, Any]) -> str:
@@ -93,7 +67,8 @@ def cmd_outbox(args: argparse.Namespace) -> int:
                 data["messages"] = outbox.messages(
                     conn, status=args.status, kind=args.kind, limit=args.limit
                 )
-        return _emit(args, data, _human_list)
+        emit(args, data, _human_list)
+        return EXIT_OK
     if args.action in ("retry", "requeue-dead"):
         ids = args.ids or None
         with engine.begin() as conn:
@@ -103,7 +78,8 @@ def cmd_outbox(args: argparse.Namespace) -> int:
             else:
                 count = outbox.requeue_dead(conn, now, ids, kinds)
                 data = {"requeued": count}
-        return _emit(args, data, lambda d: f"{count} message(s) due now")
+        emit(args, data, lambda d: f"{count} message(s) due now")
+        return EXIT_OK
     # send
     from leadflow.sender import send_due
     from tasks.notify import resolve_notifiers
@@ -117,28 +93,13 @@ def cmd_outbox(args: argparse.Namespace) -> int:
         )
         return EXIT_BAD_INPUT
     report = send_due(engine, resolve_notifiers(spec), args.limit, now).as_dict()
-    _emit(args, report, delivery_line)
+    emit(args, report, delivery_line)
     return undelivered_code(report)
 
 
-def _emit(args: argparse.Namespace, data: dict[str, Any], human: Any) -> int:
-    if args.json:
-        print(json.dumps(data, default=str, sort_keys=True))
-    else:
-        print(human(data))
-    return EXIT_OK
-
-
-def add_parser(sub: Any, timestamp: Any) -> None:
-    """``leadflow outbox ...`` on the main parser's subcommands."""
+def _outbox_arguments(command: argparse.ArgumentParser) -> None:
     from leadflow.outbox import KINDS
 
-    command = sub.add_parser(
-        "outbox",
-        help="what waits to be sent: list, retry, requeue-dead, send",
-        description="what waits to be sent: list, retry, requeue-dead, send",
-    )
-    command.set_defaults(handler=cmd_outbox)
     actions = command.add_subparsers(dest="action", required=True)
     listed = actions.add_parser("list", help="counts by status and kind, errors, messages")
     listed.add_argument("--status", choices=["pending", "sending", "sent", "failed", "dead"])
@@ -160,3 +121,13 @@ def add_parser(sub: Any, timestamp: Any) -> None:
     for action in (listed, retry, requeue, send):
         action.add_argument("--now", type=timestamp)
         action.add_argument("--json", action="store_true")
+
+
+COMMANDS = (
+    Command(
+        "outbox",
+        cmd_outbox,
+        "what waits to be sent: list, retry, requeue-dead, send",
+        _outbox_arguments,
+    ),
+)

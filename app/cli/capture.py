@@ -1,0 +1,201 @@
+"""`leadflow` commands: capture: ingest files, folders and APIs; work the quarantine."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from app.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    Command,
+    emit,
+    fail,
+    run_flow,
+    timestamp,
+)
+
+
+def _human_ingest(data: dict[str, Any]) -> str:
+    lines = [
+        f"received {data.get('received', 0)}: inserted {data.get('inserted', 0)}, "
+        f"merged {data.get('merged', 0)}, quarantined {data.get('quarantined', 0)}"
+    ]
+    if data.get("duplicates"):
+        lines.append(f"already ingested (no-op): batch(es) {data['duplicates']}")
+    if data.get("resumed"):
+        lines.append(f"resumed interrupted batch(es) {data['resumed']} after their last chunk")
+    for warning in data.get("warnings", []):
+        print(f"leadflow: warning: {warning}", file=sys.stderr)
+    if data.get("rejected_chunks"):
+        lines.append(f"REJECTED by the gate: chunk(s) {data['rejected_chunks']}")
+    if data.get("blanked"):
+        blanked = ", ".join(f"{k} {v}" for k, v in sorted(data["blanked"].items()))
+        lines.append(f"invalid optional values blanked (kept in attributes._invalid): {blanked}")
+    if "batch_ids" in data:
+        lines.append(f"batch id(s): {data['batch_ids']}  ({data.get('seconds', 0)} s)")
+    return "\n".join(lines)
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from leadflow.config import ConfigError
+    from leadflow.mapping import load_mapping
+
+    try:
+        mapping, _ = load_mapping(args.mapping)
+    except ConfigError as exc:
+        return fail(str(exc))
+    if args.target and args.target != mapping.target:
+        mapping = mapping.model_copy(update={"target": args.target})
+    if mapping.target == "activities":
+        from tasks.activities import reject_policy
+
+        try:
+            reject_policy()  # decisions follow the SLA rules: a typo there stops here
+        except ConfigError as exc:
+            return fail(str(exc))
+    if mapping.api is None:
+        from tasks.capture.run import check_inputs
+        from tasks.sources import InputError
+
+        # A typo'd column or a missing file is one clear line, before a flow starts.
+        try:
+            check_inputs(args.path, mapping)
+        except InputError as exc:
+            return fail(str(exc))
+    from flows.capture import capture
+
+    return run_flow(
+        args,
+        capture,
+        _human_ingest,
+        mapping_path=args.mapping,  # the option --mapping also names the file in messages
+        target=args.target or mapping.target,
+    )
+
+
+def _ingest_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "path", help="file, folder, fsspec URL, or REST endpoint (with an `api:` mapping)"
+    )
+    command.add_argument("--source", required=True, help="source name recorded on every lead")
+    command.add_argument(
+        "--mapping", help="source mapping YAML (default: columns named like lead fields)"
+    )
+    command.add_argument(
+        "--max-quarantine-rate", type=float, help="reject a chunk above this share (default 0.05)"
+    )
+    command.add_argument(
+        "--target",
+        choices=["leads", "events", "activities"],
+        help="what the records are (default: the mapping's)",
+    )
+    command.add_argument("--now", type=timestamp, help="business time (default: now, UTC)")
+    command.add_argument("--json", action="store_true")
+
+
+def _human_quarantine(data: dict[str, Any]) -> str:
+    if "released" in data:
+        lines = [
+            f"released {data['released']} of {data['selected']} held record(s): inserted "
+            f"{data['inserted']}, merged {data['merged']}; still held {data['still_held']}"
+        ]
+        return "\n".join(lines + [f"refused by the gate: {r}" for r in data["refused"]])
+    if "exported" in data:
+        return f"wrote {data['exported']} record(s) as received to {data['out']}"
+    reasons = ", ".join(f"{k} {v}" for k, v in data["by_reason"].items()) or "none"
+    lines = [f"{data['held']} record(s) held; by reason: {reasons}"]
+    for r in data["records"]:
+        where = (
+            f"batch {r['batch_id']} record {r['record_no']}"
+            if r["batch_id"]
+            else f"lead {r['lead_id']}"
+        )
+        lines.append(f"  #{r['id']} {r['hop']} {where}: {'; '.join(r['reasons'])}")
+        lines.append(f"      {r['record']}")
+    if data["held"] > len(data["records"]):
+        lines.append(
+            f"  ... {data['held'] - len(data['records'])} more (narrow with --batch/--reason)"
+        )
+    return "\n".join(lines)
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    """List, export or release quarantined records."""
+    from leadflow import quarantine, store
+
+    store.upgrade()
+    engine = store.get_engine()
+    selection = quarantine.Selection(
+        ids=tuple(getattr(args, "ids", None) or ()),
+        batch_id=args.batch,
+        hop=getattr(args, "hop", None),
+        reason=getattr(args, "reason", None),
+    )
+    if args.action == "list":
+        with engine.connect() as conn:
+            data = quarantine.listing(conn, selection)
+    elif args.action == "export":
+        with engine.connect() as conn:
+            data = {
+                "exported": quarantine.export(conn, args.batch, Path(args.out)),
+                "out": args.out,
+            }
+    else:
+        if not (selection.ids or selection.batch_id is not None or selection.reason):
+            return fail("say which records to release: IDs, --batch N or --reason R")
+        from leadflow.mapping import load_mapping
+        from tasks.capture.release import release_capture
+
+        mapping, version = load_mapping(args.mapping) if args.mapping else (None, "default")
+        data = release_capture(
+            engine,
+            selection,
+            now=datetime.now(UTC),
+            mapping=mapping,
+            mapping_version=version,
+            max_quarantine_rate=args.max_quarantine_rate,
+        )
+    emit(args, data, _human_quarantine)
+    return EXIT_FAILED if data.get("refused") else EXIT_OK
+
+
+def _quarantine_arguments(command: argparse.ArgumentParser) -> None:
+    actions = command.add_subparsers(dest="action", required=True)
+    listed = actions.add_parser(
+        "list", help="held records (emails, phones masked), counts by reason"
+    )
+    listed.add_argument("--batch", type=int)
+    listed.add_argument("--hop", help="capture, enriched, scored, ...")
+    listed.add_argument("--reason", help="an expectation name, e.g. email_is_valid")
+    listed.add_argument("--json", action="store_true")
+    release = actions.add_parser("release", help="feed held capture records through the hop again")
+    release.add_argument("ids", nargs="*", type=int, help="quarantine ids (from `list`)")
+    release.add_argument("--batch", type=int)
+    release.add_argument("--reason")
+    release.add_argument("--mapping", help="the (fixed) mapping to read them with")
+    release.add_argument("--max-quarantine-rate", type=float)
+    release.add_argument("--json", action="store_true")
+    exported = actions.add_parser("export", help="a batch's held records as received, to fix")
+    exported.add_argument("--batch", type=int, required=True)
+    exported.add_argument("--out", required=True)
+    exported.add_argument("--json", action="store_true")
+
+
+COMMANDS = (
+    Command(
+        "ingest",
+        cmd_ingest,
+        "capture leads (or engagement events, or sales activities) from a file, folder or REST API",
+        _ingest_arguments,
+    ),
+    Command(
+        "quarantine",
+        cmd_quarantine,
+        "list, export or release quarantined records",
+        _quarantine_arguments,
+    ),
+)
