@@ -445,15 +445,13 @@ def release_rejected(conn: Connection, rejects: pd.DataFrame) -> None:
     )
 
 
-ACTIVITIES = linked.register(
-    linked.LinkedKind(
-        target="activities",
-        table=t.activities,
-        key_column="activity_key",
-        prepare=prepare_activities,
-        keys=activity_keys,
-        rows=activity_rows,
-        judge=judge_activities,
-        effects=apply_dispositions,
-    )
+ACTIVITIES = linked.LinkedKind(
+    target="activities",
+    table=t.activities,
+    key_column="activity_key",
+    prepare=prepare_activities,
+    keys=activity_keys,
+    rows=activity_rows,
+    judge=judge_activities,
+    effects=apply_dispositions,
 )

@@ -99,13 +99,11 @@ def event_rows(fresh: pd.DataFrame, source: str, batch_id: int, now: datetime) -
     )
 
 
-EVENTS = linked.register(
-    linked.LinkedKind(
-        target="events",
-        table=t.engagement_events,
-        key_column="event_key",
-        prepare=prepare_events,
-        keys=event_keys,
-        rows=event_rows,
-    )
+EVENTS = linked.LinkedKind(
+    target="events",
+    table=t.engagement_events,
+    key_column="event_key",
+    prepare=prepare_events,
+    keys=event_keys,
+    rows=event_rows,
 )

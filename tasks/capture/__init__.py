@@ -24,6 +24,7 @@ from tasks.capture.mapping import prepare_records
 from tasks.capture.prepare import (
     HOP,
     PreparedChunk,
+    compress,
     prepare_chunk,
     prepared_chunks,
     rejected_records,
@@ -34,7 +35,6 @@ from tasks.capture.write import (
     ChunkOutcome,
     close_batch,
     close_chunk,
-    compress,
     find_existing,
     keep_raw,
     load_cursor,

@@ -59,14 +59,6 @@ class LinkedKind:
         return self.target
 
 
-KINDS: dict[str, LinkedKind] = {}
-
-
-def register(kind: LinkedKind) -> LinkedKind:
-    KINDS[kind.target] = kind
-    return kind
-
-
 def base_frame(
     chunk: RecordChunk, mapping: SourceMapping, source: str
 ) -> tuple[pd.DataFrame, Callable[[str], pd.Series]]:
@@ -259,10 +251,10 @@ def write_linked_chunk(
     retries=2,
     retry_delay_seconds=2,
     retry_condition_fn=not_a_gate_failure,
-    task_run_name="{target}-{batch_id}-chunk-{chunk.chunk_no}",
+    task_run_name="{kind.target}-{batch_id}-chunk-{chunk.chunk_no}",
 )
 def capture_linked_chunk(
-    target: str,
+    kind: LinkedKind,
     database_url: str,
     batch_id: int,
     chunk: RecordChunk,
@@ -277,7 +269,7 @@ def capture_linked_chunk(
 
     outcome = write_linked_chunk(
         store.get_engine(database_url),
-        KINDS[target],
+        kind,
         batch_id=batch_id,
         chunk=chunk,
         mapping=mapping,

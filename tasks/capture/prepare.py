@@ -3,7 +3,9 @@ within itself, compressed), optionally in worker processes ahead of the writer."
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
+import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -16,10 +18,15 @@ from leadflow.mapping import SourceMapping
 from tasks import quality
 from tasks.capture.identity import NO_LEADS, MergePlan, plan_merge
 from tasks.capture.mapping import prepare_records
-from tasks.capture.write import compress
 from tasks.sources import RECORD_NO, RecordChunk
 
 HOP = "captured"
+
+
+def compress(text: str) -> tuple[bytes, str]:
+    """(zlib of the text's bytes as received, SHA-256 of those bytes)."""
+    data = text.encode("utf-8", "surrogateescape")
+    return zlib.compress(data, 1), hashlib.sha256(data).hexdigest()
 
 
 @dataclass

@@ -18,9 +18,12 @@ from prefect.cache_policies import NO_CACHE
 
 from leadflow import progress, store
 from leadflow.mapping import SourceMapping
-from tasks import activities, events, quality, sources  # noqa: F401 (they register kinds)
+from tasks import activities, events, quality, sources
 from tasks.capture import linked, prepare, units, write
 from tasks.sources import RecordChunk
+
+# What capture writes besides leads, by a mapping's ``target``: the linked kinds, named here.
+LINKED = {kind.target: kind for kind in (events.EVENTS, activities.ACTIVITIES)}
 
 
 @dataclass
@@ -187,12 +190,12 @@ class CaptureRun:
         """Write one batch's chunks (leads, events or activities, as the mapping's target says) and
         close the batch; True when every chunk was accepted (``rejected_before``: a chunk
         an interrupted run committed was rejected)."""
-        if mapping.target in linked.KINDS:
+        if mapping.target in LINKED:
             states = (
                 (
                     chunk.chunk_no,
                     linked.capture_linked_chunk(
-                        mapping.target,
+                        LINKED[mapping.target],
                         self.database_url,
                         batch_id,
                         chunk,

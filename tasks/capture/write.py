@@ -5,15 +5,13 @@ batches are opened and closed here, and an identical input is recognised by its 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -35,10 +33,8 @@ from leadflow import tables as t
 from leadflow.mapping import MergePolicy, SourceMapping
 from tasks import quality
 from tasks.capture.identity import STORED_FIELDS, MergePlan, plan_merge
+from tasks.capture.prepare import PreparedChunk, compress
 from tasks.sources import InputError, RecordChunk
-
-if TYPE_CHECKING:
-    from tasks.capture.prepare import PreparedChunk
 
 ACTOR = "capture"
 log = logging.getLogger(__name__)
@@ -335,12 +331,6 @@ def keep_raw(
             content=content,
         )
     )
-
-
-def compress(text: str) -> tuple[bytes, str]:
-    """(zlib of the text's bytes as received, SHA-256 of those bytes)."""
-    data = text.encode("utf-8", "surrogateescape")
-    return zlib.compress(data, 1), hashlib.sha256(data).hexdigest()
 
 
 def write_quarantine(
