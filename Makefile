@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW := ignore
 
-.PHONY: run test lint bench clean
+.PHONY: run test test-fast lint bench clean
 
 $(BIN)/leadflow: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "leadflow needs Python 3.11, found " + sys.version'
@@ -17,8 +17,16 @@ $(BIN)/leadflow: pyproject.toml
 run: $(BIN)/leadflow
 	$(BIN)/leadflow demo
 
+# Every tier, in order: tests/unit, tests/store, tests/flows (the Prefect test server starts
+# here), tests/e2e. With LEADFLOW_TEST_DATABASE_URL set (CI), on PostgreSQL as well as SQLite.
 test: $(BIN)/leadflow
 	$(BIN)/python -m pytest -q
+
+# The inner loop: tests/unit (pure logic) and tests/store (database), on SQLite only (the
+# PostgreSQL variants deselected) and with no Prefect server: about 1.5 minutes, the unit
+# tier alone under one. Run `make test` before you push: flows and e2e are not in here.
+test-fast: $(BIN)/leadflow
+	env -u LEADFLOW_TEST_DATABASE_URL $(BIN)/python -m pytest -q -k "not postgres" tests/unit tests/store
 
 # Style, and the layering: the core imports no tasks/flows/app, tasks no flows/app, flows no app.
 lint: $(BIN)/leadflow

@@ -1,5 +1,21 @@
-"""Shared fixtures: a real Prefect API (test harness), and a fresh database per test on
-SQLite and, when LEADFLOW_TEST_DATABASE_URL is set, on PostgreSQL (own schema per test)."""
+"""Shared fixtures and the test tiers.
+
+The tests live in four tiers, one folder each, run in this order (``make test`` runs them
+all; ``make test-fast`` the first two):
+
+- ``unit/<concern>/``: pure logic: no database, no Prefect server.
+- ``store/``: a database (SQLite, and PostgreSQL when LEADFLOW_TEST_DATABASE_URL is set,
+  through the ``database_url``/``engine`` fixtures), no Prefect server.
+- ``flows/``: Prefect flows or tasks that need the API: the session's test server
+  (``prefect_test_harness``), started by the first test that needs it.
+- ``e2e/``: the ``leadflow`` and ``prefect`` commands as processes, the web app served on a
+  real port, the demo and the deployed stack.
+
+Each test is marked with its tier (``unit``, ``store``, ``flow``, ``e2e``: ``pytest -m unit``
+selects one) and a test module outside these folders is an error. Only ``flows/conftest.py``
+and ``e2e/conftest.py`` use ``prefect_api``; ``unit/`` and ``store/`` refuse Prefect's
+temporary server, so a test there that runs a flow fails at once. Helpers shared by test
+modules are in ``helpers.py`` (``pythonpath = ["tests"]``)."""
 
 from __future__ import annotations
 
@@ -18,41 +34,58 @@ os.environ.pop("LEADFLOW_DATABASE_URL", None)
 
 import pytest  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
 
 from leadflow import store  # noqa: E402
 
-PG_URL = os.environ.get("LEADFLOW_TEST_DATABASE_URL")
-FIXTURES = Path(__file__).parent / "fixtures"
+from helpers import PG_URL, _postgres_schema_url  # noqa: E402
+
+TESTS = Path(__file__).parent
+FIXTURES = TESTS / "fixtures"
+# folder -> marker, in the order the tiers run
+TIERS = {"unit": "unit", "store": "store", "flows": "flow", "e2e": "e2e"}
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "unit: pure logic: no database, no Prefect server (run alone: pytest -m unit)"
-    )
+def _tier(item: pytest.Item) -> str:
+    try:
+        folder = item.path.relative_to(TESTS).parts[0]
+    except ValueError:
+        folder = ""
+    if folder not in TIERS:
+        raise pytest.UsageError(
+            f"{item.nodeid}: a test belongs in one of tests/{', tests/'.join(TIERS)}"
+        )
+    return folder
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with its tier and run the tiers in order: unit and store tests run
+    before the first test that starts the Prefect test server."""
+    order = list(TIERS)
+    for item in items:
+        item.add_marker(TIERS[_tier(item)])
+    items.sort(key=lambda item: order.index(_tier(item)))
 
 
 @pytest.fixture(scope="session")
 def prefect_api() -> Iterator[None]:
+    """A real Prefect API: the test harness's server, started once for the session by the
+    first test that asks (the autouse fixtures of flows/ and e2e/)."""
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=90):
         yield
 
 
-@pytest.fixture(autouse=True)
-def _prefect_unless_unit(request: pytest.FixtureRequest) -> None:
-    """A real Prefect API (started once) for every test but the pure ones: unit tests of
-    hop functions run with no server at all."""
-    if request.node.get_closest_marker("unit") is None:
-        request.getfixturevalue("prefect_api")
+@pytest.fixture(scope="module")
+def no_prefect_api() -> Iterator[None]:
+    """No Prefect API for this module: Prefect may not start its temporary server, so a flow
+    or task called outside ``.fn`` fails at once ("No Prefect API URL provided") instead of
+    quietly starting one. Autouse in unit/ and store/ (it does not stop a test server the
+    session already runs). Per module: building Prefect settings takes some 60 ms."""
+    from prefect.settings import PREFECT_SERVER_ALLOW_EPHEMERAL_MODE, temporary_settings
 
-
-def _postgres_schema_url(schema: str) -> str:
-    url = make_url(PG_URL)
-    return url.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-        hide_password=False
-    )
+    with temporary_settings({PREFECT_SERVER_ALLOW_EPHEMERAL_MODE: False}):
+        yield
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -97,12 +130,3 @@ def sqlite_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 @pytest.fixture
 def engine(database_url: str):
     return store.get_engine(database_url)
-
-
-def write(path: Path, content: str | bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(content, bytes):
-        path.write_bytes(content)
-    else:
-        path.write_text(content, encoding="utf-8", newline="")
-    return path

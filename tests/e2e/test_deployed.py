@@ -1,0 +1,217 @@
+"""End to end, deployed as the README says: a real ``prefect server start`` on a free
+loopback port, every deployment of prefect.yaml, a process worker, the lane's task worker
+and ``leadflow serve``. (a) a triggered pipeline run completes and leaves its artifacts;
+(b) a short-interval schedule fires by itself and its run completes; (c) a posted lead is
+routed and its owner emailed through the lane, visible as a Completed task run.
+
+Slow (about a minute and a half): it starts real processes. CI runs it with the rest.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import requests
+from sqlalchemy import create_engine, select
+
+from app.devstack import bin_path, free_port, prefect_server, wait_for
+from leadflow import store
+from leadflow import tables as t
+
+from helpers import ROOT
+
+TOKEN = "e2e-capture-token"
+HOT = {
+    "email": "first.buyer@acme-e2e.com",
+    "first_name": "First",
+    "company": "Acme E2E",
+    "title": "VP Sales",
+    "country": "US",
+    "source": "referral",
+    "lead_form": "demo_request",
+    "timeline": "0-3 months",
+}
+
+
+def run(argv: list[str], env: dict[str, str], cwd: Path = ROOT) -> str:
+    done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"{argv}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
+    return done.stdout
+
+
+def until(check, timeout: float, what: str, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture
+def stack(tmp_path: Path):
+    database = f"sqlite:///{tmp_path / 'leadflow.db'}"
+    store.upgrade(database)
+    env = {
+        "LEADFLOW_HOME": str(ROOT),  # the pull step's working directory: the checkout
+        "LEADFLOW_DATABASE_URL": database,
+        "LEADFLOW_GX_DIR": str(tmp_path / "gx"),
+        "LEADFLOW_DATA_DOCS_DIR": str(tmp_path / "docs"),
+        "LEADFLOW_NOTIFIER": f"maildir:{tmp_path / 'mail'}",
+        "LEADFLOW_CAPTURE_TOKEN": TOKEN,
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
+        "PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS": "2",
+    }
+    with prefect_server(tmp_path / "stack", env) as running:
+        yield running, database, tmp_path
+
+
+def _client(api: str):
+    from prefect.client.orchestration import SyncPrefectClient
+
+    return SyncPrefectClient(api)
+
+
+def test_deployed_pipeline_schedule_and_lane(stack) -> None:
+    running, database, folder = stack
+    env, api = running.env, running.env["PREFECT_API_URL"]
+    prefect, leadflow = bin_path("prefect"), bin_path("leadflow")
+    sample = folder / "sample"
+    run([leadflow, "generate", "--leads", "300", "--out", str(sample)], env)
+    run([leadflow, "ingest", str(sample / "leads.csv"), "--source", "e2e"], env)
+    run([prefect, "work-pool", "create", "leadflow", "--type", "process"], env)
+    run([prefect, "--no-prompt", "deploy", "--all"], env)
+
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterId,
+        TaskRunFilter,
+        TaskRunFilterName,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.schedules import IntervalSchedule
+
+    with _client(api) as client:
+        deployments = {d.name: d for d in client.read_deployments()}
+        assert {"pipeline", "nurture", "sla", "recycle", "report", "rescore"} <= set(deployments)
+        # Pause every deployment before the worker starts (their first runs are due now;
+        # pausing deletes them); (b) below resumes one with a short interval.
+        for deployment in deployments.values():
+            client.pause_deployment(deployment.id)
+        for flow_run in client.read_flow_runs():
+            client.delete_flow_run(flow_run.id)
+    running.start("worker", [prefect, "worker", "start", "--pool", "leadflow"])
+
+    # (a) A triggered pipeline run completes, with a table artifact per gated hop.
+    with _client(api) as client:
+        triggered = client.create_flow_run_from_deployment(deployments["pipeline"].id)
+
+        def finished(run_id):
+            def check():
+                state = client.read_flow_run(run_id).state
+                return state if state and state.is_final() else None
+
+            return check
+
+        state = until(finished(triggered.id), 240, "the pipeline run", 1)
+        assert state.type == StateType.COMPLETED, (state.message, running.log("worker")[-3000:])
+        pipeline_run = client.read_flow_run(triggered.id)
+        assert pipeline_run.name.startswith("pipeline-")
+        # The hops are subflows of the pipeline run: their artifacts are theirs.
+        runs = {r.id: r for r in client.read_flow_runs()}
+        hop_runs = [r.id for r in runs.values() if r.parent_task_run_id is not None]
+        assert {runs[i].name.split("-")[0] for i in hop_runs} >= {"enrich", "score", "route"}
+        artifacts = client.read_artifacts(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=hop_runs))
+        )
+    keys = {a.key for a in artifacts}
+    assert {"dq-enriched", "dq-scored", "dq-routed"} <= keys, keys
+    engine = create_engine(database)
+    with engine.connect() as conn:
+        routed = conn.execute(select(t.leads.c.id).where(t.leads.c.status == "routed")).all()
+    assert routed, "the deployed pipeline routed nobody"
+
+    # (b) A short-interval schedule fires by itself (no one creates the run).
+    report = deployments["report"]
+    with _client(api) as client:
+        client.create_deployment_schedules(
+            report.id, [(IntervalSchedule(interval=timedelta(seconds=5)), True)]
+        )
+        client.resume_deployment(report.id)
+
+        seen: dict = {}
+
+        def scheduled_run_completed():
+            runs = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[report.id]))
+            )
+            seen.update({r.name: (r.state_name, r.state and r.state.message) for r in runs})
+            return next((r for r in runs if r.state and r.state.is_completed()), None)
+
+        try:
+            fired = until(scheduled_run_completed, 150, "a scheduled report run", 1)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {seen}\n{running.log('worker')[-3000:]}") from None
+        assert fired.auto_scheduled
+        report_artifacts = client.read_artifacts(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[fired.id]))
+        )
+        assert "kpi-report" in {a.key for a in report_artifacts}
+        client.pause_deployment(report.id)
+
+    # (c) A posted lead goes through the lane: routed, its owner emailed, a task run shown.
+    running.start("lane", [leadflow, "lane"])
+    port = free_port()
+    log = running.start("serve", [leadflow, "serve", "--port", str(port), "--lane", "worker"])
+    wait_for(f"http://127.0.0.1:{port}/healthz", 60, "leadflow serve", log)
+    time.sleep(2)  # the task worker subscribes
+    mail = folder / "mail" / "new"
+    before = len(list(mail.iterdir())) if mail.exists() else 0
+    answer = requests.post(
+        f"http://127.0.0.1:{port}/leads", json=HOT, headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    assert answer.status_code == 202, answer.text
+    lead = answer.json()["lead_id"]
+
+    def lead_status():
+        with engine.connect() as conn:
+            status = conn.execute(select(t.leads.c.status).where(t.leads.c.id == lead)).scalar_one()
+        return status if status == "routed" else None
+
+    until(lead_status, 60, f"lead {lead} routed by the lane ({running.log('lane')[-1500:]})")
+    until(lambda: mail.exists() and len(list(mail.iterdir())) > before, 30, "the owner's email")
+    assert any(f"Lead #{lead} " in p.read_text() for p in mail.iterdir())
+    with _client(api) as client:
+        task_runs = client.read_task_runs(
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=[f"lane-lead-{lead}"]))
+        )
+    assert task_runs and task_runs[0].state.is_completed(), running.log("lane")[-2000:]
+
+    # Automations can react: the capture was announced as an event, with no address in it.
+    def captured_events():
+        answer = requests.post(
+            f"{api}/events/filter",
+            json={"filter": {"event": {"name": ["leadflow.lead.captured"]}}, "limit": 10},
+        )
+        return [
+            e
+            for e in answer.json().get("events", [])
+            if e["resource"]["prefect.resource.id"] == f"leadflow.lead.{lead}"
+        ]
+
+    events = until(captured_events, 30, "the leadflow.lead.captured event")
+    assert events[0]["payload"]["status"] == "inserted"
+    assert "@" not in str(events[0])
+    engine.dispose()
+    assert "Traceback" not in running.log("serve"), running.log("serve")[-2000:]
+    assert os.environ.get("PREFECT_API_URL") != api  # the stack never leaked into the test run

@@ -1,0 +1,150 @@
+"""POST /leads and the speed-to-lead lane, on SQLite and PostgreSQL (the HTTP app in
+process through FastAPI's TestClient; the real server, worker and SMTP are exercised by
+e2e/test_deployed.py and bench/speed_to_lead.py; the pipeline taking what the lane missed
+by flows/test_lane_pipeline.py)."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from app.web import Capture, create_app
+from leadflow import tables as t
+from leadflow.audit import run_audit
+from tasks.lane import run_lane
+
+from helpers import AUTH, HOT, MAPPING, TOKEN, app_for, count
+
+
+def test_post_without_token_is_401_and_writes_nothing(database_url, engine):
+    client = app_for(database_url)
+    assert client.post("/leads", json={"email": "a@acme.com"}).status_code == 401
+    wrong = client.post(
+        "/leads", json={"email": "a@acme.com"}, headers={"Authorization": "Bearer x"}
+    )
+    assert wrong.status_code == 401
+    assert count(engine, t.capture_batches) == 0 and count(engine, t.leads) == 0
+
+
+def test_posted_leads_are_captured_answered_and_accounted(database_url, engine):
+    handed: list[list[int]] = []
+    client = app_for(database_url, handed)
+    first = client.post("/leads", json={"email": "Ann@Acme.com", **HOT}, headers=AUTH)
+    assert first.status_code == 202, first.text
+    lead = first.json()["lead_id"]
+    assert first.json()["status"] == "inserted"
+    # Form fields, the same person again: merged into the same lead.
+    again = client.post(
+        "/leads", data={"email": "ann@acme.com", "phone": "+1 212 555 0100"}, headers=AUTH
+    )
+    assert again.status_code == 202 and again.json() == {
+        **again.json(),
+        "lead_id": lead,
+        "status": "merged",
+    }
+    # A bad address: 422 naming the field, the record quarantined with the reason.
+    bad = client.post("/leads", json={"email": "ann@acme"}, headers=AUTH)
+    assert bad.status_code == 422
+    assert bad.json()["detail"][0]["loc"] == ["body", "email"]
+    assert bad.json()["detail"][0]["type"] == "email_is_valid"
+    # Neither email nor id, and a body that is not JSON: quarantined too, with reasons.
+    nobody = client.post("/leads", json={"first_name": "Bo"}, headers=AUTH)
+    assert nobody.status_code == 422 and nobody.json()["detail"][0]["type"] == "identity_present"
+    broken = client.post(
+        "/leads", content=b'{"email": ', headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert broken.status_code == 422
+    assert broken.json()["detail"][0]["type"] == "record_is_well_formed"
+    with engine.connect() as conn:
+        held = conn.execute(select(t.quarantine.c.reasons)).scalars().all()
+        attributes = conn.execute(select(t.leads.c.attributes)).scalar_one()
+    assert len(held) == 3
+    assert "lead_form" in str(attributes)  # unmapped form fields are kept on the lead
+    assert handed == [[lead], [lead]]  # each captured group went to the lane
+    with engine.connect() as conn:
+        assert run_audit(conn).problems == []
+
+
+def test_the_lane_routes_and_notifies_once_and_leaves_nothing_behind(
+    database_url, engine, tmp_path
+):
+    client = app_for(database_url)
+    ids = [
+        client.post("/leads", json={"email": f"buyer{n}@acme{n}.com", **HOT}, headers=AUTH).json()[
+            "lead_id"
+        ]
+        for n in range(3)
+    ]
+    mail = tmp_path / "mail"
+    summary = run_lane(ids, database_url, notifier=f"maildir:{mail}")
+    assert summary["hops"]["enrich"]["claimed"] == 3
+    assert summary["hops"]["route"]["moved"] == {"routed": 3}
+    assert summary["sent"]["sent"] == 3
+    assert len(list((mail / "new").iterdir())) == 3
+    with engine.connect() as conn:
+        statuses = (
+            conn.execute(select(t.leads.c.status).where(t.leads.c.id.in_(ids))).scalars().all()
+        )
+    assert statuses == ["routed"] * 3
+    # Handed the same leads again (a retried task, a duplicate hand-off): nothing happens.
+    again = run_lane(ids, database_url, notifier=f"maildir:{mail}")
+    assert all(h["claimed"] == 0 for h in again["hops"].values())
+    assert len(list((mail / "new").iterdir())) == 3
+    assert count(engine, t.outbox) == 3
+
+
+def test_a_burst_of_posts_is_captured_in_few_groups(database_url, engine):
+    groups: list[list[int]] = []
+    lock = threading.Lock()
+
+    def hand_off(ids: list[int]) -> None:
+        with lock:
+            groups.append(ids)
+
+    capture = Capture(token=TOKEN, mapping_path=MAPPING, hand_off=hand_off, emit_events=False)
+    client = TestClient(create_app(database_url, capture))
+
+    def post(n: int) -> int:
+        answer = client.post("/leads", json={"email": f"burst{n}@acme.com", **HOT}, headers=AUTH)
+        assert answer.status_code == 202, answer.text
+        return answer.json()["lead_id"]
+
+    with ThreadPoolExecutor(32) as pool:
+        ids = list(pool.map(post, range(200)))
+    assert len(set(ids)) == 200
+    assert sorted(i for g in groups for i in g) == sorted(ids)
+    assert len(groups) < 100  # grouped while the previous group was being written
+    assert count(engine, t.leads) == 200
+    with engine.connect() as conn:
+        assert run_audit(conn).problems == []
+
+
+def test_a_group_a_killed_server_left_running_is_closed_at_restart(database_url, engine):
+    from tasks.capture import write
+
+    opened = write.open_batch(  # what a server killed before its commit leaves behind
+        engine,
+        source="web-form",
+        target="leads",
+        kind="http",
+        uri="http:POST /leads",
+        content_hash="a" * 64,
+        size=10,
+        header=None,
+        mapping_version="v",
+        flow_run_id=None,
+    )
+    with engine.connect() as conn:
+        assert [p for p in run_audit(conn).problems if "still 'running'" in p]
+    app_for(database_url)  # the restarted server
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(t.capture_batches.c.status, t.capture_batches.c.message).where(
+                t.capture_batches.c.id == opened.batch_id
+            )
+        ).one()
+        assert run_audit(conn).problems == []
+    assert row.status == "failed" and "none of its posts was answered 202" in row.message
