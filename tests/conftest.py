@@ -27,6 +27,9 @@ from pathlib import Path
 
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] = "ignore"
+# Commands run as processes start their own temporary Prefect server: on 2 busy cores that
+# takes longer than Prefect's default 20 s (measured ~30 s during a full run).
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="leadflow-tests-"))
 os.environ["LEADFLOW_HOME"] = str(_SESSION_HOME)
