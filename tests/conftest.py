@@ -40,7 +40,7 @@ from sqlalchemy import create_engine, text  # noqa: E402
 
 from leadflow import store  # noqa: E402
 
-from helpers import PG_URL, _postgres_schema_url  # noqa: E402
+from helpers import PG_URL, _postgres_schema_url, captured_leads, copy_rules  # noqa: E402
 
 TESTS = Path(__file__).parent
 FIXTURES = TESTS / "fixtures"
@@ -133,3 +133,15 @@ def sqlite_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 @pytest.fixture
 def engine(database_url: str):
     return store.get_engine(database_url)
+
+
+@pytest.fixture
+def shipped_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the shipped rules, used by every run of the test (LEADFLOW_RULES_DIR)."""
+    return copy_rules(tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def captured(database_url: str, shipped_rules: Path, tmp_path: Path) -> str:
+    """Leads waiting in ``captured``: what a run would move first."""
+    return captured_leads(database_url, tmp_path)

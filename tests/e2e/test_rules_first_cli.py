@@ -16,22 +16,8 @@ import pytest
 from helpers import (
     BREAKS,
     assert_nothing_moved,
-    captured_leads,
-    copy_rules,
     snapshot,
 )
-
-
-@pytest.fixture
-def rules_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A copy of the shipped rules, used by every run of the test (LEADFLOW_RULES_DIR)."""
-    return copy_rules(tmp_path, monkeypatch)
-
-
-@pytest.fixture
-def captured(database_url: str, rules_dir: Path, tmp_path: Path) -> str:
-    """Leads waiting in ``captured``: what a run would move first."""
-    return captured_leads(database_url, tmp_path)
 
 
 def leadflow(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -51,10 +37,10 @@ def leadflow(*argv: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize("broken", list(BREAKS))
 def test_run_with_broken_rules_is_one_line_exit_2_and_nothing_moves(
-    broken: str, captured: str, rules_dir: Path
+    broken: str, captured: str, shipped_rules: Path
 ) -> None:
     breaks, named = BREAKS[broken]
-    breaks(rules_dir)
+    breaks(shipped_rules)
     before = snapshot(captured)
 
     done = leadflow("run")
@@ -63,7 +49,7 @@ def test_run_with_broken_rules_is_one_line_exit_2_and_nothing_moves(
     assert done.returncode == 2, done.stderr
     assert done.stdout == ""
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
-    assert lines[0].startswith(f"leadflow: {rules_dir}/"), lines[0]
+    assert lines[0].startswith(f"leadflow: {shipped_rules}/"), lines[0]
     for part in named:
         assert part in lines[0], lines[0]
     assert_nothing_moved(captured, before)

@@ -15,22 +15,8 @@ from helpers import (
     BREAKS,
     _replace,
     assert_nothing_moved,
-    captured_leads,
-    copy_rules,
     snapshot,
 )
-
-
-@pytest.fixture
-def rules_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A copy of the shipped rules, used by every run of the test (LEADFLOW_RULES_DIR)."""
-    return copy_rules(tmp_path, monkeypatch)
-
-
-@pytest.fixture
-def captured(database_url: str, rules_dir: Path, tmp_path: Path) -> str:
-    """Leads waiting in ``captured``: what a run would move first."""
-    return captured_leads(database_url, tmp_path)
 
 
 def no_errors_logged(caplog: pytest.LogCaptureFixture) -> bool:
@@ -39,19 +25,19 @@ def no_errors_logged(caplog: pytest.LogCaptureFixture) -> bool:
 
 
 def test_pipeline_flow_fails_before_the_first_hop(
-    captured: str, rules_dir: Path, caplog: pytest.LogCaptureFixture
+    captured: str, shipped_rules: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """As a deployment runs it: a Failed run with the one line; no hop ran."""
     from flows.pipeline import pipeline
 
-    BREAKS["routing-typo-key"][0](rules_dir)
+    BREAKS["routing-typo-key"][0](shipped_rules)
     before = snapshot(captured)
 
     state = pipeline(return_state=True)
 
     assert state.is_failed()
     assert "\n" not in state.message
-    assert state.message.startswith(f"ConfigError: {rules_dir / 'routing.yaml'}: ")
+    assert state.message.startswith(f"ConfigError: {shipped_rules / 'routing.yaml'}: ")
     assert "fallbak: Extra inputs are not permitted" in state.message
     assert no_errors_logged(caplog)
     assert_nothing_moved(captured, before)
@@ -93,13 +79,13 @@ FLOW_BREAKS = {
 def test_each_flow_refuses_its_broken_rules_in_one_line(
     name: str,
     sqlite_url: str,
-    rules_dir: Path,
+    shipped_rules: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     file, old, new, field = FLOW_BREAKS[name]
-    _replace(old, new, file)(rules_dir)
+    _replace(old, new, file)(shipped_rules)
     monkeypatch.setenv("LEADFLOW_HOME", str(tmp_path / "home"))  # the demo's var/ lives there
     before = snapshot(sqlite_url)
 
@@ -107,7 +93,7 @@ def test_each_flow_refuses_its_broken_rules_in_one_line(
 
     assert state.is_failed(), state.message
     assert "\n" not in state.message, state.message
-    assert state.message.startswith(f"ConfigError: {rules_dir / file}: "), state.message
+    assert state.message.startswith(f"ConfigError: {shipped_rules / file}: "), state.message
     assert field in state.message, state.message
     assert no_errors_logged(caplog)
     assert snapshot(sqlite_url) == before
