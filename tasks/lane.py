@@ -30,9 +30,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from leadflow import store
+from leadflow.sender import send_due
 from leadflow.settings import get_settings
 from tasks import enrich, hops, quality, route_hop, score_hop
-from tasks.notify import resolve_notifiers, send_due
+from tasks.notify import resolve_notifiers
 
 log = logging.getLogger(__name__)
 

@@ -26,16 +26,8 @@ from prefect.cache_policies import NO_CACHE
 from blocks.notifier import NOTIFIERS, MaildirNotifier, SmtpNotifier, WebhookNotifier
 from leadflow import outbox, store
 from leadflow.business_time import next_free_slots
-from leadflow.outbox import masked
 from leadflow.routing_rules import Rep, RoutingRules
-from leadflow.sender import (
-    Permanent,
-    SendReport,
-    Unreachable,
-    build_email,
-    record_bounce,
-    send_due,
-)
+from leadflow.sender import send_due
 
 log = logging.getLogger(__name__)
 
@@ -258,19 +250,6 @@ def owner_messages(
 
 
 # --------------------------------------------------------------------------- delivery
-
-__all__ = [
-    "Permanent",
-    "SendReport",
-    "Unreachable",
-    "build_email",
-    "masked",
-    "owner_messages",
-    "record_bounce",
-    "resolve_notifiers",
-    "send_due",
-    "send_outbox",
-]
 
 
 def resolve_notifiers(spec: Any) -> list[SmtpNotifier | WebhookNotifier | MaildirNotifier]:
