@@ -25,17 +25,34 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(url: str, timeout: float, what: str, log: Path | None = None) -> None:
-    """Poll ``url`` until it answers 200, or raise naming ``what`` (and its log's tail)."""
+def wait_for(
+    url: str,
+    timeout: float,
+    what: str,
+    log: Path | None = None,
+    process: subprocess.Popen[bytes] | None = None,
+) -> None:
+    """Poll ``url`` until it answers 200, or raise naming ``what`` (and its log's tail).
+
+    With ``process``: stop early if it exits, and on a timeout ask it for its stacks first
+    (SIGUSR1: leadflow commands dump every thread's stack), so the error says where it waits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            what = f"{what} (exited with {process.returncode})"
+            break
         try:
             if requests.get(url, timeout=2).status_code == 200:
                 return
         except requests.RequestException:
             pass
         time.sleep(0.25)
-    tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
+    else:
+        if process is not None and process.poll() is None:
+            with suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGUSR1)
+            time.sleep(1)
+    tail = log.read_text(errors="replace")[-6000:] if log and log.exists() else ""
     raise TimeoutError(f"{what} did not answer at {url} within {timeout:.0f} s\n{tail}")
 
 
@@ -59,6 +76,9 @@ class Stack:
         )
         self.children.append((name, process))
         return log
+
+    def process(self, name: str) -> subprocess.Popen[bytes]:
+        return next(p for label, p in reversed(self.children) if label == name)
 
     def stop(self, name: str | None = None) -> None:
         for label, process in reversed(list(self.children)):  # servers last

@@ -40,9 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     quiet_prefect()
     if argv is None:  # a real command, not a call from Python: tie its children to it
+        import faulthandler
+        import signal
+
         from leadflow.watchdog import guard_children
 
         guard_children()
+        # `kill -USR1 PID` prints every thread's stack to stderr: where a stuck command waits.
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     args = build_parser().parse_args(argv)
     from leadflow.config import ConfigError
     from tasks.sources import InputError

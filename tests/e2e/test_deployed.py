@@ -173,7 +173,11 @@ def test_deployed_pipeline_schedule_and_lane(stack) -> None:
     running.start("lane", [leadflow, "lane"])
     port = free_port()
     log = running.start("serve", [leadflow, "serve", "--port", str(port), "--lane", "worker"])
-    wait_for(f"http://127.0.0.1:{port}/healthz", 60, "leadflow serve", log)
+    # 180 s: on 2 cores after a full run, starting beside the worker and the lane is slow
+    # (once over 60 s in CI); a timeout dumps serve's stacks into the error.
+    wait_for(
+        f"http://127.0.0.1:{port}/healthz", 180, "leadflow serve", log, running.process("serve")
+    )
     time.sleep(2)  # the task worker subscribes
     mail = folder / "mail" / "new"
     before = len(list(mail.iterdir())) if mail.exists() else 0
