@@ -14,8 +14,9 @@ from prefect.cache_policies import NO_CACHE
 from sqlalchemy import func, select
 
 from app.generate import generate
-from leadflow import audit, reference, store
+from leadflow import audit, store
 from leadflow import tables as t
+from leadflow.routing import reference
 from leadflow.settings import get_settings
 
 
@@ -206,7 +207,7 @@ def sales_week(summary: dict[str, Any], start: datetime) -> dict[str, Any]:
     final compliance per policy and rep."""
     from flows.capture import capture
     from flows.sla import sla
-    from tasks import sla as sla_tasks
+    from leadflow.sla import check as sla_tasks
 
     settings = get_settings()
     # This run's CRM exports (their bytes are kept in raw_captures once ingested).

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from app import generate_reps
-from leadflow.mapping import EVENT_TYPES  # the event weights below follow its order
+from leadflow.capture.rules import EVENT_TYPES
 
 # Shares of lead rows with each defect (chosen to stay well under the 5% quarantine limit).
 DEFECTS = {

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from leadflow.routing_rules import Rep, load_rules
+from leadflow.routing.rules import Rep, load_rules
 
 RULES = Path(__file__).resolve().parents[1] / "rules" / "routing.yaml"
 REGION_OF_POOL = {"na-ent": "NA", "na-com": "NA", "emea": "EMEA", "apac": "APAC", "latam": "LATAM"}

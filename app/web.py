@@ -2,7 +2,7 @@
 
 ``POST /leads`` is the speed-to-lead door: a form's fields (JSON or form-encoded) with the
 capture token (``Authorization: Bearer <token>``). The record is captured like a line of a
-file (``tasks.capture.posted``: mapping YAML, raw record, ledger, gate, quarantine); the
+file (``leadflow.capture.posted``: mapping YAML, raw record, ledger, gate, quarantine); the
 answer is 202 with the lead's id, or 422 with the fields and reasons it was quarantined
 for, or 401 without a valid token (nothing written). Each captured lead is announced as a
 Prefect event ``leadflow.lead.captured`` and handed to the lane (``tasks.lane``).
@@ -48,9 +48,10 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from leadflow import store, unsubscribe
+from leadflow import store
 from leadflow import tables as t
 from leadflow.config import ConfigError
+from leadflow.nurture import unsubscribe
 from leadflow.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ def _fields(reasons: Sequence[str], checks: dict[str, tuple[str | None, str]]) -
 def reason_fields() -> dict[str, tuple[str | None, str]]:
     """Each captured-gate row check -> (the field it is about, why it exists), from
     ``suites/captured.yaml``."""
-    from tasks import quality
+    from leadflow import quality
 
     spec = quality.load_suite("captured")
     out = {}
@@ -553,8 +554,8 @@ def create_app(
 def _add_capture(
     app: FastAPI, database_url: str, capture: Capture, limits: Limits, gate: Gate
 ) -> None:
-    from leadflow.mapping import load_mapping
-    from tasks.capture.posted import Batcher
+    from leadflow.capture.posted import Batcher
+    from leadflow.capture.rules import load_mapping
 
     mapping, version = load_mapping(capture.mapping_path)
     source = capture.source or mapping.source or "web-form"

@@ -32,10 +32,10 @@ def normalised_leads(count: int, seed: int):
     import multiprocessing
 
     from app.generate import generate
-    from leadflow.mapping import SourceMapping
+    from leadflow.capture import sources
+    from leadflow.capture.mapping import prepare_records
+    from leadflow.capture.rules import SourceMapping
     from leadflow.settings import get_settings
-    from tasks import sources
-    from tasks.capture.mapping import prepare_records
 
     now = datetime(2026, 11, 1, tzinfo=UTC)
     sample = get_settings().var_dir / "bench" / f"leads-{count}-seed{seed}"
@@ -76,7 +76,7 @@ class Provider(BaseHTTPRequestHandler):
 
 def provider_path(domains: int, rate: float) -> dict:
     from blocks.firmographics import HttpFirmographics
-    from tasks.firmographics import HttpProvider, LookupStats
+    from leadflow.enrich.firmographics import HttpProvider, LookupStats
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Provider)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0)
     args = parser.parse_args()
 
-    from tasks.enrich import derive, load_lists
+    from leadflow.enrich.hop import derive, load_lists
 
     frames, _ = normalised_leads(args.leads, args.seed)
     lists = load_lists()

@@ -46,7 +46,7 @@ def main() -> None:
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
 
-    from tasks.nurture import load_context
+    from leadflow.nurture.plan import load_context
 
     context = load_context()
     n = args.leads

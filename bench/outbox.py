@@ -37,13 +37,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_database_url, bench_schema, peak_rss_mb
 
 from app.devstack import MailSink
-from leadflow import outbox, store
+from leadflow import store
+from leadflow.outbox import store as outbox
 
 SENDER = textwrap.dedent(
     """
     import json, sys, time
     from datetime import UTC, datetime
-    from leadflow import outbox, sender, store
+    from leadflow import store
+    from leadflow.outbox import sender
+    from leadflow.outbox import store as outbox
     from app.devstack import MailSink
 
     url, port = sys.argv[1], int(sys.argv[2])

@@ -16,9 +16,9 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, Failed, State
 
+from leadflow.scoring import backtest as metrics
+from leadflow.scoring import learn as learner
 from leadflow.settings import get_settings
-from tasks import backtest as metrics
-from tasks import learn as learner
 from tasks import rules_check
 
 

@@ -14,10 +14,11 @@ from prefect import flow
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
-from leadflow.mapping import load_mapping
+from leadflow.capture import sources
+from leadflow.capture.rules import load_mapping
+from leadflow.capture.run import CaptureRun, empty_summary, inspect_input, publish_gates
 from leadflow.settings import get_settings
-from tasks import rules_check, sources
-from tasks.capture.run import CaptureRun, empty_summary, inspect_input, publish_gates
+from tasks import rules_check
 
 PARALLEL_FROM_BYTES = 8 << 20  # smaller inputs are not worth a worker process's start-up
 

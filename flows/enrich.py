@@ -1,7 +1,7 @@
 """Enrich flow: captured leads become enriched, batch by batch, until none are waiting.
 
 The hop itself (claim, derive, look up firmographics per distinct domain, match accounts,
-gate, write) is declared in ``tasks/enrich.py``. If the provider is down, batches still
+gate, write) is declared in ``leadflow/enrich/hop.py``. If the provider is down, batches still
 complete: the affected leads become ``enrichment_pending`` and the next run retries them.
 """
 
@@ -13,9 +13,10 @@ from datetime import UTC, datetime
 from prefect import flow
 from prefect.states import Completed, Failed, State
 
+from leadflow import runner as hops
+from leadflow.enrich import hop
 from leadflow.settings import get_settings
-from tasks import enrich as hop
-from tasks import hops, rules_check
+from tasks import rules_check
 
 
 @flow(name="enrich", flow_run_name=hops.run_name("enrich"))

@@ -1,6 +1,6 @@
 """Nurture flow: on a cron, with ``now``. Enrols eligible leads, sends every touch that is
 due, defers what quiet hours or the frequency cap hold back, ends enrolments whose exits are
-met, and finishes cadences per ``on_finish`` (see ``tasks/nurture.py``). Touches go out
+met, and finishes cadences per ``on_finish`` (see ``leadflow/nurture/plan.py``). Touches go out
 through the outbox sender after the hop; without a notifier they stay queued."""
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 from prefect.states import Completed, Failed, State
 
+from leadflow import runner as hops
+from leadflow.nurture import plan as hop
+from leadflow.routing.notices import send_outbox
 from leadflow.settings import get_settings
-from tasks import hops, rules_check
-from tasks import nurture as hop
-from tasks.notify import send_outbox
+from tasks import rules_check
 
 
 @flow(name="nurture", flow_run_name=hops.run_name("nurture"))

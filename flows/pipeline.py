@@ -1,4 +1,4 @@
-"""Pipeline flow: run every hop, in lifecycle order (``tasks/order.py``), on whatever is
+"""Pipeline flow: run every hop, in lifecycle order (``leadflow/order.py``), on whatever is
 waiting. Each hop is its own flow (a subflow here), so a hop's gate failing fails the
 pipeline and stops the hops after it. The rules of every hop are checked before the first
 runs (``tasks/rules_check.py``)."""
@@ -15,8 +15,10 @@ from prefect.states import Completed, Failed, State
 from flows.enrich import enrich
 from flows.route import route
 from flows.score import score
+from leadflow import order
+from leadflow import runner as hops
 from leadflow.settings import get_settings
-from tasks import hops, order, reports, rules_check
+from tasks import reports, rules_check
 
 FLOWS = {"enrich": enrich, "score": score, "route": route}  # hop name -> the flow that runs it
 

@@ -1,5 +1,5 @@
 """Recycling flow: daily, with ``now``. Leads that stalled with sales go back to nurture
-with a reason code (see ``tasks/recycle.py``); then the leakage report lists the leads
+with a reason code (see ``leadflow/recycle/hop.py``); then the leakage report lists the leads
 nobody is working."""
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 from prefect.states import Completed, Failed, State
 
+from leadflow import runner as hops
+from leadflow.kpi import leakage
+from leadflow.recycle import hop
 from leadflow.settings import get_settings
-from tasks import hops, leakage, rules_check
-from tasks import recycle as hop
+from tasks import rules_check
 
 
 @flow(name="recycle", flow_run_name=hops.run_name("recycle"))

@@ -10,9 +10,12 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, State
 
-from leadflow.recycle_rules import load_rules
+from leadflow import runner as hops
+from leadflow.kpi import leakage
+from leadflow.kpi import measures as kpi
+from leadflow.recycle.rules import load_rules
 from leadflow.settings import get_settings
-from tasks import hops, kpi, leakage, rules_check
+from tasks import rules_check
 
 
 @flow(name="report", flow_run_name=hops.run_name("report"))

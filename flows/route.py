@@ -1,5 +1,5 @@
 """Route flow: every MQL gets an owner (or waits, with the reason, for capacity), and the
-owners are told through the outbox. The hop is declared in ``tasks/route_hop.py``.
+owners are told through the outbox. The hop is declared in ``leadflow/routing/hop.py``.
 
 ``route_dry_run``: replay routing for a period's MQLs under changed rules; write nothing.
 """
@@ -14,10 +14,11 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, Failed, State
 
+from leadflow import runner as hops
+from leadflow.routing import hop
+from leadflow.routing.notices import send_outbox
 from leadflow.settings import get_settings
-from tasks import hops, rules_check
-from tasks import route_hop as hop
-from tasks.notify import send_outbox
+from tasks import rules_check
 
 
 @flow(name="route", flow_run_name=hops.run_name("route"))

@@ -3,7 +3,7 @@
 ``score``: enriched leads get their first score; nurturing or MQL leads with engagement
 newer than their score are scored again. ``rescore``: on demand after a rules change, over
 a scope of leads, as a dry run or applied; always produces a diff. The hops are declared in
-``tasks/score_hop.py``.
+``leadflow/scoring/hop.py``.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed, Failed, State
 
+from leadflow import runner as hops
+from leadflow.scoring import hop
+from leadflow.scoring.replay import Diff, biggest_movers, diff_markdown
 from leadflow.settings import get_settings
-from tasks import hops, rules_check
-from tasks import score_hop as hop
-from tasks.rescore_diff import Diff, biggest_movers, diff_markdown
+from tasks import rules_check
 
 
 @flow(name="score", flow_run_name=hops.run_name("score"))

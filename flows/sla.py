@@ -1,4 +1,4 @@
-"""SLA check flow: every few minutes, all open timers at once (see ``tasks/sla.py``).
+"""SLA check flow: every few minutes, all open timers at once (see ``leadflow/sla/check.py``).
 
 Starts timers for new assignments, meets them with new activities, warns, records each
 breach once per level, notifies rep and manager, reassigns through routing at level 2,
@@ -14,10 +14,12 @@ from datetime import UTC, datetime
 from prefect import flow
 from prefect.states import Completed, Failed, State
 
+from leadflow import quality
+from leadflow import runner as hops
+from leadflow.routing.notices import send_outbox
 from leadflow.settings import get_settings
-from tasks import hops, quality, rules_check
-from tasks import sla as hop
-from tasks.notify import send_outbox
+from leadflow.sla import check as hop
+from tasks import rules_check
 
 
 @flow(name="sla", flow_run_name=hops.run_name("sla"))

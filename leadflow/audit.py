@@ -13,8 +13,8 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select, union_all
 
-from leadflow import capture_locks
 from leadflow import tables as t
+from leadflow.capture import locks as capture_locks
 
 
 @dataclass

@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo
 import holidays
 import numpy as np
 
-from leadflow.routing_rules import Rep
+from leadflow.routing.rules import Rep
 
 Interval = tuple[datetime, datetime]  # UTC, start inclusive, end exclusive
 CHUNK = timedelta(days=14)  # how far ahead each search step looks

@@ -2,7 +2,7 @@
 as received, and mark records released once a hop has taken them after a fix.
 
 Only the store side lives here; feeding released records through a hop again is the hop's
-(``tasks/capture/release.py`` for capture). A released row stays in the table, with
+(``leadflow/capture/release.py`` for capture). A released row stays in the table, with
 ``released_at`` and ``released_by``, so the ledger keeps the whole story; the audit counts
 only rows still held.
 """

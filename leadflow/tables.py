@@ -427,7 +427,7 @@ assignments = Table(
 
 outbox = Table(
     # Everything that leaves leadflow (migration 0004), written in the transaction of the
-    # decision that caused it; sent by tasks/notify.py. See leadflow/outbox.py.
+    # decision that caused it; sent by leadflow/routing/notices.py. See leadflow/outbox/store.py.
     "outbox",
     metadata,
     _id(),

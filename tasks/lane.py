@@ -2,7 +2,7 @@
 and its owner told within seconds, instead of at the next pipeline tick.
 
 The lane is not a second pipeline. It runs the same hop declarations on the same runner
-(``tasks.hops.run_batch``), restricted to the leads it was handed, and then sends what the
+(``leadflow.runner.run_batch``), restricted to the leads it was handed, and then sends what the
 outbox has due. Everything it does goes through the same claims, gates, ledger and outbox,
 so a lead is never handled twice: if the pipeline got there first the lane's claim finds
 nothing to do, and a lead the lane never saw (its worker was down, the hand-off failed)
@@ -29,11 +29,14 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from leadflow import store
-from leadflow.sender import send_due
+from leadflow import quality, store
+from leadflow import runner as hops
+from leadflow.enrich import hop as enrich
+from leadflow.outbox.sender import send_due
+from leadflow.routing import hop as route_hop
+from leadflow.routing.notices import resolve_notifiers
+from leadflow.scoring import hop as score_hop
 from leadflow.settings import get_settings
-from tasks import enrich, hops, quality, route_hop, score_hop
-from tasks.notify import resolve_notifiers
 
 log = logging.getLogger(__name__)
 

@@ -85,8 +85,8 @@ def refusal(check: Callable[..., object], *args: Any, **kwargs: Any) -> State | 
 @_one_line_errors
 def enrichment(rules_path: str | None = None) -> None:
     """``rules/enrichment.yaml`` (or ``rules_path``) and the lists in ``rules/lists``."""
-    from leadflow.enrichment_rules import load_enrichment_rules
-    from tasks.enrich import load_lists
+    from leadflow.enrich.hop import load_lists
+    from leadflow.enrich.rules import load_enrichment_rules
 
     load_enrichment_rules(rules_path)
     try:
@@ -100,7 +100,7 @@ def enrichment(rules_path: str | None = None) -> None:
 @_one_line_errors
 def scoring(spec: str | None = None) -> None:
     """Scoring rules: a path or block:NAME (default ``rules/scoring.yaml``)."""
-    from tasks.scoring import rule_source
+    from leadflow.scoring.decide import rule_source
 
     rule_source(spec)
 
@@ -109,7 +109,7 @@ def scoring(spec: str | None = None) -> None:
 def routing(spec: str | None = None, reps: str | None = None) -> None:
     """Routing rules (default ``rules/routing.yaml``) with the reps CSV replacing theirs
     (``reps``, default $LEADFLOW_REPS_FILE)."""
-    from tasks.route_hop import load_context
+    from leadflow.routing.hop import load_context
 
     load_context.fn(spec, reps)
 
@@ -117,7 +117,7 @@ def routing(spec: str | None = None, reps: str | None = None) -> None:
 @_one_line_errors
 def sla(spec: str | None = None, routing: str | None = None, reps: str | None = None) -> None:
     """SLA policies (default ``rules/sla.yaml``) and the routing rules they reassign with."""
-    from tasks.sla import load_context
+    from leadflow.sla.check import load_context
 
     load_context.fn(spec, routing, reps)
 
@@ -125,7 +125,7 @@ def sla(spec: str | None = None, routing: str | None = None, reps: str | None = 
 @_one_line_errors
 def cadences(spec: str | None = None) -> None:
     """Cadences (default ``rules/cadences.yaml``), their templates and suppression list."""
-    from tasks.nurture import load_context
+    from leadflow.nurture.plan import load_context
 
     load_context(spec)
 
@@ -134,7 +134,7 @@ def cadences(spec: str | None = None) -> None:
 def recycle(spec: str | None = None) -> None:
     """The recycling policy (default ``rules/recycle.yaml``), the scoring bands and the
     cadences it recycles into."""
-    from tasks.recycle import load_context
+    from leadflow.recycle.hop import load_context
 
     load_context(spec)
 
@@ -142,8 +142,8 @@ def recycle(spec: str | None = None) -> None:
 @_one_line_errors
 def capture(mapping_path: str | None = None, target: str | None = None) -> None:
     """A capture's mapping; for activities, the SLA rules that say what a reject does."""
-    from leadflow.mapping import load_mapping
-    from tasks.activities import reject_policy
+    from leadflow.capture.activities import reject_policy
+    from leadflow.capture.rules import load_mapping
 
     mapping, _ = load_mapping(mapping_path)
     if (target or mapping.target) == "activities":
@@ -153,7 +153,7 @@ def capture(mapping_path: str | None = None, target: str | None = None) -> None:
 @_one_line_errors
 def suites(*hop_names: str) -> None:
     """The gate suites (``suites/<hop>.yaml``) of the hops that will run."""
-    from tasks import quality
+    from leadflow import quality
 
     for name in hop_names:
         quality.load_suite(name)
@@ -164,7 +164,7 @@ def suites(*hop_names: str) -> None:
 
 def pipeline() -> None:
     """Every file the pipeline's hops will load (``leadflow run``, the pipeline flow)."""
-    from tasks import order
+    from leadflow import order
 
     enrichment()
     scoring()

@@ -263,9 +263,9 @@ def free_port() -> int:
 
 
 def routed_messages() -> tuple[pd.DataFrame, pd.DataFrame]:
-    from leadflow.routing_rules import load_rules
-    from tasks import notify
-    from tasks.routing import empty_state, route_leads
+    from leadflow.routing import notices as notify
+    from leadflow.routing.decide import empty_state, route_leads
+    from leadflow.routing.rules import load_rules
 
     rules, version, _ = load_rules(ROOT / "rules" / "routing.yaml")
     leads = pd.DataFrame(

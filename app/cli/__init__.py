@@ -49,8 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `kill -USR1 PID` prints every thread's stack to stderr: where a stuck command waits.
         faulthandler.register(signal.SIGUSR1, all_threads=True)
     args = build_parser().parse_args(argv)
+    from leadflow.capture.sources import InputError
     from leadflow.config import ConfigError
-    from tasks.sources import InputError
 
     try:
         return args.handler(args)

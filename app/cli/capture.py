@@ -41,8 +41,8 @@ def _human_ingest(data: dict[str, Any]) -> str:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    from leadflow.capture.rules import load_mapping
     from leadflow.config import ConfigError
-    from leadflow.mapping import load_mapping
 
     try:
         mapping, _ = load_mapping(args.mapping)
@@ -51,15 +51,15 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if args.target and args.target != mapping.target:
         mapping = mapping.model_copy(update={"target": args.target})
     if mapping.target == "activities":
-        from tasks.activities import reject_policy
+        from leadflow.capture.activities import reject_policy
 
         try:
             reject_policy()  # decisions follow the SLA rules: a typo there stops here
         except ConfigError as exc:
             return fail(str(exc))
     if mapping.api is None:
-        from tasks.capture.run import check_inputs
-        from tasks.sources import InputError
+        from leadflow.capture.run import check_inputs
+        from leadflow.capture.sources import InputError
 
         # A typo'd column or a missing file is one clear line, before a flow starts.
         try:
@@ -147,8 +147,8 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     else:
         if not (selection.ids or selection.batch_id is not None or selection.reason):
             return fail("say which records to release: IDs, --batch N or --reason R")
-        from leadflow.mapping import load_mapping
-        from tasks.capture.release import release_capture
+        from leadflow.capture.release import release_capture
+        from leadflow.capture.rules import load_mapping
 
         mapping, version = load_mapping(args.mapping) if args.mapping else (None, "default")
         data = release_capture(

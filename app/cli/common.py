@@ -133,7 +133,7 @@ def provider_problem(spec: str | None) -> str | None:
 
 def scoring_rules_ok(spec: str | None) -> None:
     """Check a scoring rules file before a flow starts: a typo is one line, exit 2."""
-    from tasks.scoring import rule_source
+    from leadflow.scoring.decide import rule_source
 
     rule_source(spec)
 

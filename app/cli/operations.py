@@ -92,7 +92,8 @@ def _generate_arguments(command: argparse.ArgumentParser) -> None:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from leadflow import reference, store
+    from leadflow import store
+    from leadflow.routing import reference
 
     store.upgrade()
     if args.kind == "reps" and _routing_reps_csv(Path(args.path)):
@@ -127,9 +128,10 @@ def _routing_reps_csv(path: Path) -> bool:
 def _load_routing_reps(args: argparse.Namespace) -> int:
     """Validate routing reps against the routing rules' pools and store them; routing uses
     them with ``--reps FILE`` or ``LEADFLOW_REPS_FILE``."""
-    from leadflow import routing_store, store
+    from leadflow import store
+    from leadflow.routing import store as routing_store
+    from leadflow.routing.hop import load_context
     from leadflow.settings import get_settings
-    from tasks.route_hop import load_context
 
     context = load_context.fn(args.rules, args.path)
     with store.get_engine().begin() as conn:
@@ -170,7 +172,7 @@ def _blocks_arguments(command: argparse.ArgumentParser) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from flows.report import report
-    from tasks.kpi import markdown
+    from leadflow.kpi.measures import markdown
 
     return run_flow(args, report, lambda data: markdown(data))
 

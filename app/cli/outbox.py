@@ -52,7 +52,8 @@ def _human_list(data: dict[str, Any]) -> str:
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
-    from leadflow import outbox, store
+    from leadflow import store
+    from leadflow.outbox import store as outbox
     from leadflow.settings import get_settings
 
     store.upgrade()
@@ -81,8 +82,8 @@ def cmd_outbox(args: argparse.Namespace) -> int:
         emit(args, data, lambda d: f"{count} message(s) due now")
         return EXIT_OK
     # send
-    from leadflow.sender import send_due
-    from tasks.notify import resolve_notifiers
+    from leadflow.outbox.sender import send_due
+    from leadflow.routing.notices import resolve_notifiers
 
     spec = args.notifier or os.environ.get("LEADFLOW_NOTIFIER")
     if not spec:
@@ -98,7 +99,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
 
 
 def _outbox_arguments(command: argparse.ArgumentParser) -> None:
-    from leadflow.outbox import KINDS
+    from leadflow.outbox.store import KINDS
 
     actions = command.add_subparsers(dest="action", required=True)
     listed = actions.add_parser("list", help="counts by status and kind, errors, messages")

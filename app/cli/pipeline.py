@@ -103,7 +103,7 @@ def _score_arguments(command: argparse.ArgumentParser) -> None:
 
 
 def _human_rescore(data: dict[str, Any]) -> str:
-    from tasks.rescore_diff import diff_markdown
+    from leadflow.scoring.replay import diff_markdown
 
     return (
         diff_markdown(data)
@@ -113,7 +113,7 @@ def _human_rescore(data: dict[str, Any]) -> str:
 
 def cmd_rescore(args: argparse.Namespace) -> int:
     from flows.score import rescore
-    from tasks.score_hop import parse_scope
+    from leadflow.scoring.hop import parse_scope
 
     scoring_rules_ok(args.rules)
     parse_scope(args.scope)
@@ -133,7 +133,7 @@ def _rescore_arguments(command: argparse.ArgumentParser) -> None:
 
 
 def _human_backtest(data: dict[str, Any]) -> str:
-    from tasks.backtest import report_markdown
+    from leadflow.scoring.backtest import report_markdown
 
     return report_markdown(data, None) + f"\n\nchart: {data.get('chart')}"
 
@@ -189,14 +189,14 @@ def _learn_arguments(command: argparse.ArgumentParser) -> None:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from leadflow import store
-    from tasks.scoring import explain_lead
+    from leadflow.scoring.decide import explain_lead
 
     store.upgrade()
     with store.get_engine().connect() as conn:
         lead_id = _lead_id(conn, args.lead_id)
         data = explain_lead(conn, lead_id) if lead_id is not None else None
         if data is not None:
-            from tasks.route_hop import explain_routing
+            from leadflow.routing.hop import explain_routing
 
             data["routing"] = explain_routing(conn, lead_id)
     if data is None:

@@ -41,7 +41,7 @@ def _human_sla(data: dict[str, Any]) -> str:
 
 
 def cmd_sla(args: argparse.Namespace) -> int:
-    from tasks.sla import load_context
+    from leadflow.sla.check import load_context
 
     load_context.fn(args.rules, args.routing, args.reps)  # a typo: one line, exit 2, no flow
     from flows.sla import sla
@@ -82,7 +82,7 @@ def _human_nurture(data: dict[str, Any]) -> str:
 
 
 def cmd_nurture(args: argparse.Namespace) -> int:
-    from tasks.nurture import load_context
+    from leadflow.nurture.plan import load_context
 
     load_context(args.rules)  # a typo: one line, exit 2, no flow
     from flows.nurture import nurture
@@ -118,7 +118,7 @@ def _human_recycle(data: dict[str, Any]) -> str:
 
 
 def cmd_recycle(args: argparse.Namespace) -> int:
-    from tasks.recycle import load_context
+    from leadflow.recycle.hop import load_context
 
     load_context(args.rules)  # a typo: one line, exit 2, no flow
     from flows.recycle import recycle

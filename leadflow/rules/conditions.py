@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from leadflow import mapping
+from leadflow.capture import rules as mapping
 from leadflow.tables import ENRICHED_FIELDS
 
 # Fields a condition may name (plus any ``attributes.<key>`` and ``engagement.<event_type>``):

@@ -55,7 +55,7 @@ def test_demo_runs_every_hop_and_the_ledger_holds(sqlite_url, tmp_path, monkeypa
 
 def test_rules_can_come_from_a_block(sqlite_url, tmp_path):
     from blocks.rules import ScoringRulesBlock
-    from tasks.scoring import rule_source
+    from leadflow.scoring.decide import rule_source
 
     text = (
         "fit: [{name: senior, when: {field: seniority, equals: VP}, points: 10}]\n"

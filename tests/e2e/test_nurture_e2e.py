@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from blocks.notifier import SmtpNotifier
 from leadflow import store
 from leadflow import tables as t
-from tasks import notify
+from leadflow.routing import notices as notify
 
 from helpers import MONDAY, Inbox, free_port, nurturing, rules_dir, table, tick
 

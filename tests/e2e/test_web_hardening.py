@@ -31,9 +31,10 @@ from sqlalchemy import func, select
 
 from app.devstack import bin_path, free_port, wait_for
 from app.web import Capture, Limits, create_app
-from leadflow import store, unsubscribe
+from leadflow import store
 from leadflow import tables as t
 from leadflow.audit import run_audit
+from leadflow.nurture import unsubscribe
 
 from helpers import ROOT
 

@@ -6,7 +6,7 @@ import pytest
 
 from app import cli
 from app.generate import generate
-from leadflow.scoring_rules import load_rules
+from leadflow.scoring.rules import load_rules
 
 from helpers import ingest
 

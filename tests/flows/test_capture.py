@@ -217,8 +217,8 @@ columns:
   Prospect ID: external_id_col_is_not_a_field
 """,
     )
+    from leadflow.capture.rules import load_mapping
     from leadflow.config import ConfigError
-    from leadflow.mapping import load_mapping
 
     with pytest.raises(
         ConfigError, match=r"crm.yaml: columns: .*unknown field 'external_id_col_is_not_a_field'"

@@ -6,7 +6,8 @@ import time
 import pytest
 from werkzeug import Response
 
-from leadflow import reference, store
+from leadflow import store
+from leadflow.routing import reference
 
 from helpers import assert_ledger_ok, ingest, table, write
 
@@ -227,7 +228,7 @@ def test_leads_without_email_title_or_company_pass_through(database_url, tmp_pat
 
 
 def test_enriched_gate_quarantines_leads_that_break_it(database_url, tmp_path, monkeypatch):
-    from tasks import quality
+    from leadflow import quality
 
     strict = tmp_path / "suites"
     for suite in quality.SUITES_DIR.glob("*.yaml"):

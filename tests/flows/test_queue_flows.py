@@ -17,8 +17,8 @@ import pytest
 from sqlalchemy import create_engine, func, select, text
 
 from leadflow import lifecycle, store
+from leadflow import runner as hops
 from leadflow import tables as t
-from tasks import hops
 
 from helpers import QUEUE_NOW as NOW
 from helpers import admit, assert_ledger_ok, claimed, ingest, write
@@ -30,8 +30,8 @@ WORKER = textwrap.dedent(
     import sys, time
     from dataclasses import replace
     from datetime import datetime, UTC
-    from leadflow import store
-    from tasks import enrich, hops
+    from leadflow import runner as hops, store
+    from leadflow.enrich import hop as enrich
 
     def slow(leads, lookups, context, now):
         time.sleep(60)  # killed in here, with its batch claimed
@@ -88,7 +88,8 @@ def test_a_worker_killed_mid_batch_is_finished_by_the_next_run(database_url, mon
 def test_a_dropped_connection_is_retried_and_a_lasting_one_named(database_url):
     if not store.is_postgres(store.get_engine(database_url)):
         pytest.skip("pg_terminate_backend is PostgreSQL's")
-    from tasks import score_hop, scoring
+    from leadflow.scoring import decide as scoring
+    from leadflow.scoring import hop as score_hop
 
     engine = store.get_engine(database_url)
     admin = create_engine(store.with_driver(os.environ["LEADFLOW_TEST_DATABASE_URL"]))

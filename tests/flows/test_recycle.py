@@ -10,8 +10,9 @@ from datetime import timedelta
 import pandas as pd
 import pytest
 
-from leadflow import routing_store, store
+from leadflow import store
 from leadflow import tables as t
+from leadflow.routing import store as routing_store
 
 from helpers import NOW, move, mqls, run_route, table, write
 from helpers import RECYCLE_POLICY as POLICY

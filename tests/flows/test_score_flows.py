@@ -193,7 +193,7 @@ def test_invalid_rules_stop_before_any_lead_is_touched(database_url, tmp_path, c
 
 def test_rescore_scope_by_status_and_condition(database_url, scored, tmp_path):
     from flows.score import rescore
-    from tasks.score_hop import parse_scope
+    from leadflow.scoring.hop import parse_scope
 
     assert parse_scope("status:nurturing")[0] == ["nurturing"]
     with pytest.raises(Exception, match="unknown or unscored"):
@@ -264,6 +264,6 @@ def test_a_rule_that_fires_on_no_lead_is_reported(database_url, scored, tmp_path
     assert "rule demo fired on 0 leads" in diff["warnings"]
     assert any("attributes.lead_from" in w and "none of the" in w for w in diff["warnings"])
     assert not any("senior" in w for w in diff["warnings"])
-    from tasks.rescore_diff import diff_markdown
+    from leadflow.scoring.replay import diff_markdown
 
     assert "rule demo fired on 0 leads" in diff_markdown(diff)

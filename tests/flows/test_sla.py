@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from leadflow import lifecycle, store
 from leadflow import tables as t
-from tasks import sla
+from leadflow.sla import check as sla
 
 from helpers import NOW, check, files, mqls, owners, routed_hot_leads, table
 

@@ -32,8 +32,12 @@ import pytest
 from sqlalchemy import Connection, create_engine, event, func, select, text
 
 from leadflow import audit, store
+from leadflow import runner as hops
 from leadflow import tables as t
-from tasks import hops, nurture, recycle, route_hop, sla
+from leadflow.nurture import plan as nurture
+from leadflow.recycle import hop as recycle
+from leadflow.routing import hop as route_hop
+from leadflow.sla import check as sla
 
 from helpers import (
     NOW,

@@ -123,7 +123,7 @@ def test_a_burst_of_posts_is_captured_in_few_groups(database_url, engine):
 
 
 def test_a_group_a_killed_server_left_running_is_closed_at_restart(database_url, engine):
-    from tasks.capture import write
+    from leadflow.capture import write
 
     opened = write.open_batch(  # what a server killed before its commit leaves behind
         engine,

@@ -13,8 +13,8 @@ from helpers import RECYCLE_POLICY as POLICY
 
 
 def test_leakage_lists_unworked_stuck_and_dead_claimed_leads(database_url, tmp_path):
-    from leadflow.recycle_rules import load_rules
-    from tasks.leakage import find_leaks
+    from leadflow.kpi.leakage import find_leaks
+    from leadflow.recycle.rules import load_rules
 
     engine = store.get_engine(database_url)
     rules, _ = load_rules(write(tmp_path / "recycle.yaml", POLICY))

@@ -13,11 +13,11 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import select
 
 from blocks.notifier import SmtpNotifier, WebhookNotifier
-from leadflow import outbox
 from leadflow import tables as t
-from leadflow.routing_rules import load_rules
-from tasks import notify
-from tasks.routing import empty_state, route_leads
+from leadflow.outbox import store as outbox
+from leadflow.routing import notices as notify
+from leadflow.routing.decide import empty_state, route_leads
+from leadflow.routing.rules import load_rules
 
 from helpers import NOTIFY_NOW as NOW
 from helpers import ROOT, Inbox, free_port, routed_messages
@@ -50,7 +50,7 @@ def test_sent_exactly_once_across_reruns_and_a_refused_recipient_fails_alone(
     refused = messages.iloc[[0]].assign(idempotency_key="x", recipient="nobody@example.com")
     with engine.begin() as conn:
         outbox.enqueue(conn, pd.concat([messages, refused]), now=NOW)
-    caplog.set_level(logging.INFO, logger="tasks.notify")
+    caplog.set_level(logging.INFO, logger="leadflow.routing.notices")
     report = notify.send_outbox.fn(
         str(engine.url.render_as_string(hide_password=False)), notifier, 50, NOW
     )
@@ -133,7 +133,7 @@ def test_webhook_500_is_retried_with_backoff_then_sent_once(engine, httpserver) 
 
 
 def test_slots_proposed_in_an_earlier_run_are_not_offered_again(engine) -> None:
-    from leadflow import routing_store
+    from leadflow.routing import store as routing_store
 
     rules, version, _ = load_rules(ROOT / "rules" / "routing.yaml")
     hot = pd.DataFrame(

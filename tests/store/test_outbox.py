@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from sqlalchemy import select
 
-from leadflow import outbox
 from leadflow import tables as t
+from leadflow.outbox import store as outbox
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 

@@ -11,8 +11,8 @@ import pandas as pd
 from sqlalchemy import select, update
 
 from app import cli
-from leadflow import outbox
 from leadflow import tables as t
+from leadflow.outbox import store as outbox
 
 NOW = datetime(2026, 11, 2, 15, tzinfo=UTC)
 

@@ -21,8 +21,10 @@ import pytest
 from sqlalchemy import create_engine, event, select, text
 
 from app.devstack import MailSink
-from leadflow import outbox, sender, store
+from leadflow import store
 from leadflow import tables as t
+from leadflow.outbox import sender
+from leadflow.outbox import store as outbox
 
 NOW = datetime(2026, 11, 24, 13, 0, tzinfo=UTC)
 
@@ -90,7 +92,8 @@ def test_a_sender_killed_inside_smtp_data_is_resent_once_with_the_same_message_i
         script = textwrap.dedent(
             f"""
             from datetime import datetime, timezone
-            from leadflow import sender, store
+            from leadflow import store
+            from leadflow.outbox import sender
             from app.devstack import MailSink
             sink = MailSink(port={sink.port})
             sender.send_due(store.get_engine({database_url!r}), [sink.notifier()], 10,
@@ -142,7 +145,7 @@ def test_the_database_connection_killed_while_marking_sent_is_retried(
             other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
 
     event.listen(engine, "before_cursor_execute", kill_own_backend)
-    caplog.set_level(logging.WARNING, logger="tasks.notify")
+    caplog.set_level(logging.WARNING, logger="leadflow.routing.notices")
     try:
         with MailSink() as sink:
             report = sender.send_due(engine, [sink.notifier()], 10, NOW)

@@ -8,9 +8,10 @@ import threading
 import pytest
 from sqlalchemy import func, select
 
+from leadflow import runner as hops
 from leadflow import store
 from leadflow import tables as t
-from tasks import hops, route_hop
+from leadflow.routing import hop as route_hop
 
 from helpers import NOW, RULES, mqls, rules_file, write
 

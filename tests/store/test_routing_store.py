@@ -7,10 +7,11 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 from sqlalchemy import select
 
-from leadflow import routing_store, store
+from leadflow import store
 from leadflow import tables as t
-from leadflow.routing_rules import load_rules
-from tasks.routing import route_leads
+from leadflow.routing import store as routing_store
+from leadflow.routing.decide import route_leads
+from leadflow.routing.rules import load_rules
 
 from helpers import ROOT
 

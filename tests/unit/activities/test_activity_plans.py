@@ -7,8 +7,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from leadflow.mapping import SourceMapping
-from tasks.activities import plan_moves
+from leadflow.capture.activities import plan_moves
+from leadflow.capture.rules import SourceMapping
 
 from helpers import NOW, ROOT, write
 
@@ -53,9 +53,9 @@ def test_an_activities_mapping_names_unknown_fields():
 
 @pytest.mark.unit
 def test_the_example_activities_mapping_reads_a_plain_export(tmp_path):
-    from leadflow.mapping import load_mapping
-    from tasks.capture.run import check_header
-    from tasks.sources import MissingColumnsError
+    from leadflow.capture.rules import load_mapping
+    from leadflow.capture.run import check_header
+    from leadflow.capture.sources import MissingColumnsError
 
     example = ROOT / "rules" / "sources" / "crm_activities.yaml"
     mapping, _ = load_mapping(example)

@@ -4,8 +4,8 @@ honoured, retries bounded, a page that is not JSON is an error."""
 import pytest
 from werkzeug import Response
 
-from leadflow.mapping import ApiSource
-from tasks import sources
+from leadflow.capture import sources
+from leadflow.capture.rules import ApiSource
 
 
 def test_retry_after_is_honoured_and_retries_are_bounded(httpserver):

@@ -8,9 +8,9 @@ import json
 import pandas as pd
 import pytest
 
-from tasks import phones
-from tasks.capture.mapping import prepare_records
-from tasks.sources import read_chunks
+from leadflow.capture import phones
+from leadflow.capture.mapping import prepare_records
+from leadflow.capture.sources import read_chunks
 
 from helpers import run_cli, write
 
@@ -39,7 +39,7 @@ def test_a_local_only_number_has_no_e164_form():
 def test_an_invalid_phone_is_blanked_and_kept_as_json_in_attributes(tmp_path):
     from datetime import UTC, datetime
 
-    from leadflow.mapping import SourceMapping
+    from leadflow.capture.rules import SourceMapping
 
     path = write(
         tmp_path / "a.jsonl",

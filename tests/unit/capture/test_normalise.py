@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 import pandas as pd
 import pytest
 
-from tasks import normalise as nz
+from leadflow.capture import normalise as nz
 
 pytestmark = pytest.mark.unit  # no database, no Prefect server
 

@@ -6,7 +6,7 @@ import pandas as pd
 import phonenumbers
 import pytest
 
-from tasks import phones
+from leadflow.capture import phones
 
 pytestmark = pytest.mark.unit  # no database, no Prefect server
 

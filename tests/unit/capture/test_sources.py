@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import sources
+from leadflow.capture import sources
 
 from helpers import write
 
@@ -143,7 +143,7 @@ def test_folder_listing_and_compressed_files(tmp_path):
 
 
 def test_retry_after_parsing():
-    from tasks import http
+    from leadflow import http
 
     assert http.retry_after_seconds("3") == 3.0
     assert http.retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0

@@ -3,8 +3,9 @@
 import pandas as pd
 import pytest
 
-from tasks import enrich, firmographics, matching
-from tasks.firmographics import parse_company
+from leadflow.enrich import firmographics, matching
+from leadflow.enrich import hop as enrich
+from leadflow.enrich.firmographics import parse_company
 
 pytestmark = pytest.mark.unit  # no database, no Prefect server
 

@@ -6,8 +6,8 @@ import pytest
 from werkzeug import Response
 
 from blocks.firmographics import HttpFirmographics
-from tasks import http
-from tasks.firmographics import HttpProvider, LookupStats
+from leadflow import http
+from leadflow.enrich.firmographics import HttpProvider, LookupStats
 
 
 def test_rate_limiter_spaces_calls_evenly():

@@ -8,7 +8,7 @@ from helpers import ROOT
 
 
 def test_every_hop_declaration_names_a_suite_and_real_statuses():
-    from tasks import order
+    from leadflow import order
 
     for hop in order.PIPELINE:
         assert hop.inputs and all(isinstance(s, Status) for s in hop.inputs)

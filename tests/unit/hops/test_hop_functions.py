@@ -7,11 +7,12 @@ from datetime import UTC, datetime
 import pandas as pd
 import pytest
 
-from leadflow import lifecycle
+from leadflow import lifecycle, order
+from leadflow.enrich import hop as enrich
+from leadflow.enrich.firmographics import Company
 from leadflow.lifecycle import Status
-from leadflow.scoring_rules import parse_rules
-from tasks import enrich, order, score_hop
-from tasks.firmographics import Company
+from leadflow.scoring import hop as score_hop
+from leadflow.scoring.rules import parse_rules
 
 pytestmark = pytest.mark.unit
 

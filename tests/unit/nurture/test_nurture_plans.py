@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from leadflow.cadence_rules import load_rules
 from leadflow.config import ConfigError
+from leadflow.nurture.rules import load_rules
 
 from helpers import CADENCES, MONDAY, rules_dir, write
 
@@ -50,7 +50,7 @@ def test_suppressed_leads_are_never_contacted_whatever_the_leads_and_events(tmp_
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from tasks import nurture
+    from leadflow.nurture import plan as nurture
 
     context = nurture.load_context(rules_dir(tmp_path))
     zones = ["UTC", "America/New_York", "Asia/Tokyo", "Europe/Berlin", None, "Not/AZone"]
@@ -162,7 +162,7 @@ def test_suppressed_leads_are_never_contacted_whatever_the_leads_and_events(tmp_
 def test_reentry_restarts_resumes_or_never_and_keeps_history(
     tmp_path, reentry, days_since, expected
 ):
-    from tasks import nurture
+    from leadflow.nurture import plan as nurture
 
     text = CADENCES.replace("reentry: never", f"reentry: {reentry}\n    reentry_after: 30d")
     context = nurture.load_context(rules_dir(tmp_path, text=text))

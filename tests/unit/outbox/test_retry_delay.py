@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from leadflow import outbox
+from leadflow.outbox import store as outbox
 
 
 def test_retry_delay_is_exponential_jittered_and_capped() -> None:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pandas as pd
 import pytest
 
-from tasks import kpi
+from leadflow.kpi import measures as kpi
 
 NOW = datetime(2026, 11, 20, tzinfo=UTC)
 

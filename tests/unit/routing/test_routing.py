@@ -12,15 +12,9 @@ import pandas as pd
 import pytest
 
 from leadflow.config import ConfigError
-from leadflow.routing_rules import (
-    RoutingRule,
-    load_reps_csv,
-    load_rules,
-    parse_rules,
-    with_reps,
-)
-from tasks import routing
-from tasks.routing import empty_state, route_leads
+from leadflow.routing import decide as routing
+from leadflow.routing.decide import empty_state, route_leads
+from leadflow.routing.rules import RoutingRule, load_reps_csv, load_rules, parse_rules, with_reps
 
 from helpers import ROOT
 
@@ -297,7 +291,7 @@ def test_100k_leads_route_fast() -> None:
 
 
 def test_routed_suite_passes_good_assignments_and_quarantines_ownerless() -> None:
-    from tasks import quality
+    from leadflow import quality
 
     rules = parse_rules(rules_text({"a": 1, "b": 1}), "r.yaml")
     result = route_leads(leads(20), rules, empty_state(), NOW, version="v1")

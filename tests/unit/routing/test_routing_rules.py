@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from leadflow.routing_rules import parse_rules
+from leadflow.routing.rules import parse_rules
 
 from helpers import RULES
 

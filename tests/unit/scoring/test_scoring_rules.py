@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from leadflow.config import ConfigError
-from leadflow.scoring_rules import parse_rules
-from tasks import scoring
+from leadflow.scoring import decide as scoring
+from leadflow.scoring.rules import parse_rules
 
 pytestmark = pytest.mark.unit  # no database, no Prefect server
 
@@ -179,7 +179,7 @@ def test_bands_and_threshold_are_checked(tail, message):
 def test_contributions_json_and_auc_helpers():
     points = pd.DataFrame({"a": [1.0, 0.0], "b": [2.555, 0.0]})
     assert scoring.contributions_json(points) == ['{"a": 1, "b": 2.56}', "{}"]
-    from tasks.backtest import deciles, roc_auc
+    from leadflow.scoring.backtest import deciles, roc_auc
 
     labels = np.array([True, False, True, False])
     assert roc_auc(labels, np.array([0.9, 0.1, 0.8, 0.3])) == 1.0
@@ -190,9 +190,9 @@ def test_contributions_json_and_auc_helpers():
 
 def test_event_types_are_the_ones_the_events_gate_accepts():
     """Rules may name exactly the event types capture lets through, no more, no fewer."""
-    from leadflow.mapping import EVENT_TYPES
-    from leadflow.scoring_rules import EVENT_TYPES as SCORABLE
-    from tasks import quality
+    from leadflow import quality
+    from leadflow.capture.rules import EVENT_TYPES
+    from leadflow.scoring.rules import EVENT_TYPES as SCORABLE
 
     suite = quality.load_suite("events")
     (check,) = [e for e in suite.rows if e.name == "event_type_known"]

@@ -19,7 +19,7 @@ from leadflow.business_time import (
     next_free_slots,
     working_intervals,
 )
-from leadflow.routing_rules import Rep, parse_hours
+from leadflow.routing.rules import Rep, parse_hours
 
 pytestmark = pytest.mark.unit
 

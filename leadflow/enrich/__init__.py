@@ -1,0 +1,1 @@
+"""Enrichment: derived fields, firmographics and account matching."""

@@ -1,0 +1,1 @@
+"""KPIs: funnel measures and leakage."""

@@ -1,0 +1,1 @@
+"""Nurture: cadence rules, the touch planner and unsubscribe links."""

@@ -1,0 +1,1 @@
+"""The outbox: one table for everything sent, and the sender that drains it."""

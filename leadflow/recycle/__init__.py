@@ -1,0 +1,1 @@
+"""Recycling: stalled leads back to nurture."""

@@ -1,0 +1,477 @@
+"""The hop runner: what every hop after capture does, written once.
+
+A hop is a declaration (``Hop``): a name, its input statuses, how it claims (a
+``queue.Strategy``), the columns it reads, an optional ``fetch`` (the I/O it needs besides
+the leads: engagement events, firmographics, rep state), its **pure** ``transform``
+(DataFrames in, ``HopResult`` out: no database, no Prefect), its GX suite, and an optional
+``persist`` for rows beyond the leads. For each batch the runner
+
+1. claims a bounded batch of leads in the input statuses (``leadflow.queue``);
+2. reads it as a DataFrame and fetches what the hop needs;
+3. calls the pure transform;
+4. gates the result with the suite (failing rows to quarantine, a batch verdict);
+5. writes results, transitions (through ``lifecycle``), quarantine rows, the hop's own rows
+   and the verdict in one transaction, and gives the claim back.
+
+``drain`` runs batches until none are left and adds them up; a flow is a few lines around it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import quote
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError, OperationalError, PendingRollbackError
+
+from leadflow import lifecycle, progress, quality, queue, store
+from leadflow import tables as t
+from leadflow.lifecycle import Status
+from leadflow.queue import Strategy
+from leadflow.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class HopResult:
+    """What a hop's pure transform returns for one batch.
+
+    ``changes``: what ``lifecycle.apply`` takes (id, from_status, to_status, reason, fields).
+    ``checked``: what the suite reads, one row per lead, keyed by ``id``.
+    ``rows``: other tables' rows (name -> frame with ``lead_id``), written in the batch's
+    transaction except for leads the gate quarantined.
+    ``stats``: counts added up over the run. ``report``: anything else the flow reads back.
+    """
+
+    changes: pd.DataFrame
+    checked: pd.DataFrame
+    rows: dict[str, pd.DataFrame] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    report: Any = None
+
+
+@dataclass(frozen=True)
+class Hop:
+    """A hop, declared. ``context`` is whatever the hop's run built once (rules, provider)."""
+
+    name: str
+    inputs: tuple[Status, ...]
+    suite: str
+    strategy: queue.Strategy
+    columns: Callable[[Any], Sequence[Any]]
+    transform: Callable[[pd.DataFrame, Any, Any, datetime], HopResult]
+    fetch: Callable[[Connection, pd.DataFrame, Any, datetime], Any] | None = None
+    persist: Callable[[Connection, HopResult, Any, set[int]], None] | None = None
+    where: Callable[[Any], Any] | None = None
+    batch_size: int | None = None  # default: LEADFLOW_BATCH_SIZE
+
+
+@dataclass
+class HopOutcome:
+    """What one batch of a hop did (small: this is what tasks return to flows)."""
+
+    hop: str
+    claimed: int = 0
+    moved: dict[str, int] = field(default_factory=dict)  # to-status -> leads that changed status
+    statuses: dict[str, int] = field(default_factory=dict)  # to-status -> all leads of the batch
+    quarantined: int = 0
+    taken_over: int = 0
+    next_after: int = 0
+    drained: bool = False  # the claim came back short: nothing else was waiting
+    gate: quality.GateResult | None = field(default=None, repr=False)
+    stats: dict[str, Any] = field(default_factory=dict)
+    report: Any = field(default=None, repr=False)
+
+
+# --------------------------------------------------------------------------- one batch
+
+
+def batch_ref(hop: str, flow_run_id: str | None, batch_no: int) -> str:
+    """The gate verdict's reference: the hop, the run, the batch, and a random suffix, so it
+    is unique across runs and across passes of one run (score: new, then engaged)."""
+    return f"{hop}:{(flow_run_id or 'no-run')[:8]}:{batch_no}:{uuid.uuid4().hex[:6]}"
+
+
+def run_batch(
+    hop: Hop,
+    context: Any,
+    engine: Engine,
+    *,
+    now: datetime,
+    after: int = 0,
+    candidates: Sequence[int] | None = None,
+    batch_no: int = 1,
+    flow_run_id: str | None = None,
+    max_quarantine_rate: float | None = None,
+    dry_run: bool = False,
+    batch_size: int | None = None,
+) -> HopOutcome | None:
+    """Claim, read, transform, gate and write one batch; None when nothing is waiting.
+
+    A batch-level gate failure writes nothing but the verdict and raises
+    ``quality.GateFailed``. ``dry_run`` transforms and returns the result, writing nothing.
+    """
+    request = queue.Request(
+        hop=hop.name,
+        statuses=tuple(s.value for s in hop.inputs),
+        size=batch_size or hop.batch_size or get_settings().batch_size,
+        strategy=hop.strategy,
+        after=after,
+        ids=candidates,
+        where=hop.where(context) if hop.where else None,
+        flow_run_id=flow_run_id,
+    )
+    failed: quality.GateResult | None = None
+    with queue.claim(engine, request) as batch:
+        if batch is None:
+            return None
+        with batch.reading() as conn:
+            leads = batch.read(conn, hop.columns(context))
+        side = None
+        if hop.fetch is not None:
+            # Its own connection: on SQLite a connection that has read holds the write lock
+            # until it closes, and a fetch may write (the firmographics cache).
+            with batch.reading() as conn:
+                side = hop.fetch(conn, leads, context, now)
+        result = hop.transform(leads, side, context, now)
+        outcome = HopOutcome(hop=hop.name, taken_over=batch.taken_over, next_after=batch.next_after)
+        # Leases and serial claims take the first waiting leads: a short batch was all there
+        # was. (Id ranges and candidate lists can come back short with more to come.)
+        short = len(leads) < request.size and hop.strategy in (Strategy.LEASE, Strategy.SERIAL)
+        outcome.drained = short
+        if dry_run:
+            outcome.claimed = len(leads)
+            outcome.stats, outcome.report = dict(result.stats), result.report
+            return outcome
+        split, verdict = gate(
+            hop.suite,
+            result.checked,
+            batch_ref=batch_ref(hop.name, flow_run_id, batch_no),
+            max_quarantine_rate=max_quarantine_rate,
+        )
+        if verdict.success:
+            with batch.writing() as conn:
+                write_gated(
+                    conn,
+                    hop,
+                    context,
+                    result,
+                    split,
+                    verdict,
+                    outcome,
+                    batch.guard,
+                    now,
+                    flow_run_id,
+                )
+            outcome.stats, outcome.report = dict(result.stats), result.report  # as persisted
+            return outcome
+        failed = verdict  # recorded below, once the claim's transaction has ended
+    with engine.begin() as conn:
+        quality.record(conn, failed, flow_run_id=flow_run_id, at=store.utcnow())
+    raise quality.GateFailed(failed)
+
+
+def gate(
+    suite: str, produced: pd.DataFrame, *, batch_ref: str, max_quarantine_rate: float | None = None
+) -> tuple[quality.RowSplit, quality.GateResult]:
+    """Run the hop's suite over what it produced (one row per lead, keyed by ``id``)."""
+    split = quality.split_rows(suite, produced)
+    result = quality.check_batch(
+        suite,
+        split.passed,
+        batch_ref=batch_ref,
+        received=len(produced),
+        quarantined=len(split.quarantined),
+        row_checks=split.checks,
+        max_quarantine_rate=max_quarantine_rate,
+        row_validation=split.validation,
+    )
+    return split, result
+
+
+def _jsonable_rows(frame: pd.DataFrame) -> list[str]:
+    return [json.dumps(row, default=str, ensure_ascii=False) for row in frame.to_dict("records")]
+
+
+def write_gated(
+    conn: Connection,
+    hop: Hop,
+    context: Any,
+    result: HopResult,
+    split: quality.RowSplit,
+    verdict: quality.GateResult,
+    outcome: HopOutcome,
+    guard: str | None,
+    now: datetime,
+    flow_run_id: str | None,
+) -> None:
+    """Write a batch that passed its gate, in ``conn``'s transaction, and fill ``outcome``.
+
+    Leads failing a row-level expectation move to ``quarantined`` instead, with a quarantine
+    row naming what they broke; their rows in ``result.rows`` are not written. With a lease
+    ``guard``, only leads still claimed by it are written (else ``StaleTransition``).
+    """
+    bad_ids = set(split.quarantined["id"].tolist())
+    changes = result.changes.copy()
+    missing = bad_ids - set(changes["id"].tolist())
+    if missing:
+        # A hop that leaves most of its leads as they are lists only its moves (nurture);
+        # a lead its gate holds still needs a row to move to quarantine from.
+        if len(hop.inputs) != 1:
+            raise ValueError(f"{hop.name}: the gate held leads the hop's changes do not list")
+        changes = pd.concat(
+            [
+                changes,
+                pd.DataFrame(
+                    {
+                        "id": sorted(missing),
+                        "from_status": hop.inputs[0].value,
+                        "to_status": hop.inputs[0].value,
+                    }
+                ),
+            ],
+            ignore_index=True,
+        )
+    if guard is not None:
+        changes["claimed_by"] = None
+        changes["claim_expires_at"] = pd.NaT
+    if bad_ids:
+        held = changes["id"].isin(bad_ids)
+        reasons = dict(zip(split.quarantined["id"], split.quarantined["reasons"], strict=True))
+        changes.loc[held, "to_status"] = Status.QUARANTINED.value
+        changes.loc[held, "reason"] = [
+            f"gate {hop.suite}: " + ", ".join(reasons[i]) for i in changes.loc[held, "id"]
+        ]
+    lifecycle.apply(
+        conn, changes, actor=hop.name, at=now, claimed_by=guard, flow_run_id=flow_run_id
+    )
+    if bad_ids:
+        bad = split.quarantined
+        store.bulk_insert(
+            conn,
+            t.quarantine,
+            pd.DataFrame(
+                {
+                    "hop": hop.name,
+                    "lead_id": bad["id"].to_numpy(),
+                    "record": _jsonable_rows(bad.drop(columns=["reasons"])),
+                    "reasons": store.json_column(bad["reasons"]),
+                    "flow_run_id": flow_run_id,
+                    "created_at": pd.Timestamp(store.utcnow()),
+                }
+            ),
+        )
+    for name, rows in result.rows.items():
+        keep = rows[~rows["lead_id"].isin(bad_ids)] if bad_ids else rows
+        if "flow_run_id" in keep.columns:  # pure functions cannot know the run they are in
+            keep = keep.assign(flow_run_id=flow_run_id)
+        store.bulk_insert(conn, t.metadata.tables[name], keep)
+    if hop.persist is not None:
+        hop.persist(conn, result, context, bad_ids)
+    quality.record(conn, verdict, flow_run_id=flow_run_id, at=store.utcnow())
+    outcome.gate = verdict
+    outcome.claimed = len(changes)
+    outcome.quarantined = len(bad_ids)
+    outcome.statuses = changes["to_status"].value_counts().to_dict()
+    changed = changes["to_status"] != changes["from_status"]
+    outcome.moved = changes.loc[changed, "to_status"].value_counts().to_dict()
+
+
+# --------------------------------------------------------------------------- the task
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A dropped connection or a lost race: worth another try. Never a gate's verdict."""
+    if isinstance(exc, quality.GateFailed):
+        return False
+    if isinstance(exc, OperationalError | PendingRollbackError | lifecycle.StaleTransition):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    try:
+        state.result()
+    except Exception as exc:
+        return is_transient(exc)
+    return False
+
+
+@task(
+    name="hop-batch",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=[1, 5],
+    retry_condition_fn=_retry_transient,
+    task_run_name="{hop.name}-batch-{batch_no}",
+)
+def hop_batch(
+    hop: Hop,
+    context: Any,
+    database_url: str,
+    now: datetime,
+    after: int,
+    candidates: Sequence[int] | None,
+    batch_no: int,
+    max_quarantine_rate: float | None = None,
+    dry_run: bool = False,
+    batch_size: int | None = None,
+) -> HopOutcome | None:
+    """One batch of ``hop`` as a Prefect task run (retried on a dropped connection)."""
+    from prefect.runtime import flow_run
+
+    return run_batch(
+        hop,
+        context,
+        store.get_engine(database_url),
+        now=now,
+        after=after,
+        candidates=candidates,
+        batch_no=batch_no,
+        flow_run_id=flow_run.get_id(),
+        max_quarantine_rate=max_quarantine_rate,
+        dry_run=dry_run,
+        batch_size=batch_size,
+    )
+
+
+# --------------------------------------------------------------------------- a whole run
+
+
+@dataclass
+class HopRun:
+    """A hop's run, added up: what flows report and turn into a state."""
+
+    hop: str
+    batches: int = 0
+    claimed: int = 0
+    quarantined: int = 0
+    taken_over: int = 0
+    held: int = 0  # waiting leads another claim still holds when the run ends
+    moved: dict[str, int] = field(default_factory=dict)
+    statuses: dict[str, int] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    gates: list[quality.GateResult] = field(default_factory=list)
+    failure: str | None = None
+
+    def notes(self) -> str:
+        """What a run's message should add about claims: taken over, still held elsewhere."""
+        parts = []
+        if self.taken_over:
+            parts.append(f"took over {self.taken_over} from a dead run")
+        if self.held:
+            parts.append(f"{self.held} held by another claim (see `leadflow claims`)")
+        return (", " + ", ".join(parts)) if parts else ""
+
+    def add(self, outcome: HopOutcome) -> None:
+        self.batches += 1
+        self.claimed += outcome.claimed
+        self.quarantined += outcome.quarantined
+        self.taken_over += outcome.taken_over
+        for target, counts in ((self.moved, outcome.moved), (self.statuses, outcome.statuses)):
+            for name, value in counts.items():
+                target[name] = target.get(name, 0) + int(value)
+        for name, value in outcome.stats.items():
+            if isinstance(value, bool):
+                self.stats[name] = self.stats.get(name, False) or value
+            elif isinstance(value, int | float):
+                self.stats[name] = self.stats.get(name, 0) + value
+        if outcome.gate is not None:
+            self.gates.append(outcome.gate)
+
+
+def drain(
+    hop: Hop,
+    context: Any,
+    *,
+    database_url: str,
+    now: datetime,
+    candidates: Sequence[int] | None = None,
+    max_quarantine_rate: float | None = None,
+    dry_run: bool = False,
+    batch_size: int | None = None,
+    on_batch: Callable[[HopOutcome], None] | None = None,
+    publish: bool = True,
+) -> HopRun:
+    """Run batches of ``hop`` until nothing is waiting (or a gate fails, or a batch fails
+    after its retries); publish the ``dq-<suite>`` artifact and Data Docs."""
+    run = HopRun(hop=hop.name)
+    after = 0
+    while True:
+        state = hop_batch(
+            quote(hop),
+            quote(context),
+            database_url,
+            now,
+            after,
+            quote(candidates),
+            run.batches + 1,
+            max_quarantine_rate,
+            dry_run,
+            batch_size,
+            return_state=True,
+        )
+        try:
+            outcome = state.result()
+        except quality.GateFailed as exc:
+            run.gates.append(exc.result)
+            run.failure = str(exc)
+            break
+        except Exception as exc:  # retries exhausted: say what really happened
+            run.failure = f"{hop.name} batch {run.batches + 1} failed: {type(exc).__name__}: {exc}"
+            break
+        if outcome is None:
+            break
+        run.add(outcome)
+        progress.advance(f"{hop.name}: leads", outcome.claimed)
+        if on_batch is not None:
+            on_batch(outcome)
+        if outcome.drained:  # no need for one more (empty) task run to find out
+            break
+        after = outcome.next_after
+    if run.taken_over:
+        log.warning("%s took over %d leads from a dead run's claim", hop.name, run.taken_over)
+    if hop.strategy is Strategy.LEASE:  # the only claims that outlive their transaction
+        with store.get_engine(database_url).connect() as conn:
+            run.held = queue.held_by_others(conn, [s.value for s in hop.inputs])
+        if run.held:
+            log.warning("%s: %d waiting leads are held by another claim", hop.name, run.held)
+    if publish and run.gates:
+        publish_gates(hop.suite, run.gates)
+    return run
+
+
+def run_name(prefix: str) -> Callable[[], str]:
+    """A flow run name that says what ran and for when: ``pipeline-2026-11-22T10:00``."""
+
+    def name() -> str:
+        from prefect.runtime import flow_run
+
+        now = (flow_run.parameters or {}).get("now") or datetime.now(UTC)
+        if isinstance(now, str):
+            now = datetime.fromisoformat(now)
+        return f"{prefix}-{now:%Y-%m-%dT%H:%M}"
+
+    return name
+
+
+def publish_gates(suite: str, gates: list[quality.GateResult]) -> None:
+    """The hop's gate results as a ``dq-<suite>`` table artifact, and Data Docs."""
+    from prefect.artifacts import create_table_artifact
+
+    quality.publish_docs(gates)
+    create_table_artifact(
+        key=f"dq-{suite}",
+        table=quality.artifact_rows(gates),
+        description=f"Data-quality gate results for the {suite} hop in this run",
+    )

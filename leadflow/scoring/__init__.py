@@ -1,0 +1,1 @@
+"""Scoring: the rules, the pure scorer, the hop, learning and replays."""

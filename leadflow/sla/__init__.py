@@ -1,0 +1,1 @@
+"""Response SLAs: the rules, the timer check and escalation."""

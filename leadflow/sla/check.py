@@ -1,0 +1,744 @@
+"""Response SLAs, checked set-based: timers started, met, warned, breached and escalated.
+
+A check at ``now`` (one at a time: the ``sla`` writer lock) does, in one transaction:
+
+0. **hold** (PostgreSQL) the leads it will act on, before it reads anything it decides on;
+   see ``hold_leads`` for the lock order every writer of leads, assignments and timers keeps;
+1. **close** the timers of assignments that ended (reassigned, rejected) and of leads that
+   left the owned statuses;
+2. **start** timers for new assignments (and for acceptances, for ``start: accepted``
+   policies), with their warning, due and escalation instants computed once, in the owner's
+   business time (``Timeline``): everything after is comparisons of stored instants;
+3. **meet** timers with the activities that arrived since the last check (the earliest
+   genuine one wins, whenever it arrives; automated touches never count); a timer met after
+   its due time gets its level-1 breach recorded as ``met_late``;
+4. **warn** owners of timers past ``warn_at``; **level 1**: notify owner and manager;
+   **level 2**: reassign through routing, excluding every rep who held the lead (nobody left:
+   the manager), or alert the manager, per policy. ``sla_timers.level`` and the unique
+   (timer, level) of ``sla_breaches`` make each level fire once however often checks run;
+5. **gate** the breaches with ``suites/sla.yaml`` (none twice, every escalation has a reason);
+   a failing gate rolls the whole check back and is recorded.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from sqlalchemy import Connection, and_, case, func, literal, or_, select, tuple_, union, update
+
+from leadflow import quality, store
+from leadflow import tables as t
+from leadflow.business_time import Timeline, WorkingCalendar, calendar_of
+from leadflow.lifecycle import Status
+from leadflow.outbox import store as outbox
+from leadflow.routing.rules import Rep
+from leadflow.rules.conditions import condition_mask
+from leadflow.sla.escalate import (
+    OWNED,
+    ROUTE_TURN,
+    SlaContext,
+    breach_rows,
+    empty_breaches,
+    level_one,
+    level_two,
+    raise_level,
+    warn,
+    within,
+)
+from leadflow.sla.rules import Policy, SlaRules
+
+SUITE = "sla"
+WATERMARK = "sla:activities"  # source_cursors row: the newest activity a check has seen
+ACCEPTED = (Status.ACCEPTED.value, Status.QUALIFIED.value)
+
+
+@dataclass
+class CheckResult:
+    now: datetime
+    closed: int = 0
+    started: int = 0
+    met: int = 0
+    warned: int = 0
+    breaches: pd.DataFrame = field(default_factory=pd.DataFrame)
+    queued: int = 0
+    gate: quality.GateResult | None = None
+    seconds: dict[str, float] = field(default_factory=dict)  # per step, for ops and bench
+
+    def summary(self) -> dict[str, Any]:
+        breaches = self.breaches
+        actions = breaches["action"].value_counts().to_dict() if len(breaches) else {}
+        return {
+            "now": self.now.isoformat(),
+            "timers_started": self.started,
+            "timers_met": self.met,
+            "timers_closed": self.closed,
+            "warnings": self.warned,
+            "level_1": int((breaches["level"] == 1).sum()) if len(breaches) else 0,
+            "level_2": int((breaches["level"] == 2).sum()) if len(breaches) else 0,
+            "actions": {k: int(v) for k, v in actions.items()},
+            "messages_queued": self.queued,
+            "step_seconds": self.seconds,
+        }
+
+
+class _Clock:
+    """Record how long each step of a check took (the time since the previous step)."""
+
+    def __init__(self, into: dict[str, float]) -> None:
+        self.into, self.last = into, time.perf_counter()
+
+    def __call__(self, name: str, value: Any) -> Any:
+        now = time.perf_counter()
+        self.into[name] = round(now - self.last, 3)
+        self.last = now
+        return value
+
+
+# --------------------------------------------------------------------------- calendars
+
+
+def calendars(conn: Connection, context: SlaContext) -> dict[int, WorkingCalendar]:
+    """Every rep's working calendar by ``reps.id``: the routing rules' reps as they say, other
+    reps (no longer in the rules, still holding leads) from their stored row."""
+    in_rules = {rep.id: rep for rep in context.route.rules.reps}
+    out: dict[int, WorkingCalendar] = {}
+    rows = conn.execute(
+        select(
+            t.reps.c.id,
+            t.reps.c.code,
+            t.reps.c.name,
+            t.reps.c.email,
+            t.reps.c.timezone,
+            t.reps.c.working_hours,
+            t.reps.c.country,
+        )
+    ).all()
+    for row in rows:
+        rep = in_rules.get(row.code or "")
+        if rep is None:
+            try:
+                rep = Rep(
+                    id=row.code or f"rep-{row.id}",
+                    name=row.name,
+                    email=row.email,
+                    timezone=row.timezone or "UTC",
+                    working_hours=store.json_value(row.working_hours)
+                    or {"mon-fri": ["09:00-17:00"]},
+                    country=row.country,
+                )
+            except ValueError:
+                rep = Rep(id=f"rep-{row.id}", name=row.name or "?", email="unknown@invalid.example")
+        out[int(row.id)] = calendar_of(rep)
+    return out
+
+
+def _timeline(
+    cache: dict[int, Timeline], calendars_: dict[int, WorkingCalendar], rep_id: int, starts: Any
+) -> Timeline:
+    if rep_id not in cache:
+        first = pd.Timestamp(np.min(starts)).to_pydatetime().replace(tzinfo=UTC)
+        cache[rep_id] = Timeline(calendars_[rep_id], first, first + pd.Timedelta(days=7))
+    return cache[rep_id]
+
+
+def _as64(values: pd.Series) -> np.ndarray:
+    return pd.to_datetime(values, utc=True).dt.tz_localize(None).to_numpy().astype("datetime64[us]")
+
+
+# --------------------------------------------------------------------------- 0. hold
+
+
+def hold_leads(conn: Connection, context: SlaContext, now: datetime) -> frozenset[int] | None:
+    """Take the check's turns and lock the leads it may act on, before it reads them; returns
+    the leads held (``None`` on SQLite: the check's transaction is the only writer).
+
+    The lock order, kept by every writer of leads, assignments and timers (no cycle, so no
+    deadlock between SLA checks, recycling and routing):
+
+    1. advisory turns first: ``sla`` (the caller's), ``capture`` (activities, and the accepts
+       and rejects they apply, wait for the check), ``leadflow.route`` when a timer may be
+       reassigned (the round-robin counters; routing holds it while it writes MQLs, which
+       the check never locks);
+    2. lead rows, in id order: here the owned leads with a timer to warn or escalate or an
+       assignment whose timers start, ``FOR NO KEY UPDATE``. Recycling claims ``FOR UPDATE
+       SKIP LOCKED``, so it passes over them until the check commits; leads it already holds
+       are waited for, and the check then reads them moved and leaves them alone;
+    3. only then their assignments and timers (recycling likewise writes its own leads'
+       only, and skips a timer a check is closing rather than wait for it).
+    """
+    if not store.is_postgres(conn):
+        return None
+    store.serialize_writers(conn, "capture")
+    timers, assignments, leads = t.sla_timers, t.assignments, t.leads
+    moment = literal(now, timers.c.due_at.type)
+    unmet = and_(timers.c.closed_at.is_(None), timers.c.met_at.is_(None))
+    escalating = and_(timers.c.level < 2, timers.c.escalate_at <= moment)
+    reassigning = [p.name for p in context.rules.policies if p.escalate == "reassign"]
+    may_reassign = select(timers.c.id).where(unmet, escalating, timers.c.policy.in_(reassigning))
+    if reassigning and conn.execute(may_reassign.limit(1)).first():
+        store.serialize_writers(conn, ROUTE_TURN)
+    due = select(timers.c.lead_id).where(
+        unmet,
+        or_(
+            and_(timers.c.warned_at.is_(None), timers.c.level == 0, timers.c.warn_at <= moment),
+            and_(timers.c.level < 1, timers.c.due_at <= moment),
+            escalating,
+        ),
+    )
+    fresh = select(assignments.c.lead_id).where(
+        assignments.c.released_at.is_(None),
+        assignments.c.sla_stage.is_(None),
+        assignments.c.rep_id.is_not(None),
+    )
+    accepting = leads.alias("accepting")
+    accepted = (
+        select(assignments.c.lead_id)
+        .join(accepting, accepting.c.id == assignments.c.lead_id)
+        .where(
+            assignments.c.released_at.is_(None),
+            assignments.c.sla_stage == "assigned",
+            accepting.c.status.in_(ACCEPTED),
+        )
+    )
+    locked = conn.execute(
+        select(leads.c.id)
+        .where(leads.c.id.in_(union(due, fresh, accepted)), leads.c.status.in_(OWNED))
+        .order_by(leads.c.id)
+        .with_for_update(key_share=True, of=leads)
+    ).scalars()
+    return frozenset(int(i) for i in locked)
+
+
+# --------------------------------------------------------------------------- 1. close
+
+
+def close_ended(conn: Connection, now: datetime) -> int:
+    """Close open timers whose assignment ended or whose lead is no longer owned."""
+    timers, assignments, leads = t.sla_timers, t.assignments, t.leads
+    moment = literal(now, timers.c.closed_at.type)
+    ended = conn.execute(
+        update(timers)
+        .where(
+            timers.c.closed_at.is_(None),
+            timers.c.assignment_id.in_(
+                select(assignments.c.id).where(assignments.c.released_at.is_not(None))
+            ),
+        )
+        .values(closed_at=moment, closed_reason="reassigned")
+    ).rowcount
+    status = select(leads.c.status).where(leads.c.id == timers.c.lead_id).scalar_subquery()
+    left = conn.execute(
+        update(timers)
+        .where(
+            timers.c.closed_at.is_(None),
+            timers.c.lead_id.in_(select(leads.c.id).where(leads.c.status.not_in(OWNED))),
+        )
+        .values(closed_at=moment, closed_reason=literal("lead left: ") + status)
+    ).rowcount
+    return ended + left
+
+
+# --------------------------------------------------------------------------- 2. start
+
+
+def _policy_fields(rules: SlaRules) -> list[Any]:
+    fields: set[str] = set()
+    for policy in rules.policies:
+        if policy.when is not None:
+            fields |= policy.when.fields()
+    columns = (t.lead_column(name) for name in sorted(fields))
+    return [column for column in columns if column is not None]
+
+
+def start_timers(
+    conn: Connection,
+    context: SlaContext,
+    calendars_: dict[int, WorkingCalendar],
+    now: datetime,
+    held: frozenset[int] | None = None,
+) -> int:
+    """Timers for assignments not yet seen (``start: assigned`` policies, from the
+    assignment) and for leads accepted since (``start: accepted``, from the acceptance), of
+    the leads the check holds (an assignment routed since it locked them starts its timers at
+    the next check, from its assignment time all the same)."""
+    rules = context.rules
+    assignments, leads, activities = t.assignments, t.leads, t.activities
+    extra = _policy_fields(rules)
+    base = [
+        assignments.c.id.label("assignment_id"),
+        assignments.c.lead_id,
+        assignments.c.rep_id,
+        assignments.c.assigned_at,
+        leads.c.status,
+        leads.c.status_changed_at,
+        *extra,
+    ]
+    joined = assignments.join(
+        leads,
+        and_(leads.c.id == assignments.c.lead_id, leads.c.owner_rep_id == assignments.c.rep_id),
+    )
+    fresh = store.read_frame(
+        conn,
+        select(*base)
+        .select_from(joined)
+        .where(
+            assignments.c.released_at.is_(None),
+            assignments.c.sla_stage.is_(None),
+            assignments.c.rep_id.is_not(None),
+            leads.c.status.in_(OWNED),
+        ),
+    )
+    fresh = within(fresh, held)
+    accepted_at = (
+        select(func.min(activities.c.occurred_at))
+        .where(
+            activities.c.lead_id == assignments.c.lead_id,
+            activities.c.activity_type == "accept",
+            activities.c.occurred_at >= assignments.c.assigned_at,
+        )
+        .scalar_subquery()
+        .label("accepted_at")
+    )
+    accepted = store.read_frame(
+        conn,
+        select(*base, accepted_at)
+        .select_from(joined)
+        .where(
+            assignments.c.released_at.is_(None),
+            assignments.c.sla_stage == "assigned",
+            leads.c.status.in_(ACCEPTED),
+        ),
+    )
+    accepted = within(accepted, held)
+    rows = []
+    for stage, frame, policies in (
+        ("assigned", fresh, [p for p in rules.policies if p.start == "assigned"]),
+        ("accepted", accepted, [p for p in rules.policies if p.start == "accepted"]),
+    ):
+        if frame.empty:
+            continue
+        if stage == "accepted":
+            frame["started_at"] = frame["accepted_at"].where(
+                frame["accepted_at"].notna(), frame["status_changed_at"]
+            )
+        else:
+            frame["started_at"] = frame["assigned_at"]
+        for policy in policies:
+            chosen = frame if policy.when is None else frame[condition_mask(policy.when, frame)]
+            if len(chosen):
+                rows.append(_timer_rows(chosen, policy, rules, calendars_, now))
+        store.update_from_frame(
+            conn,
+            assignments,
+            pd.DataFrame({"id": frame["assignment_id"].to_numpy(), "sla_stage": stage}),
+        )
+    if not rows:
+        return 0
+    timers = pd.concat(rows, ignore_index=True)
+    return store.bulk_insert(conn, t.sla_timers, timers)
+
+
+def _timer_rows(
+    frame: pd.DataFrame,
+    policy: Policy,
+    rules: SlaRules,
+    calendars_: dict[int, WorkingCalendar],
+    now: datetime,
+) -> pd.DataFrame:
+    allowed, escalate = rules.minutes(policy)
+    starts = _as64(frame["started_at"])
+    warn = np.empty(len(frame), dtype="datetime64[us]")
+    due = np.empty(len(frame), dtype="datetime64[us]")
+    late = np.full(len(frame), np.datetime64("NaT"), dtype="datetime64[us]")
+    cache: dict[int, Timeline] = {}
+    reps = frame["rep_id"].astype("int64").to_numpy()
+    for rep_id in np.unique(reps):
+        mask = reps == rep_id
+        line = _timeline(cache, calendars_, int(rep_id), starts[mask])
+        warn[mask] = line.add(starts[mask], allowed * rules.warn_at)
+        due[mask] = line.add(starts[mask], allowed)
+        if escalate is not None:
+            late[mask] = line.add(starts[mask], escalate)
+    return pd.DataFrame(
+        {
+            "lead_id": frame["lead_id"].astype("int64").to_numpy(),
+            "assignment_id": frame["assignment_id"].astype("int64").to_numpy(),
+            "rep_id": reps,
+            "policy": policy.name,
+            "started_at": pd.to_datetime(starts).tz_localize("UTC"),
+            "warn_at": pd.to_datetime(warn).tz_localize("UTC"),
+            "due_at": pd.to_datetime(due).tz_localize("UTC"),
+            "escalate_at": pd.to_datetime(late).tz_localize("UTC"),
+            "level": 0,
+            "created_at": pd.Timestamp(now),
+        }
+    )
+
+
+# --------------------------------------------------------------------------- 3. meet
+
+
+def _watermark(conn: Connection) -> int:
+    value = conn.execute(
+        select(t.source_cursors.c.cursor).where(t.source_cursors.c.source == WATERMARK)
+    ).scalar()
+    return int(value) if value else 0
+
+
+def _save_watermark(conn: Connection, value: int) -> None:
+    from leadflow.capture.write import save_cursor
+
+    save_cursor(conn, WATERMARK, f"{value:020d}")  # zero-padded: the cursor compares as text
+
+
+def meet_timers(
+    conn: Connection,
+    context: SlaContext,
+    calendars_: dict[int, WorkingCalendar],
+    now: datetime,
+    flow_run_id: str | None,
+) -> tuple[int, pd.DataFrame]:
+    """Meet timers with the activities received since the last check. Returns the timers
+    met (or met earlier than known) and level-1 breach rows for those met after their due
+    time. Capture takes turns with this step, so no activity commits behind the watermark."""
+    store.serialize_writers(conn, "capture")
+    activities, timers = t.activities, t.sla_timers
+    seen = _watermark(conn)
+    newest = conn.execute(select(func.max(activities.c.id))).scalar() or seen
+    if newest <= seen:
+        _save_watermark(conn, seen)
+        return 0, empty_breaches()
+    # Per timer, the earliest new genuine activity of a kind its policy counts, by its rep,
+    # after the clock started and before what met it so far: ranked in the database, so a
+    # backlog of activities is one indexed join, not a frame of every pair.
+    counts = [(p.name, kind) for p in context.rules.policies for kind in p.met_by]
+    ranked = (
+        select(
+            timers.c.id,
+            timers.c.lead_id,
+            timers.c.rep_id,
+            timers.c.policy,
+            timers.c.started_at,
+            timers.c.due_at,
+            timers.c.met_at,
+            timers.c.level,
+            timers.c.closed_at,
+            timers.c.closed_reason,
+            activities.c.id.label("activity_id"),
+            activities.c.activity_type,
+            activities.c.occurred_at,
+            func.row_number()
+            .over(
+                partition_by=timers.c.id,
+                order_by=(activities.c.occurred_at, activities.c.id),
+            )
+            .label("rank"),
+        )
+        .select_from(
+            activities.join(
+                timers,
+                and_(
+                    timers.c.lead_id == activities.c.lead_id,
+                    timers.c.rep_id == activities.c.rep_id,
+                ),
+            )
+        )
+        .where(
+            activities.c.id > seen,
+            activities.c.id <= newest,
+            activities.c.automated.is_(False),
+            tuple_(timers.c.policy, activities.c.activity_type).in_(counts),
+            activities.c.occurred_at >= timers.c.started_at,
+            or_(timers.c.met_at.is_(None), activities.c.occurred_at < timers.c.met_at),
+            or_(
+                timers.c.closed_reason.is_(None),
+                timers.c.closed_reason == "met",
+                activities.c.occurred_at < timers.c.closed_at,
+            ),
+        )
+        .subquery()
+    )
+    first = store.read_frame(conn, select(ranked).where(ranked.c.rank == 1).order_by(ranked.c.id))
+    if first.empty:
+        _save_watermark(conn, newest)
+        return 0, empty_breaches()
+    minutes = np.zeros(len(first))
+    cache: dict[int, Timeline] = {}
+    reps = first["rep_id"].astype("int64").to_numpy()
+    starts, ends = _as64(first["started_at"]), _as64(first["occurred_at"])
+    for rep_id in np.unique(reps):
+        mask = reps == rep_id
+        line = _timeline(cache, calendars_, int(rep_id), starts[mask])
+        minutes[mask] = line.between(starts[mask], ends[mask])
+    was_open = first["closed_at"].isna()
+    update_frame = pd.DataFrame(
+        {
+            "id": first["id"].astype("int64").to_numpy(),
+            "met_at": first["occurred_at"].to_numpy(),
+            "met_by": first["activity_id"].astype("int64").to_numpy(),
+            "business_minutes": minutes,
+            "closed_at": first["closed_at"].where(~was_open, pd.Timestamp(now)).to_numpy(),
+            "closed_reason": first["closed_reason"].where(~was_open, "met").to_numpy(),
+        }
+    )
+    store.update_from_frame(conn, timers, update_frame)
+    late = first[(first["occurred_at"] > first["due_at"]) & (first["level"] < 1)]
+    breaches = breach_rows(
+        late,
+        level=1,
+        action="met_late",
+        reasons=[
+            f"{row.policy}: first activity {row.activity_type} came after the due time "
+            f"({minutes[i]:.0f} business minutes)"
+            for i, row in zip(
+                np.flatnonzero(first.index.isin(late.index)), late.itertuples(), strict=True
+            )
+        ],
+        now=now,
+        flow_run_id=flow_run_id,
+    )
+    raise_level(conn, late["id"], 1)
+    _save_watermark(conn, newest)
+    return len(first), breaches
+
+
+# --------------------------------------------------------------------------- the check
+
+
+def gate_frame(breaches: pd.DataFrame) -> pd.DataFrame:
+    """What ``suites/sla.yaml`` reads."""
+    frame = breaches.copy()
+    frame["breach_key"] = frame["timer_id"].astype(str) + ":" + frame["level"].astype(str)
+    if "new_rep_held_before" not in frame.columns:
+        frame["new_rep_held_before"] = False
+    frame["new_rep_held_before"] = frame["new_rep_held_before"].fillna(False).astype(bool)
+    return frame
+
+
+def check(
+    conn: Connection,
+    context: SlaContext,
+    now: datetime,
+    *,
+    flow_run_id: str | None = None,
+) -> CheckResult:
+    """One SLA check at ``now`` in the caller's transaction (see the module's docstring).
+    Raises ``quality.GateFailed`` (after nothing was written: the caller rolls back)."""
+    now = now if now.tzinfo else now.replace(tzinfo=UTC)
+    store.serialize_writers(conn, "sla")
+    result = CheckResult(now=now)
+    clock = _Clock(result.seconds)
+    calendars_ = clock("calendars", calendars(conn, context))
+    # From here on, the leads the check acts on cannot move until it commits: it decides
+    # on what it reads under the lock (see hold_leads for the order locks are taken in).
+    held = clock("hold", hold_leads(conn, context, now))
+    result.closed = clock("close", close_ended(conn, now))
+    result.started = clock("start", start_timers(conn, context, calendars_, now, held))
+    result.met, met_late = clock("meet", meet_timers(conn, context, calendars_, now, flow_run_id))
+    result.warned, warnings = clock("warn", warn(conn, now, flow_run_id, held))
+    first, notices = clock("level_1", level_one(conn, context, now, flow_run_id, held))
+    second, escalations = clock("level_2", level_two(conn, context, now, flow_run_id, held))
+    # Reassigned leads (held: level 2 only acts on those) start their new owner's clocks.
+    result.started += clock("restart", start_timers(conn, context, calendars_, now, held))
+    parts = [p for p in (met_late, first, second) if len(p)]
+    breaches = pd.concat(parts, ignore_index=True) if parts else empty_breaches()
+    gate = quality.check_batch(
+        SUITE,
+        gate_frame(breaches),
+        batch_ref=f"sla:{now.isoformat()}:{flow_run_id or store.utcnow().isoformat()}",
+        received=len(breaches),
+        quarantined=0,
+    )
+    result.gate = clock("gate", gate)
+    if not gate.success:
+        raise quality.GateFailed(gate)
+    if len(breaches):
+        store.bulk_insert(
+            conn, t.sla_breaches, breaches.drop(columns=["new_rep_held_before"], errors="ignore")
+        )
+    messages = [m for m in (warnings, notices, escalations) if len(m)]
+    if messages:
+        result.queued = outbox.enqueue(
+            conn, pd.concat(messages, ignore_index=True), now=now, flow_run_id=flow_run_id
+        )
+    clock("write", None)
+    result.breaches = breaches
+    quality.record(conn, gate, flow_run_id=flow_run_id, at=now)
+    return result
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def open_breaches(conn: Connection, limit: int = 200) -> pd.DataFrame:
+    """Breached timers still unmet and open, most overdue first."""
+    timers, reps = t.sla_timers, t.reps
+    return store.read_frame(
+        conn,
+        select(
+            timers.c.lead_id,
+            reps.c.code.label("rep"),
+            timers.c.policy,
+            timers.c.level,
+            timers.c.started_at,
+            timers.c.due_at,
+        )
+        .select_from(timers.outerjoin(reps, reps.c.id == timers.c.rep_id))
+        .where(timers.c.closed_at.is_(None), timers.c.met_at.is_(None), timers.c.level > 0)
+        .order_by(timers.c.due_at)
+        .limit(limit),
+    )
+
+
+def compliance(conn: Connection) -> pd.DataFrame:
+    """Per policy and rep: timers, met on time, met late, still open past due, the share met
+    on time (of those decided) and the median business minutes to the first activity.
+    Aggregated in the database: a million timers never cross the wire."""
+    timers, reps = t.sla_timers, t.reps
+    met = timers.c.met_at.is_not(None)
+    on_time = func.sum(case((and_(met, timers.c.met_at <= timers.c.due_at), 1), else_=0))
+    late = func.sum(case((and_(met, timers.c.met_at > timers.c.due_at), 1), else_=0))
+    open_ = func.sum(case((and_(~met, timers.c.level > 0), 1), else_=0))
+    if store.is_postgres(conn):
+        middle = func.percentile_cont(0.5).within_group(timers.c.business_minutes)
+    else:  # SQLite has no percentile: the mean (the demo's size)
+        middle = func.avg(timers.c.business_minutes)
+    frame = store.read_frame(
+        conn,
+        select(
+            timers.c.policy,
+            reps.c.code.label("rep"),
+            func.count().label("timers"),
+            on_time.label("on_time"),
+            late.label("late"),
+            open_.label("breached_open"),
+            middle.label("median_minutes"),
+        )
+        .select_from(timers.outerjoin(reps, reps.c.id == timers.c.rep_id))
+        .group_by(timers.c.policy, reps.c.code)
+        .order_by(timers.c.policy, reps.c.code),
+    )
+    if frame.empty:
+        return pd.DataFrame(
+            columns=[
+                "policy", "rep", "timers", "on_time", "late", "breached_open",
+                "median_minutes", "compliance",
+            ]
+        )  # fmt: skip
+    for name in ("timers", "on_time", "late", "breached_open"):
+        frame[name] = frame[name].astype("int64")
+    frame["median_minutes"] = frame["median_minutes"].astype("float64").round(1)
+    decided = frame["on_time"] + frame["late"] + frame["breached_open"]
+    frame["compliance"] = (frame["on_time"] / decided.where(decided > 0)).round(3)
+    return frame
+
+
+# --------------------------------------------------------------------------- Prefect
+
+
+@task(name="load-sla-rules", cache_policy=NO_CACHE)
+def load_context(
+    spec: str | None = None, routing_spec: str | None = None, reps_csv: str | None = None
+) -> SlaContext:
+    """SLA policies (default ``rules/sla.yaml``) and the routing rules they reassign with."""
+    from leadflow.routing.hop import load_context as load_routing
+    from leadflow.settings import get_settings
+    from leadflow.sla.rules import load_rules
+
+    rules, version, _ = load_rules(spec or get_settings().rules_dir / "sla.yaml")
+    return SlaContext(rules, version, load_routing.fn(routing_spec, reps_csv))
+
+
+@task(
+    name="sla-check",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=lambda task, run, state: (
+        not isinstance(state.result(raise_on_failure=False), quality.GateFailed)
+    ),
+)
+def run_check(database_url: str, context: SlaContext, now: datetime) -> CheckResult:
+    """One check in one transaction; a failing gate rolls it back and is recorded alone."""
+    from prefect.runtime import flow_run
+
+    engine = store.get_engine(database_url)
+    run_id = flow_run.get_id()
+    try:
+        with engine.begin() as conn:
+            return check(conn, context, now, flow_run_id=run_id)
+    except quality.GateFailed as failure:
+        with engine.begin() as conn:
+            quality.record(conn, failure.result, flow_run_id=run_id, at=now)
+        raise
+
+
+def emit_breach_events(breaches: pd.DataFrame, codes: dict[int, str], limit: int = 1000) -> int:
+    """One Prefect event ``leadflow.sla.breached`` per breach (lead, rep and policy as
+    resources, so an automation can react); past ``limit`` in one check, one
+    ``leadflow.sla.breached.many`` event with the count instead of a flood."""
+    from prefect.events import emit_event
+
+    emitted = 0
+    for row in breaches.head(limit).itertuples():
+        rep = codes.get(int(row.rep_id), str(row.rep_id)) if pd.notna(row.rep_id) else "none"
+        emit_event(
+            event="leadflow.sla.breached",
+            resource={"prefect.resource.id": f"leadflow.lead.{row.lead_id}"},
+            related=[
+                {"prefect.resource.id": f"leadflow.rep.{rep}", "prefect.resource.role": "rep"},
+                {
+                    "prefect.resource.id": f"leadflow.sla-policy.{row.policy}",
+                    "prefect.resource.role": "policy",
+                },
+            ],
+            payload={"level": int(row.level), "action": row.action, "reason": row.reason},
+        )
+        emitted += 1
+    if len(breaches) > limit:
+        emit_event(
+            event="leadflow.sla.breached.many",
+            resource={"prefect.resource.id": "leadflow.sla"},
+            payload={"breaches": len(breaches), "emitted_individually": limit},
+        )
+    return emitted
+
+
+@task(name="sla-report", cache_policy=NO_CACHE)
+def report(
+    database_url: str, breaches: pd.DataFrame, now: datetime, max_events: int = 1000
+) -> dict[str, Any]:
+    """After a check: its breaches as Prefect events, the open breaches as a table artifact,
+    and compliance per policy and rep (read in one connection)."""
+    from prefect.artifacts import create_table_artifact
+
+    started = time.monotonic()
+    with store.get_engine(database_url).connect() as conn:
+        codes = dict(conn.execute(select(t.reps.c.id, t.reps.c.code)).all())
+        breached = open_breaches(conn)
+        per_rep = compliance(conn)
+    read = time.monotonic()
+    events = emit_breach_events(breaches, codes, max_events)
+    emitted = time.monotonic()
+    create_table_artifact(
+        key="sla-open-breaches",
+        table=[
+            {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
+            for row in breached.to_dict("records")
+        ]
+        or [{"lead_id": None, "note": "no open breaches"}],
+        description=f"Breached SLA timers still without an activity at {now:%Y-%m-%d %H:%M} UTC",
+    )
+    return {
+        "events": events,
+        "open_breaches": len(breached),
+        "compliance": per_rep.to_dict("records"),
+        "seconds": {"report": round(read - started, 3), "events": round(emitted - read, 3)},
+    }
