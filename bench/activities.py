@@ -67,8 +67,8 @@ def main() -> None:
 
     from app.demo_steps import ACTIVITY_MAPPING
     from leadflow import store
-    from leadflow.routing.hop import load_context
     from leadflow.routing.store import sync_reps
+    from tasks.routing import load_context
 
     work = Path(tempfile.mkdtemp(prefix="bench-activities-"))
     mapping = work / "crm.yaml"

@@ -57,8 +57,8 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
 
     from leadflow import store
-    from leadflow.routing.hop import load_context
     from leadflow.routing.store import sync_reps
+    from tasks.routing import load_context
 
     # The bundled routing rules without capacity limits, so level 2 reassigns rather than
     # finding every pool full (a million open leads is far past any rep's max_open).

@@ -17,9 +17,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, Failed, State
 
 from leadflow.scoring import backtest as metrics
-from leadflow.scoring import learn as learner
 from leadflow.settings import get_settings
 from tasks import rules_check
+from tasks import scoring as scoring_tasks
 
 
 @flow(name="backtest", flow_run_name="backtest")
@@ -32,7 +32,7 @@ def backtest(
     started = time.monotonic()
     settings = get_settings()
     now = now or datetime.now(UTC)
-    summary = metrics.backtest_rules(database_url or settings.database_url, rules, now)
+    summary = scoring_tasks.backtest_rules(database_url or settings.database_url, rules, now)
     version = summary["version"]
     if not summary.get("leads"):
         return Failed(message="no leads with a known outcome to backtest on", data=summary)
@@ -66,7 +66,7 @@ def learn(
     """Fit rules on leads with known outcomes and write them to ``out``."""
     started = time.monotonic()
     now = now or datetime.now(UTC)
-    text, report = learner.learn_from_history(
+    text, report = scoring_tasks.learn_from_history(
         database_url or get_settings().database_url, now, set(exclude or []), seed
     )
     if text is None:

@@ -16,9 +16,10 @@ from prefect.states import Completed, Failed, State
 
 from leadflow.capture import sources
 from leadflow.capture.rules import load_mapping
-from leadflow.capture.run import CaptureRun, empty_summary, inspect_input, publish_gates
+from leadflow.capture.run import empty_summary
 from leadflow.settings import get_settings
 from tasks import rules_check
+from tasks.capture import CaptureRun, inspect_input, publish_gates
 
 PARALLEL_FROM_BYTES = 8 << 20  # smaller inputs are not worth a worker process's start-up
 

@@ -13,13 +13,14 @@ from datetime import UTC, datetime
 from prefect import flow
 from prefect.states import Completed, Failed, State
 
-from leadflow import runner as hops
 from leadflow.enrich import hop
 from leadflow.settings import get_settings
+from tasks import enrich as enrich_tasks
+from tasks import hops as hop_tasks
 from tasks import rules_check
 
 
-@flow(name="enrich", flow_run_name=hops.run_name("enrich"))
+@flow(name="enrich", flow_run_name=hop_tasks.run_name("enrich"))
 def enrich(
     now: datetime | None = None,
     database_url: str | None = None,
@@ -38,8 +39,8 @@ def enrich(
     started = datetime.now(UTC)
     database_url = database_url or get_settings().database_url
     now = now or started
-    context = hop.build_context(database_url, provider, rules_path, started)
-    run = hops.drain(
+    context = enrich_tasks.build_context(database_url, provider, rules_path, started)
+    run = hop_tasks.drain(
         hop.HOP,
         context,
         database_url=database_url,

@@ -15,12 +15,14 @@ from prefect.states import Completed, Failed, State
 
 from leadflow import runner as hops
 from leadflow.nurture import plan as hop
-from leadflow.routing.notices import send_outbox
 from leadflow.settings import get_settings
+from tasks import hops as hop_tasks
+from tasks import nurture as nurture_tasks
 from tasks import rules_check
+from tasks.outbox import send_outbox
 
 
-@flow(name="nurture", flow_run_name=hops.run_name("nurture"))
+@flow(name="nurture", flow_run_name=hop_tasks.run_name("nurture"))
 def nurture(
     now: datetime | None = None,
     database_url: str | None = None,
@@ -40,8 +42,8 @@ def nurture(
     database_url = database_url or get_settings().database_url
     now = now or datetime.now(UTC)
     notifier = notifier or os.environ.get("LEADFLOW_NOTIFIER")
-    prepared = hop.prepare_tick(database_url, context, now)
-    ids = hop.candidates(database_url, now)
+    prepared = nurture_tasks.prepare_tick(database_url, context, now)
+    ids = nurture_tasks.candidates(database_url, now)
     finished: list[tuple[int, str]] = []
     errors: list[str] = []
 
@@ -50,7 +52,7 @@ def nurture(
         finished.extend(report.get("finished", []))
         errors.extend(report.get("errors", []))
 
-    run = hops.drain(
+    run = hop_tasks.drain(
         hop.HOP,
         context,
         database_url=database_url,
@@ -68,7 +70,7 @@ def nurture(
     summary["candidates"] = len(ids)
     summary["version"] = context.version
     summary["template_errors"] = errors[:20]
-    summary["events"] = hop.emit_finished(finished, max_events)
+    summary["events"] = nurture_tasks.emit_finished(finished, max_events)
     summary["seconds"] = round(time.monotonic() - started, 3)
     create_table_artifact(
         key="nurture-tick",

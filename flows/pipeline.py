@@ -16,14 +16,14 @@ from flows.enrich import enrich
 from flows.route import route
 from flows.score import score
 from leadflow import order
-from leadflow import runner as hops
 from leadflow.settings import get_settings
+from tasks import hops as hop_tasks
 from tasks import reports, rules_check
 
 FLOWS = {"enrich": enrich, "score": score, "route": route}  # hop name -> the flow that runs it
 
 
-@flow(name="pipeline", flow_run_name=hops.run_name("pipeline"))
+@flow(name="pipeline", flow_run_name=hop_tasks.run_name("pipeline"))
 def pipeline(
     now: datetime | None = None,
     database_url: str | None = None,

@@ -11,14 +11,15 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 from prefect.states import Completed, Failed, State
 
-from leadflow import runner as hops
-from leadflow.kpi import leakage
 from leadflow.recycle import hop
 from leadflow.settings import get_settings
+from tasks import hops as hop_tasks
+from tasks import kpi as kpi_tasks
+from tasks import recycle as recycle_tasks
 from tasks import rules_check
 
 
-@flow(name="recycle", flow_run_name=hops.run_name("recycle"))
+@flow(name="recycle", flow_run_name=hop_tasks.run_name("recycle"))
 def recycle(
     now: datetime | None = None,
     database_url: str | None = None,
@@ -32,14 +33,14 @@ def recycle(
         return refused
     database_url = database_url or get_settings().database_url
     now = now or datetime.now(UTC)
-    ids = hop.candidates(database_url, context, now)
-    run = hops.drain(
+    ids = recycle_tasks.candidates(database_url, context, now)
+    run = hop_tasks.drain(
         hop.HOP, context, database_url=database_url, now=now, candidates=ids, batch_size=batch_size
     )
     summary = hop.summarise(run)
     summary["candidates"] = len(ids)
     summary["version"] = context.version
-    leaks = leakage.leakage(database_url, context.rules, now)
+    leaks = kpi_tasks.leakage(database_url, context.rules, now)
     summary["leakage"] = leaks["counts"]
     summary["suppressed_left_alone"] = leaks["not_leakage"]["suppressed"]
     summary["seconds"] = round(time.monotonic() - started, 3)

@@ -10,15 +10,15 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, State
 
-from leadflow import runner as hops
-from leadflow.kpi import leakage
 from leadflow.kpi import measures as kpi
 from leadflow.recycle.rules import load_rules
 from leadflow.settings import get_settings
+from tasks import hops as hop_tasks
+from tasks import kpi as kpi_tasks
 from tasks import rules_check
 
 
-@flow(name="report", flow_run_name=hops.run_name("report"))
+@flow(name="report", flow_run_name=hop_tasks.run_name("report"))
 def report(now: datetime | None = None, database_url: str | None = None) -> State:
     """Compute the KPIs as of ``now`` and publish them."""
     settings = get_settings()
@@ -28,11 +28,11 @@ def report(now: datetime | None = None, database_url: str | None = None) -> Stat
         return refused
     policy, _ = loaded
     now = now or datetime.now(UTC)
-    views = kpi.read_views(database_url or settings.database_url)
+    views = kpi_tasks.read_views(database_url or settings.database_url)
     figures = kpi.figures(views, now)
-    paths = kpi.charts(figures, views["kpi_speed_to_lead"], settings.var_dir / "reports")
+    paths = kpi_tasks.charts(figures, views["kpi_speed_to_lead"], settings.var_dir / "reports")
     figures["charts"] = paths
-    figures["leakage"] = leakage.leakage(database_url or settings.database_url, policy, now)
+    figures["leakage"] = kpi_tasks.leakage(database_url or settings.database_url, policy, now)
     create_table_artifact(key="kpi-funnel", table=figures["funnel"], description="Funnel")
     create_table_artifact(
         key="kpi-sources", table=figures["source_performance"], description="Sources"

@@ -14,14 +14,15 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, Failed, State
 
-from leadflow import runner as hops
 from leadflow.routing import hop
-from leadflow.routing.notices import send_outbox
 from leadflow.settings import get_settings
+from tasks import hops as hop_tasks
+from tasks import routing as routing_tasks
 from tasks import rules_check
+from tasks.outbox import send_outbox
 
 
-@flow(name="route", flow_run_name=hops.run_name("route"))
+@flow(name="route", flow_run_name=hop_tasks.run_name("route"))
 def route(
     now: datetime | None = None,
     database_url: str | None = None,
@@ -34,13 +35,15 @@ def route(
     notifications with ``notifier`` (block:NAME[,block:NAME]; default $LEADFLOW_NOTIFIER;
     none: messages stay queued in the outbox). ``reps``: a reps CSV replacing the rules' reps."""
     started = time.monotonic()
-    context, refused = rules_check.loaded(hop.load_context.fn, rules, reps)
+    context, refused = rules_check.loaded(routing_tasks.load_context.fn, rules, reps)
     if refused:  # before anything moves
         return refused
     database_url = database_url or get_settings().database_url
     now = now or datetime.now(UTC)
     notifier = notifier or os.environ.get("LEADFLOW_NOTIFIER")
-    run = hops.drain(hop.HOP, context, database_url=database_url, now=now, batch_size=batch_size)
+    run = hop_tasks.drain(
+        hop.HOP, context, database_url=database_url, now=now, batch_size=batch_size
+    )
     sent = send_outbox(database_url, notifier, now=now) if notifier and not run.failure else None
     summary = hop.summarise(run, sent)
     summary["version"] = context.version
@@ -60,7 +63,7 @@ def route(
     )
 
 
-@flow(name="route-dry-run", flow_run_name=hops.run_name("route-dry-run"))
+@flow(name="route-dry-run", flow_run_name=hop_tasks.run_name("route-dry-run"))
 def route_dry_run(
     rules: str,
     since: datetime | None = None,
@@ -68,12 +71,12 @@ def route_dry_run(
     database_url: str | None = None,
 ) -> State:
     """What ``rules`` would change for the MQLs routed since ``since`` (and those waiting)."""
-    context, refused = rules_check.loaded(hop.load_context.fn, rules)
+    context, refused = rules_check.loaded(routing_tasks.load_context.fn, rules)
     if refused:
         return refused
     database_url = database_url or get_settings().database_url
     now = now or datetime.now(UTC)
-    report = hop.dry_run(database_url, context, since, now)
+    report = routing_tasks.dry_run(database_url, context, since, now)
     create_markdown_artifact(
         key="route-dry-run",
         markdown=report["markdown"],

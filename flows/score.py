@@ -17,14 +17,16 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed, Failed, State
 
-from leadflow import runner as hops
 from leadflow.scoring import hop
-from leadflow.scoring.replay import Diff, biggest_movers, diff_markdown
+from leadflow.scoring.replay import Diff, diff_markdown
 from leadflow.settings import get_settings
+from tasks import hops as hop_tasks
 from tasks import rules_check
+from tasks import scoring as scoring_tasks
+from tasks.scoring import biggest_movers
 
 
-@flow(name="score", flow_run_name=hops.run_name("score"))
+@flow(name="score", flow_run_name=hop_tasks.run_name("score"))
 def score(
     now: datetime | None = None,
     database_url: str | None = None,
@@ -34,14 +36,16 @@ def score(
 ) -> State:
     """Score enriched leads; rescore nurturing/MQL leads with new engagement."""
     started = time.monotonic()
-    loaded, refused = rules_check.loaded(hop.load_rules.fn, rules)  # before anything moves
+    loaded, refused = rules_check.loaded(
+        scoring_tasks.load_rules.fn, rules
+    )  # before anything moves
     if refused:
         return refused
     rule_set, version, text = loaded
     database_url = database_url or get_settings().database_url
     now = now or datetime.now(UTC)
     # Events up to here count as seen by this run's scores; newer ones wait for the next run.
-    watermark = hop.event_watermark(database_url)
+    watermark = scoring_tasks.event_watermark(database_url)
     context = hop.ScoreContext(rule_set, version, text, mode="new", watermark=watermark)
     options: dict[str, Any] = dict(
         database_url=database_url,
@@ -49,11 +53,13 @@ def score(
         batch_size=batch_size,
         max_quarantine_rate=max_quarantine_rate,
     )
-    runs = {"new": hops.drain(hop.SCORE_NEW, context, **options)}
+    runs = {"new": hop_tasks.drain(hop.SCORE_NEW, context, **options)}
     if not runs["new"].failure:
-        candidates = hop.engaged_candidates(database_url, watermark)
+        candidates = scoring_tasks.engaged_candidates(database_url, watermark)
         engaged = replace(context, mode="engaged")
-        runs["engaged"] = hops.drain(hop.SCORE_ENGAGED, engaged, candidates=candidates, **options)
+        runs["engaged"] = hop_tasks.drain(
+            hop.SCORE_ENGAGED, engaged, candidates=candidates, **options
+        )
     summary = hop.summarise(version, runs)
     summary["seconds"] = round(time.monotonic() - started, 3)
     failure = next((r.failure for r in runs.values() if r.failure), None)
@@ -67,7 +73,7 @@ def score(
     )
 
 
-@flow(name="rescore", flow_run_name=hops.run_name("rescore"))
+@flow(name="rescore", flow_run_name=hop_tasks.run_name("rescore"))
 def rescore(
     rules: str | None = None,
     scope: str = "all",
@@ -81,17 +87,19 @@ def rescore(
     (temperature transitions, new and lost MQLs, biggest movers and the rules that moved
     them) and, unless ``dry_run``, apply it in the same pass."""
     started = time.monotonic()
-    loaded, refused = rules_check.loaded(hop.load_rules.fn, rules)  # before anything moves
+    loaded, refused = rules_check.loaded(
+        scoring_tasks.load_rules.fn, rules
+    )  # before anything moves
     if refused:
         return refused
     rule_set, version, text = loaded
     database_url = database_url or get_settings().database_url
     now = now or datetime.now(UTC)
     statuses, condition = hop.parse_scope(scope)
-    warnings = hop.rule_warnings(database_url, rule_set)
+    warnings = scoring_tasks.rule_warnings(database_url, rule_set)
     context = hop.ScoreContext(rule_set, version, text, mode="rescore", condition=condition)
     diff = Diff(top_movers, applied=not dry_run)
-    run = hops.drain(
+    run = hop_tasks.drain(
         hop.rescore_hop(statuses),
         context,
         database_url=database_url,

@@ -15,14 +15,14 @@ from prefect import flow
 from prefect.states import Completed, Failed, State
 
 from leadflow import quality
-from leadflow import runner as hops
-from leadflow.routing.notices import send_outbox
 from leadflow.settings import get_settings
-from leadflow.sla import check as hop
+from tasks import hops as hop_tasks
 from tasks import rules_check
+from tasks import sla as sla_tasks
+from tasks.outbox import send_outbox
 
 
-@flow(name="sla", flow_run_name=hops.run_name("sla"))
+@flow(name="sla", flow_run_name=hop_tasks.run_name("sla"))
 def sla(
     now: datetime | None = None,
     database_url: str | None = None,
@@ -36,26 +36,26 @@ def sla(
     reassign with ``routing`` (default rules/routing.yaml, ``reps`` CSV replacing its reps);
     send due messages with ``notifier`` (default $LEADFLOW_NOTIFIER; none: they stay queued)."""
     started = time.monotonic()
-    context, refused = rules_check.loaded(hop.load_context.fn, rules, routing, reps)
+    context, refused = rules_check.loaded(sla_tasks.load_context.fn, rules, routing, reps)
     if refused:  # before anything moves
         return refused
     database_url = database_url or get_settings().database_url
     now = now or datetime.now(UTC)
     notifier = notifier or os.environ.get("LEADFLOW_NOTIFIER")
     try:
-        result = hop.run_check(database_url, context, now)
+        result = sla_tasks.run_check(database_url, context, now)
     except quality.GateFailed as failure:
         return Failed(message=f"SLA gate failed: {failure}", data={"gate": failure.result.checks})
     summary = result.summary()
     summary["version"] = context.version
     checked = time.monotonic()
-    reported = hop.report(database_url, result.breaches, now, max_events)
+    reported = sla_tasks.report(database_url, result.breaches, now, max_events)
     summary["flow_seconds"] = {"check": round(checked - started, 3), **reported.pop("seconds")}
     summary.update(reported)
     sent = send_outbox(database_url, notifier, now=now) if notifier else None
     summary["notifications"] = sent or {}
     summary["seconds"] = round(time.monotonic() - started, 3)
-    hops.publish_gates("sla", [result.gate] if result.gate else [])
+    hop_tasks.publish_gates("sla", [result.gate] if result.gate else [])
     return Completed(
         message=f"SLA check: {summary['timers_started']} timers started, "
         f"{summary['timers_met']} met, {summary['warnings']} warnings, "

@@ -34,9 +34,11 @@ from leadflow import runner as hops
 from leadflow.enrich import hop as enrich
 from leadflow.outbox.sender import send_due
 from leadflow.routing import hop as route_hop
-from leadflow.routing.notices import resolve_notifiers
 from leadflow.scoring import hop as score_hop
 from leadflow.settings import get_settings
+from tasks import routing as routing_tasks
+from tasks import scoring as scoring_tasks
+from tasks.outbox import resolve_notifiers
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +68,13 @@ def lane_context(
     with _lock:
         context = _contexts.get(key)
         if fresh or context is None or time.monotonic() - context.built > CONTEXT_TTL_SECONDS:
-            rules, version, text = _plain(score_hop.load_rules)(None)
+            rules, version, text = _plain(scoring_tasks.load_rules)(None)
             context = LaneContext(
                 enrich=_plain(enrich.build_context)(
                     database_url, provider, None, datetime.now(UTC)
                 ),
                 score=score_hop.ScoreContext(rules, version, text, mode="new"),
-                route=_plain(route_hop.load_context)(None),
+                route=_plain(routing_tasks.load_context)(None),
                 notifiers=resolve_notifiers(notifier),
                 built=time.monotonic(),
             )
@@ -205,7 +207,7 @@ def run_lane(
             rules.version,
             rules.text,
             mode="new",
-            watermark=_plain(score_hop.event_watermark)(database_url),
+            watermark=_plain(scoring_tasks.event_watermark)(database_url),
         )
         steps = (
             ("enrich", enrich.HOP, context.enrich),

@@ -109,7 +109,7 @@ def scoring(spec: str | None = None) -> None:
 def routing(spec: str | None = None, reps: str | None = None) -> None:
     """Routing rules (default ``rules/routing.yaml``) with the reps CSV replacing theirs
     (``reps``, default $LEADFLOW_REPS_FILE)."""
-    from leadflow.routing.hop import load_context
+    from tasks.routing import load_context
 
     load_context.fn(spec, reps)
 
@@ -117,7 +117,7 @@ def routing(spec: str | None = None, reps: str | None = None) -> None:
 @_one_line_errors
 def sla(spec: str | None = None, routing: str | None = None, reps: str | None = None) -> None:
     """SLA policies (default ``rules/sla.yaml``) and the routing rules they reassign with."""
-    from leadflow.sla.check import load_context
+    from tasks.sla import load_context
 
     load_context.fn(spec, routing, reps)
 

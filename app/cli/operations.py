@@ -130,8 +130,8 @@ def _load_routing_reps(args: argparse.Namespace) -> int:
     them with ``--reps FILE`` or ``LEADFLOW_REPS_FILE``."""
     from leadflow import store
     from leadflow.routing import store as routing_store
-    from leadflow.routing.hop import load_context
     from leadflow.settings import get_settings
+    from tasks.routing import load_context
 
     context = load_context.fn(args.rules, args.path)
     with store.get_engine().begin() as conn:
@@ -172,7 +172,7 @@ def _blocks_arguments(command: argparse.ArgumentParser) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from flows.report import report
-    from leadflow.kpi.measures import markdown
+    from tasks.kpi import markdown
 
     return run_flow(args, report, lambda data: markdown(data))
 

@@ -83,7 +83,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
         return EXIT_OK
     # send
     from leadflow.outbox.sender import send_due
-    from leadflow.routing.notices import resolve_notifiers
+    from tasks.outbox import resolve_notifiers
 
     spec = args.notifier or os.environ.get("LEADFLOW_NOTIFIER")
     if not spec:

@@ -40,7 +40,7 @@ def _human_route(data: dict[str, Any]) -> str:
 
 
 def cmd_route(args: argparse.Namespace) -> int:
-    from leadflow.routing.hop import load_context
+    from tasks.routing import load_context
 
     load_context.fn(args.rules, args.reps)  # a typo is one line, exit 2, before any flow
     if args.dry_run:

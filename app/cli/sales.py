@@ -41,7 +41,7 @@ def _human_sla(data: dict[str, Any]) -> str:
 
 
 def cmd_sla(args: argparse.Namespace) -> int:
-    from leadflow.sla.check import load_context
+    from tasks.sla import load_context
 
     load_context.fn(args.rules, args.routing, args.reps)  # a typo: one line, exit 2, no flow
     from flows.sla import sla

@@ -16,8 +16,6 @@ from datetime import datetime
 from typing import Any
 
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from sqlalchemy import Connection, Engine, Table, select
 
 from leadflow import quality, store
@@ -27,7 +25,6 @@ from leadflow.capture import write as capture
 from leadflow.capture.prepare import rejected_records
 from leadflow.capture.rules import SourceMapping
 from leadflow.capture.sources import PARSE_ERROR, RAW, RECORD_NO, RecordChunk
-from tasks.capture import log_outcome, not_a_gate_failure
 
 
 @dataclass(frozen=True)
@@ -242,41 +239,3 @@ def write_linked_chunk(
         effects=effects,
         **counts,
     )
-
-
-@task(
-    name="capture-linked-chunk",
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=2,
-    retry_condition_fn=not_a_gate_failure,
-    task_run_name="{kind.target}-{batch_id}-chunk-{chunk.chunk_no}",
-)
-def capture_linked_chunk(
-    kind: LinkedKind,
-    database_url: str,
-    batch_id: int,
-    chunk: RecordChunk,
-    mapping: SourceMapping,
-    source: str,
-    now: datetime,
-    max_quarantine_rate: float | None = None,
-    cursor: tuple[str, str] | None = None,
-) -> capture.ChunkOutcome:
-    """Gate and store one chunk of events or activities (one transaction)."""
-    from prefect.runtime import flow_run
-
-    outcome = write_linked_chunk(
-        store.get_engine(database_url),
-        kind,
-        batch_id=batch_id,
-        chunk=chunk,
-        mapping=mapping,
-        source=source,
-        now=now,
-        flow_run_id=flow_run.get_id(),
-        max_quarantine_rate=max_quarantine_rate,
-        cursor=cursor,
-    )
-    log_outcome(outcome)
-    return outcome

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -408,22 +408,21 @@ class OpenedBatch:
 
 
 def _say_waiting() -> None:
-    """Tell whoever watches (the run's log, or the terminal) why nothing happens yet."""
-    from prefect.exceptions import MissingContextError
-    from prefect.logging import get_run_logger
-
-    try:
-        get_run_logger().info("waiting for another ingest of the same input to finish")
-    except MissingContextError:
-        log.info("waiting for another ingest of the same input to finish")
+    log.info("waiting for another ingest of the same input to finish")
 
 
 def content_lock(
-    engine: Engine, *, source: str, target: str, content_hash: str
+    engine: Engine,
+    *,
+    source: str,
+    target: str,
+    content_hash: str,
+    on_wait: Callable[[], None] = _say_waiting,
 ) -> AbstractContextManager[None]:
-    """The input's lock (``leadflow.capture.locks``), saying in the run log when it waits."""
+    """The input's lock (``leadflow.capture.locks``); ``on_wait`` says why nothing happens yet
+    (the capture tasks pass one that writes to the run's log)."""
     return capture_locks.content_lock(
-        engine, source=source, target=target, content_hash=content_hash, on_wait=_say_waiting
+        engine, source=source, target=target, content_hash=content_hash, on_wait=on_wait
     )
 
 

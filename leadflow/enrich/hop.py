@@ -16,8 +16,6 @@ from typing import Any
 
 import pandas as pd
 import pyarrow.compute as pc
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from leadflow.capture import phones
 from leadflow.capture.normalise import arrow, from_arrow, mask, registered_domain
@@ -527,7 +525,27 @@ HOP = Hop(
 )
 
 
-@task(name="enrich-context", cache_policy=NO_CACHE)
+def summarise(run: HopRun) -> dict[str, Any]:
+    """The enrich run's summary: counts, lookups and match rates."""
+    stats = dict(run.stats)
+    matched = stats.pop("accounts_matched", 0)
+    enriched = run.statuses.get(Status.ENRICHED.value, 0)
+    pending = run.statuses.get(Status.ENRICHMENT_PENDING.value, 0)
+    asked = stats.get("found", 0) + stats.get("not_found", 0) + stats.get("invalid", 0)
+    return {
+        "enriched": enriched,
+        "pending": pending,
+        "quarantined": run.quarantined,
+        "batches": run.batches,
+        "taken_over": run.taken_over,
+        "held_by_another_claim": run.held,
+        "accounts_matched": matched,
+        "lookups": stats,
+        "match_rate": round(matched / (enriched + pending), 4) if enriched + pending else 0.0,
+        "firmographics_match_rate": round(stats.get("found", 0) / asked, 4) if asked else 0.0,
+    }
+
+
 def build_context(
     database_url: str, provider: str | None, rules_path: str | None, started: datetime
 ) -> EnrichContext:
@@ -558,24 +576,3 @@ def build_context(
         min_name_length=rules.match.min_name_length,
         started=started,
     )
-
-
-def summarise(run: HopRun) -> dict[str, Any]:
-    """The enrich run's summary: counts, lookups and match rates."""
-    stats = dict(run.stats)
-    matched = stats.pop("accounts_matched", 0)
-    enriched = run.statuses.get(Status.ENRICHED.value, 0)
-    pending = run.statuses.get(Status.ENRICHMENT_PENDING.value, 0)
-    asked = stats.get("found", 0) + stats.get("not_found", 0) + stats.get("invalid", 0)
-    return {
-        "enriched": enriched,
-        "pending": pending,
-        "quarantined": run.quarantined,
-        "batches": run.batches,
-        "taken_over": run.taken_over,
-        "held_by_another_claim": run.held,
-        "accounts_matched": matched,
-        "lookups": stats,
-        "match_rate": round(matched / (enriched + pending), 4) if enriched + pending else 0.0,
-        "firmographics_match_rate": round(stats.get("found", 0) / asked, 4) if asked else 0.0,
-    }

@@ -16,8 +16,6 @@ from datetime import datetime
 from typing import Any
 
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from sqlalchemy import Connection, and_, exists, func, or_, select
 
 from leadflow import queue, store
@@ -186,25 +184,3 @@ def markdown(leaks: dict[str, Any]) -> str:
             for r in leaks["leads"][:100]
         ]
     return "\n".join(lines)
-
-
-@task(name="leakage", cache_policy=NO_CACHE)
-def leakage(
-    database_url: str, rules: RecycleRules, now: datetime, limit: int = 200
-) -> dict[str, Any]:
-    """The leakage report, published as a table and a markdown artifact."""
-    from prefect.artifacts import create_markdown_artifact, create_table_artifact
-
-    with store.get_engine(database_url).connect() as conn:
-        leaks = find_leaks(conn, rules, now, limit)
-    create_table_artifact(
-        key="leakage",
-        table=[{"kind": k, "leads": v} for k, v in leaks["counts"].items()]
-        + [
-            {"kind": f"{r['kind']}: lead {r['lead_id']}", "leads": r["why"]}
-            for r in leaks["leads"][:50]
-        ],
-        description=f"Leads nobody is working, as of {now:%Y-%m-%d %H:%M}",
-    )
-    create_markdown_artifact(key="leakage-report", markdown=markdown(leaks), description="Leakage")
-    return leaks

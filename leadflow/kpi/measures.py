@@ -22,11 +22,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-from sqlalchemy import text
-
-from leadflow import store
 
 FUNNEL = ("captured", "enriched", "mql", "routed", "accepted", "qualified", "won")
 VIEWS = (
@@ -39,13 +34,6 @@ VIEWS = (
     "kpi_sla_compliance",
     "kpi_first_touch",
 )
-
-
-@task(name="read-kpi-views", cache_policy=NO_CACHE)
-def read_views(database_url: str) -> dict[str, pd.DataFrame]:
-    """Every KPI view as a DataFrame."""
-    with store.get_engine(database_url).connect() as conn:
-        return {name: store.read_frame(conn, text(f"SELECT * FROM {name}")) for name in VIEWS}
 
 
 # --------------------------------------------------------------------------- pure figures
@@ -210,34 +198,6 @@ def figures(views: dict[str, pd.DataFrame], now: datetime) -> dict[str, Any]:
 # --------------------------------------------------------------------------- charts, artifacts
 
 
-@task(name="kpi-charts", cache_policy=NO_CACHE)
-def charts(report: dict[str, Any], speed: pd.DataFrame, folder: Path) -> dict[str, str]:
-    """PNG charts: the funnel, and the distribution of capture -> routed seconds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {"funnel": folder / "funnel.png", "speed_to_lead": folder / "speed_to_lead.png"}
-    figure, axis = plt.subplots(figsize=(7, 3.4), dpi=110)
-    stages = [row["stage"] for row in report["funnel"]]
-    axis.barh(stages[::-1], [row["leads"] for row in report["funnel"]][::-1], color="#2f6f9f")
-    axis.set_xlabel("leads that reached the stage")
-    figure.tight_layout()
-    figure.savefig(paths["funnel"])
-    plt.close(figure)
-    figure, axis = plt.subplots(figsize=(7, 3.4), dpi=110)
-    seconds = _seconds(speed["routed_at"], speed["captured_at"]).dropna()
-    axis.hist(seconds, bins=30, color="#c0504d")
-    axis.set_xlabel("seconds from capture to routed")
-    axis.set_ylabel("leads")
-    figure.tight_layout()
-    figure.savefig(paths["speed_to_lead"])
-    plt.close(figure)
-    return {name: str(path) for name, path in paths.items()}
-
-
 def _first_touch_line(speed: dict[str, Any]) -> str:
     touch = speed.get("routed_to_first_touch")
     if not touch:
@@ -323,3 +283,30 @@ def markdown(report: dict[str, Any], charts: dict[str, str] | None = None) -> st
         encoded = base64.b64encode(Path(path).read_bytes()).decode("ascii")
         lines += ["", f"![{name}](data:image/png;base64,{encoded})"]
     return "\n".join(lines)
+
+
+def charts(report: dict[str, Any], speed: pd.DataFrame, folder: Path) -> dict[str, str]:
+    """PNG charts: the funnel, and the distribution of capture -> routed seconds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"funnel": folder / "funnel.png", "speed_to_lead": folder / "speed_to_lead.png"}
+    figure, axis = plt.subplots(figsize=(7, 3.4), dpi=110)
+    stages = [row["stage"] for row in report["funnel"]]
+    axis.barh(stages[::-1], [row["leads"] for row in report["funnel"]][::-1], color="#2f6f9f")
+    axis.set_xlabel("leads that reached the stage")
+    figure.tight_layout()
+    figure.savefig(paths["funnel"])
+    plt.close(figure)
+    figure, axis = plt.subplots(figsize=(7, 3.4), dpi=110)
+    seconds = _seconds(speed["routed_at"], speed["captured_at"]).dropna()
+    axis.hist(seconds, bins=30, color="#c0504d")
+    axis.set_xlabel("seconds from capture to routed")
+    axis.set_ylabel("leads")
+    figure.tight_layout()
+    figure.savefig(paths["speed_to_lead"])
+    plt.close(figure)
+    return {name: str(path) for name, path in paths.items()}

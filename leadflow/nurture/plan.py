@@ -35,8 +35,6 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from sqlalchemy import Connection, exists, select, union
 
 from leadflow import lifecycle, store
@@ -779,16 +777,38 @@ def nurture_batch(
     )
 
 
+# --------------------------------------------------------------------------- tick steps
+
+
+def departed_reason(status: str) -> str:
+    if status in TO_SALES:
+        return "became_mql"
+    if status == Status.DISQUALIFIED:
+        return "disqualified"
+    return f"left nurture: {status}"
+
+
+def summarise(run: Any, prepared: dict[str, int], sent: dict[str, Any] | None) -> dict[str, Any]:
+    stats = run.stats
+    summary: dict[str, Any] = {name: int(stats.get(name, 0)) for name in ("enrolled", *COUNTERS)}
+    summary["deferred"] = summary["deferred_quiet"] + summary["deferred_cap"]
+    summary["disqualified"] = int(run.moved.get(Status.DISQUALIFIED.value, 0))
+    summary["quarantined"] = run.quarantined
+    summary["batches"] = run.batches
+    summary["messages_new"] = int(stats.get("messages_new", 0))
+    summary |= prepared
+    summary["notifications"] = sent or {}
+    return summary
+
+
 def persist_plan(
     conn: Connection, result: HopResult, context: NurtureContext, held: set[int]
 ) -> None:
     """Enrolments (new ones get their ids here), touches, outbox messages and ledger notes,
     in the batch's transaction; nothing for leads the gate held."""
-    from prefect.runtime import flow_run
-
     plan: Plan = result.report["plan"]
     now = result.report["now"]
-    run_id = flow_run.get_id()
+    run_id = result.flow_run_id
     keep = (lambda f: f[~f["lead_id"].isin(held)]) if held else (lambda f: f)
     enrolments, touches = keep(plan.enrolments), keep(plan.touches)
     messages, notes = keep(plan.messages), keep(plan.notes)
@@ -854,31 +874,6 @@ def persist_plan(
     }
 
 
-HOP = Hop(
-    name="nurture",
-    inputs=(Status.NURTURING,),
-    suite="nurtured",
-    # Candidates (due touches, leads in no cadence) are sparse: row locks on just those.
-    strategy=Strategy.LOCKED_IDS,
-    columns=lead_columns,
-    fetch=fetch_state,
-    transform=nurture_batch,
-    persist=persist_plan,
-)
-
-
-# --------------------------------------------------------------------------- tick steps
-
-
-def departed_reason(status: str) -> str:
-    if status in TO_SALES:
-        return "became_mql"
-    if status == Status.DISQUALIFIED:
-        return "disqualified"
-    return f"left nurture: {status}"
-
-
-@task(name="nurture-prepare", cache_policy=NO_CACHE)
 def prepare_tick(database_url: str, context: NurtureContext, now: datetime) -> dict[str, int]:
     """Before the hop, set-based: end the enrolments of leads that left ``nurturing``, and
     bring enrolments that follow an older version of the cadences to this one per
@@ -964,7 +959,6 @@ def prepare_tick(database_url: str, context: NurtureContext, now: datetime) -> d
     return {"left_nurture": len(gone), "version_moved": len(stale), "replanned": replanned}
 
 
-@task(name="nurture-candidates", cache_policy=NO_CACHE)
 def candidates(database_url: str, now: datetime) -> list[int]:
     """Leads the tick must look at: a touch due at ``now``, or nurturing in no cadence (to
     enrol them, or to see that nothing takes them: the leakage report lists those)."""
@@ -978,39 +972,14 @@ def candidates(database_url: str, now: datetime) -> list[int]:
         return sorted(int(i) for i in conn.execute(union(due, idle)).scalars())
 
 
-def summarise(run: Any, prepared: dict[str, int], sent: dict[str, Any] | None) -> dict[str, Any]:
-    stats = run.stats
-    summary: dict[str, Any] = {name: int(stats.get(name, 0)) for name in ("enrolled", *COUNTERS)}
-    summary["deferred"] = summary["deferred_quiet"] + summary["deferred_cap"]
-    summary["disqualified"] = int(run.moved.get(Status.DISQUALIFIED.value, 0))
-    summary["quarantined"] = run.quarantined
-    summary["batches"] = run.batches
-    summary["messages_new"] = int(stats.get("messages_new", 0))
-    summary |= prepared
-    summary["notifications"] = sent or {}
-    return summary
-
-
-def emit_finished(finished: list[tuple[int, str]], limit: int = 1000) -> int:
-    """One ``leadflow.cadence.finished`` event per lead that finished a cadence (capped; past
-    the cap, one ``.many`` event with the count)."""
-    from prefect.events import emit_event
-
-    for lead_id, cadence in finished[:limit]:
-        emit_event(
-            event="leadflow.cadence.finished",
-            resource={"prefect.resource.id": f"leadflow.lead.{lead_id}"},
-            related=[
-                {
-                    "prefect.resource.id": f"leadflow.cadence.{cadence}",
-                    "prefect.resource.role": "cadence",
-                }
-            ],
-        )
-    if len(finished) > limit:
-        emit_event(
-            event="leadflow.cadence.finished.many",
-            resource={"prefect.resource.id": "leadflow.nurture"},
-            payload={"finished": len(finished), "emitted_individually": limit},
-        )
-    return min(len(finished), limit)
+HOP = Hop(
+    name="nurture",
+    inputs=(Status.NURTURING,),
+    suite="nurtured",
+    # Candidates (due touches, leads in no cadence) are sparse: row locks on just those.
+    strategy=Strategy.LOCKED_IDS,
+    columns=lead_columns,
+    fetch=fetch_state,
+    transform=nurture_batch,
+    persist=persist_plan,
+)

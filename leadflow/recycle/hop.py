@@ -22,8 +22,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from sqlalchemy import Connection, and_, exists, func, literal, or_, select, update
 
 from leadflow import lifecycle, store
@@ -91,37 +89,6 @@ def load_context(
 def _lost_reason_matches(reason: Any, phrases: tuple[str, ...]) -> Any:
     lowered = func.lower(func.coalesce(reason, ""))
     return or_(*[lowered.like(f"%{p.lower()}%") for p in phrases]) if phrases else False
-
-
-@task(name="recycle-candidates", cache_policy=NO_CACHE)
-def candidates(database_url: str, context: RecycleContext, now: datetime) -> list[int]:
-    """Leads that may have stalled at ``now`` (the hop decides precisely)."""
-    rules = context.rules
-    leads, acts = t.leads, t.activities
-    shortest = min(
-        [rules.delay(rules.routed_not_accepted), *map(rules.delay, rules.no_activity.values())]
-    )
-    disposed = exists().where(
-        acts.c.lead_id == leads.c.id,
-        acts.c.activity_type.in_(rules.dispositions),
-        acts.c.occurred_at >= leads.c.status_changed_at,
-    )
-    lost = exists().where(
-        acts.c.lead_id == leads.c.id,
-        acts.c.activity_type == "lost",
-        _lost_reason_matches(acts.c.reason, rules.lost_reasons),
-    )
-    query = select(leads.c.id).where(
-        or_(
-            and_(
-                leads.c.status.in_(OWNED),
-                or_(leads.c.status_changed_at <= now - shortest, disposed),
-            ),
-            and_(leads.c.status == Status.LOST.value, lost),
-        )
-    )
-    with store.get_engine(database_url).connect() as conn:
-        return sorted(int(i) for i in conn.execute(query).scalars())
 
 
 # --------------------------------------------------------------------------- the hop
@@ -356,16 +323,57 @@ def recycle_batch(
     )
 
 
+def close_timers(conn: Connection, stopped: pd.DataFrame, now: datetime) -> int:
+    """Close the open SLA timers of the assignments recycling ended (``assignment_id``), with
+    the reason an SLA check would give (``lead left: <status>``), in recycling's transaction.
+    On PostgreSQL a timer an SLA check has locked (closing or meeting it) is skipped, not
+    waited for: that check closes it, and recycling never waits on a check that may be
+    waiting for recycling's leads. Returns the timers closed."""
+    if stopped.empty:
+        return 0
+    timers = t.sla_timers
+    closing = timers.alias("closing")
+    closed = 0
+    for status, group in stopped.groupby("status"):
+        ids = select(closing.c.id).where(
+            closing.c.closed_at.is_(None),
+            closing.c.assignment_id.in_(sorted({int(i) for i in group["assignment_id"]})),
+        )
+        if store.is_postgres(conn):
+            ids = ids.with_for_update(skip_locked=True)
+        closed += conn.execute(
+            update(timers)
+            .where(timers.c.id.in_(ids.scalar_subquery()))
+            .values(
+                closed_at=literal(now, timers.c.closed_at.type),
+                closed_reason=f"lead left: {status}",
+            )
+        ).rowcount
+    return closed
+
+
+def summarise(run: Any) -> dict[str, Any]:
+    stats = run.stats
+    return {
+        "looked_at": int(stats.get("looked_at", 0)),
+        "recycled": int(stats.get("recycled", 0)),
+        "long_term": int(stats.get("long_term", 0)),
+        "disqualified": int(stats.get("disqualified", 0)),
+        "quarantined": run.quarantined,
+        "reasons": {k[7:]: int(v) for k, v in stats.items() if k.startswith("reason:")},
+        "from_status": {k[5:]: int(v) for k, v in stats.items() if k.startswith("from:")},
+        "batches": run.batches,
+    }
+
+
 def persist_recycling(
     conn: Connection, result: HopResult, context: RecycleContext, held: set[int]
 ) -> None:
     """The second lifecycle step, the ended assignments and cool-downs, and the long-term
     enrolments, for the leads the gate passed."""
-    from prefect.runtime import flow_run
-
     report = result.report
     now = report["now"]
-    run_id = flow_run.get_id()
+    run_id = result.flow_run_id
     following = report["following"]
     following = following[~following["id"].isin(held)].reset_index(drop=True)
     lifecycle.apply(conn, following, actor=ACTOR, at=now, flow_run_id=run_id)
@@ -410,35 +418,6 @@ def persist_recycling(
     result.report = None
 
 
-def close_timers(conn: Connection, stopped: pd.DataFrame, now: datetime) -> int:
-    """Close the open SLA timers of the assignments recycling ended (``assignment_id``), with
-    the reason an SLA check would give (``lead left: <status>``), in recycling's transaction.
-    On PostgreSQL a timer an SLA check has locked (closing or meeting it) is skipped, not
-    waited for: that check closes it, and recycling never waits on a check that may be
-    waiting for recycling's leads. Returns the timers closed."""
-    if stopped.empty:
-        return 0
-    timers = t.sla_timers
-    closing = timers.alias("closing")
-    closed = 0
-    for status, group in stopped.groupby("status"):
-        ids = select(closing.c.id).where(
-            closing.c.closed_at.is_(None),
-            closing.c.assignment_id.in_(sorted({int(i) for i in group["assignment_id"]})),
-        )
-        if store.is_postgres(conn):
-            ids = ids.with_for_update(skip_locked=True)
-        closed += conn.execute(
-            update(timers)
-            .where(timers.c.id.in_(ids.scalar_subquery()))
-            .values(
-                closed_at=literal(now, timers.c.closed_at.type),
-                closed_reason=f"lead left: {status}",
-            )
-        ).rowcount
-    return closed
-
-
 HOP = Hop(
     name="recycle",
     inputs=(Status.ROUTED, Status.ACCEPTED, Status.QUALIFIED, Status.LOST),
@@ -451,15 +430,31 @@ HOP = Hop(
 )
 
 
-def summarise(run: Any) -> dict[str, Any]:
-    stats = run.stats
-    return {
-        "looked_at": int(stats.get("looked_at", 0)),
-        "recycled": int(stats.get("recycled", 0)),
-        "long_term": int(stats.get("long_term", 0)),
-        "disqualified": int(stats.get("disqualified", 0)),
-        "quarantined": run.quarantined,
-        "reasons": {k[7:]: int(v) for k, v in stats.items() if k.startswith("reason:")},
-        "from_status": {k[5:]: int(v) for k, v in stats.items() if k.startswith("from:")},
-        "batches": run.batches,
-    }
+def candidates(database_url: str, context: RecycleContext, now: datetime) -> list[int]:
+    """Leads that may have stalled at ``now`` (the hop decides precisely)."""
+    rules = context.rules
+    leads, acts = t.leads, t.activities
+    shortest = min(
+        [rules.delay(rules.routed_not_accepted), *map(rules.delay, rules.no_activity.values())]
+    )
+    disposed = exists().where(
+        acts.c.lead_id == leads.c.id,
+        acts.c.activity_type.in_(rules.dispositions),
+        acts.c.occurred_at >= leads.c.status_changed_at,
+    )
+    lost = exists().where(
+        acts.c.lead_id == leads.c.id,
+        acts.c.activity_type == "lost",
+        _lost_reason_matches(acts.c.reason, rules.lost_reasons),
+    )
+    query = select(leads.c.id).where(
+        or_(
+            and_(
+                leads.c.status.in_(OWNED),
+                or_(leads.c.status_changed_at <= now - shortest, disposed),
+            ),
+            and_(leads.c.status == Status.LOST.value, lost),
+        )
+    )
+    with store.get_engine(database_url).connect() as conn:
+        return sorted(int(i) for i in conn.execute(query).scalars())

@@ -15,8 +15,6 @@ from datetime import datetime
 from typing import Any
 
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from sqlalchemy import Connection, func, select
 
 from leadflow import store
@@ -27,7 +25,7 @@ from leadflow.queue import Strategy
 from leadflow.routing import decide as routing
 from leadflow.routing import notices as notify
 from leadflow.routing import store as routing_store
-from leadflow.routing.rules import RoutingRules, load_rules
+from leadflow.routing.rules import RoutingRules
 from leadflow.runner import Hop, HopResult, HopRun
 
 DETAIL_COLUMNS = (
@@ -177,27 +175,6 @@ HOP = Hop(
 # --------------------------------------------------------------------------- run inputs
 
 
-@task(name="load-routing-rules", cache_policy=NO_CACHE)
-def load_context(spec: str | None, reps_csv: str | None = None) -> RouteContext:
-    """Routing rules from a path (default ``rules/routing.yaml``); with ``reps_csv`` (default
-    $LEADFLOW_REPS_FILE) its reps replace the file's, checked against its pools again. The
-    version hashes both texts."""
-    import os
-
-    from leadflow import config
-    from leadflow.routing.rules import load_reps_csv, with_reps
-    from leadflow.settings import get_settings
-
-    rules, version, text = load_rules(spec or get_settings().rules_dir / "routing.yaml")
-    reps_csv = reps_csv or os.environ.get("LEADFLOW_REPS_FILE")
-    if reps_csv:
-        reps_text = config.read_text(reps_csv)
-        rules = with_reps(rules, load_reps_csv(reps_csv), str(reps_csv))
-        text = text + "\n# reps: " + str(reps_csv) + "\n" + reps_text
-        version = config.content_version(text)
-    return RouteContext(rules, version, text)
-
-
 def summarise(run: HopRun, sent: dict[str, Any] | None) -> dict[str, Any]:
     """The route run's summary: routed, waiting, per owner, per step, notifications."""
     stats = run.stats
@@ -226,7 +203,35 @@ def _prefixed(stats: dict[str, Any], prefix: str) -> dict[str, int]:
 # --------------------------------------------------------------------------- dry run
 
 
-@task(name="route-dry-run", cache_policy=NO_CACHE)
+def explain_routing(conn: Connection, lead_id: int) -> list[dict[str, Any]]:
+    """Every routing decision for a lead, oldest first: owner, step, rule, pool, rules
+    version, reason and the candidates considered (with why each was skipped)."""
+    import json
+
+    assignments = t.assignments
+    rows = conn.execute(
+        select(
+            assignments.c.rep_code,
+            assignments.c.step,
+            assignments.c.rule,
+            assignments.c.pool,
+            assignments.c.version,
+            assignments.c.reason,
+            assignments.c.candidates,
+            assignments.c.assigned_at,
+        )
+        .where(assignments.c.lead_id == lead_id)
+        .order_by(assignments.c.id)
+    ).mappings()
+    out = []
+    for row in rows:
+        item = dict(row)
+        if isinstance(item["candidates"], str):
+            item["candidates"] = json.loads(item["candidates"])
+        out.append(item)
+    return out
+
+
 def dry_run(
     database_url: str, context: RouteContext, since: datetime | None, now: datetime
 ) -> dict[str, Any]:
@@ -280,32 +285,3 @@ def dry_run(
         "changed": diff.changed.head(200).to_dict("records"),
         "markdown": diff.to_markdown(),
     }
-
-
-def explain_routing(conn: Connection, lead_id: int) -> list[dict[str, Any]]:
-    """Every routing decision for a lead, oldest first: owner, step, rule, pool, rules
-    version, reason and the candidates considered (with why each was skipped)."""
-    import json
-
-    assignments = t.assignments
-    rows = conn.execute(
-        select(
-            assignments.c.rep_code,
-            assignments.c.step,
-            assignments.c.rule,
-            assignments.c.pool,
-            assignments.c.version,
-            assignments.c.reason,
-            assignments.c.candidates,
-            assignments.c.assigned_at,
-        )
-        .where(assignments.c.lead_id == lead_id)
-        .order_by(assignments.c.id)
-    ).mappings()
-    out = []
-    for row in rows:
-        item = dict(row)
-        if isinstance(item["candidates"], str):
-            item["candidates"] = json.loads(item["candidates"])
-        out.append(item)
-    return out

@@ -13,8 +13,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from sqlalchemy import Engine, select
 
 from leadflow import store
@@ -176,10 +174,3 @@ def report_markdown(metrics: dict[str, Any], chart: Path | None) -> str:
             f"Chart file: `{chart}`",
         ]
     return "\n".join(lines)
-
-
-@task(name="backtest-rules", cache_policy=NO_CACHE)
-def backtest_rules(database_url: str, spec: str | None, now: datetime) -> dict[str, Any]:
-    """Score every lead with a known outcome with the rules ``spec`` and measure them."""
-    rules, version, _ = scoring.rule_source(spec)
-    return run_backtest(store.get_engine(database_url), rules, version, now)

@@ -18,8 +18,6 @@ from typing import Any
 
 import pandas as pd
 import yaml
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from sqlalchemy import Connection, func, select
 
 from leadflow import lifecycle, store
@@ -154,62 +152,10 @@ RESCORE = replace(SCORE_NEW, name="rescore", inputs=tuple(sorted(lifecycle.SCORE
 # --------------------------------------------------------------------------- run inputs
 
 
-@task(name="load-rules", cache_policy=NO_CACHE)
-def load_rules(spec: str | None) -> tuple[ScoringRules, str, str]:
-    """Rules from a path or ``block:NAME`` (default ``rules/scoring.yaml``)."""
-    return scoring.rule_source(spec)
-
-
-@task(name="check-rules-against-leads", cache_policy=NO_CACHE)
-def rule_warnings(database_url: str, rules: ScoringRules) -> list[str]:
-    """Warnings about rules that read attributes no recent lead carries (logged, returned)."""
-    from prefect.logging import get_run_logger
-
-    with store.get_engine(database_url).connect() as conn:
-        warnings = scoring.unknown_attributes(conn, rules)
-    for warning in warnings:
-        get_run_logger().warning(warning)
-    return warnings
-
-
 def hit_warnings(run: HopRun) -> list[str]:
     """ "rule X fired on 0 leads" for each rule that fired on no lead of the run."""
     hits = {k[len("hits:") :]: int(v) for k, v in run.stats.items() if k.startswith("hits:")}
     return scoring.never_fired(hits) if run.stats.get("scored") else []
-
-
-@task(name="event-watermark", cache_policy=NO_CACHE)
-def event_watermark(database_url: str) -> int:
-    """The newest engagement event id now: a score records it as seen; later ones are new."""
-    with store.get_engine(database_url).connect() as conn:
-        return scoring.event_watermark(conn)
-
-
-@task(name="engaged-candidates", cache_policy=NO_CACHE)
-def engaged_candidates(database_url: str, watermark: int) -> list[int]:
-    """Nurturing and MQL leads with engagement newer than their score, up to ``watermark``,
-    in id order."""
-    leads, events = t.leads, t.engagement_events
-    movable = sorted(lifecycle.MOVABLE_BY_SCORE)
-    with store.get_engine(database_url).connect() as conn:
-        bound = conn.execute(
-            select(func.coalesce(func.min(func.coalesce(leads.c.scored_event_id, 0)), 0)).where(
-                leads.c.status.in_(movable)
-            )
-        ).scalar_one()
-        query = (
-            select(leads.c.id)
-            .distinct()
-            .join(events, events.c.lead_id == leads.c.id)
-            .where(
-                events.c.id > bound,
-                events.c.id <= watermark,
-                events.c.id > func.coalesce(leads.c.scored_event_id, 0),
-                leads.c.status.in_(movable),
-            )
-            .order_by(leads.c.id)
-        )
-        return list(conn.execute(query).scalars())
 
 
 def parse_scope(scope: str) -> tuple[list[str], Condition | None]:
@@ -251,3 +197,29 @@ def summarise(version: str, runs: dict[str, HopRun]) -> dict[str, Any]:
     for status in (Status.MQL, Status.NURTURING, Status.DISQUALIFIED):
         summary[status.value] = sum(r.moved.get(status.value, 0) for r in runs.values())
     return summary
+
+
+def engaged_candidates(database_url: str, watermark: int) -> list[int]:
+    """Nurturing and MQL leads with engagement newer than their score, up to ``watermark``,
+    in id order."""
+    leads, events = t.leads, t.engagement_events
+    movable = sorted(lifecycle.MOVABLE_BY_SCORE)
+    with store.get_engine(database_url).connect() as conn:
+        bound = conn.execute(
+            select(func.coalesce(func.min(func.coalesce(leads.c.scored_event_id, 0)), 0)).where(
+                leads.c.status.in_(movable)
+            )
+        ).scalar_one()
+        query = (
+            select(leads.c.id)
+            .distinct()
+            .join(events, events.c.lead_id == leads.c.id)
+            .where(
+                events.c.id > bound,
+                events.c.id <= watermark,
+                events.c.id > func.coalesce(leads.c.scored_event_id, 0),
+                leads.c.status.in_(movable),
+            )
+            .order_by(leads.c.id)
+        )
+        return list(conn.execute(query).scalars())

@@ -18,8 +18,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from sqlalchemy import Engine, func, select
 
 from leadflow import store
@@ -383,15 +381,3 @@ def _render(
         rules, sort_keys=False, allow_unicode=True, width=110, default_flow_style=None
     )
     return "\n".join(header) + "\n" + body
-
-
-@task(name="learn-from-history", cache_policy=NO_CACHE)
-def learn_from_history(
-    database_url: str, now: datetime, exclude: set[str], seed: int
-) -> tuple[str | None, dict[str, Any]]:
-    """Rules text fitted on leads with known outcomes, and the fit's report; (None, report
-    with ``error``) when there are not both won and lost leads to learn from."""
-    training = load_training(store.get_engine(database_url), now, exclude)
-    if training["outcome"].nunique() < 2:
-        return None, {"leads": len(training), "error": "learning needs both won and lost leads"}
-    return fit_rules(training, seed=seed)

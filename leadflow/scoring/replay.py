@@ -10,8 +10,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from sqlalchemy import func, select
 
 from leadflow import store
@@ -91,7 +89,35 @@ def _moved_by(old: dict[str, float], new: dict[str, float]) -> str:
     return ", ".join(f"{name} {value:+g}" for value, name in ranked[:4]) or "-"
 
 
-@task(name="rescore-movers", cache_policy=NO_CACHE)
+def diff_markdown(summary: dict[str, Any]) -> str:
+    matrix = summary["temperature_transitions"]
+    lines = [
+        f"# Rescore with rules `{summary['version']}` ({'dry run' if summary['dry_run'] else 'applied'})",
+        f"Scope `{summary['scope']}`: {summary['leads']} leads. New MQLs **{summary['new_mql']}**, "
+        f"lost MQLs **{summary['lost_mql']}**, newly disqualified {summary['newly_disqualified']}.",
+        "",
+        "## Temperature: before (rows) -> after (columns)",
+        "| before \\ after | hot | warm | cold |",
+        "|---|---|---|---|",
+    ]
+    for before, row in matrix.items():
+        lines.append(f"| {before} | {row['hot']} | {row['warm']} | {row['cold']} |")
+    if summary.get("warnings"):
+        lines += ["", "## Warnings", *[f"- {warning}" for warning in summary["warnings"]]]
+    lines += [
+        "",
+        "## Biggest movers",
+        "| lead | old | new | change | moved by |",
+        "|---|---|---|---|---|",
+    ]
+    for mover in summary["biggest_movers"]:
+        lines.append(
+            f"| {mover['lead_id']} | {mover['old_score']} | {mover['new_score']} | "
+            f"{mover['change']:+g} | {mover['moved_by']} |"
+        )
+    return "\n".join(lines)
+
+
 def biggest_movers(database_url: str, diff: Diff) -> list[dict[str, Any]]:
     """The biggest movers with the rules that moved them (old contributions from the store).
 
@@ -132,32 +158,3 @@ def biggest_movers(database_url: str, diff: Diff) -> list[dict[str, Any]]:
             }
         )
     return out
-
-
-def diff_markdown(summary: dict[str, Any]) -> str:
-    matrix = summary["temperature_transitions"]
-    lines = [
-        f"# Rescore with rules `{summary['version']}` ({'dry run' if summary['dry_run'] else 'applied'})",
-        f"Scope `{summary['scope']}`: {summary['leads']} leads. New MQLs **{summary['new_mql']}**, "
-        f"lost MQLs **{summary['lost_mql']}**, newly disqualified {summary['newly_disqualified']}.",
-        "",
-        "## Temperature: before (rows) -> after (columns)",
-        "| before \\ after | hot | warm | cold |",
-        "|---|---|---|---|",
-    ]
-    for before, row in matrix.items():
-        lines.append(f"| {before} | {row['hot']} | {row['warm']} | {row['cold']} |")
-    if summary.get("warnings"):
-        lines += ["", "## Warnings", *[f"- {warning}" for warning in summary["warnings"]]]
-    lines += [
-        "",
-        "## Biggest movers",
-        "| lead | old | new | change | moved by |",
-        "|---|---|---|---|---|",
-    ]
-    for mover in summary["biggest_movers"]:
-        lines.append(
-            f"| {mover['lead_id']} | {mover['old_score']} | {mover['new_score']} | "
-            f"{mover['change']:+g} | {mover['moved_by']} |"
-        )
-    return "\n".join(lines)

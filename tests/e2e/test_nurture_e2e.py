@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from blocks.notifier import SmtpNotifier
 from leadflow import store
 from leadflow import tables as t
-from leadflow.routing import notices as notify
+from tasks import outbox as outbox_tasks
 
 from helpers import MONDAY, Inbox, free_port, nurturing, rules_dir, table, tick
 
@@ -47,15 +47,15 @@ def test_smtp_down_loses_nothing_a_refused_address_bounces_alone_and_unsubscribe
     notifier = SmtpNotifier(
         host="127.0.0.1", port=port, from_address="hi@example.com", starttls=False
     )
-    down = notify.send_due(engine, [notifier], 100, MONDAY)
+    down = outbox_tasks.send_due(engine, [notifier], 100, MONDAY)
     assert (down.sent, down.deferred) == (0, 3)  # nothing there: all put back, none lost
     inbox = Inbox()
     controller = Controller(inbox, hostname="127.0.0.1", port=port)
     controller.start()
     try:
-        up = notify.send_due(engine, [notifier], 100, MONDAY + timedelta(minutes=2))
+        up = outbox_tasks.send_due(engine, [notifier], 100, MONDAY + timedelta(minutes=2))
         assert (up.sent, up.dead) == (2, 1)
-        again = notify.send_due(engine, [notifier], 100, MONDAY + timedelta(hours=1))
+        again = outbox_tasks.send_due(engine, [notifier], 100, MONDAY + timedelta(hours=1))
         assert again.claimed == 0
     finally:
         controller.stop()

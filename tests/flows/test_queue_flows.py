@@ -19,6 +19,7 @@ from sqlalchemy import create_engine, func, select, text
 from leadflow import lifecycle, store
 from leadflow import runner as hops
 from leadflow import tables as t
+from tasks import hops as hop_tasks
 
 from helpers import QUEUE_NOW as NOW
 from helpers import admit, assert_ledger_ok, claimed, ingest, write
@@ -130,7 +131,7 @@ def test_a_dropped_connection_is_retried_and_a_lasting_one_named(database_url):
 
     @flow
     def run() -> hops.HopRun:
-        return hops.drain(hop, context, database_url=database_url, now=NOW, publish=False)
+        return hop_tasks.drain(hop, context, database_url=database_url, now=NOW, publish=False)
 
     enriched(20)
     first = run()

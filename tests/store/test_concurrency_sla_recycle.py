@@ -38,6 +38,8 @@ from leadflow.nurture import plan as nurture
 from leadflow.recycle import hop as recycle
 from leadflow.routing import hop as route_hop
 from leadflow.sla import check as sla
+from tasks import routing as routing_tasks
+from tasks import sla as sla_tasks
 
 from helpers import (
     NOW,
@@ -70,8 +72,8 @@ def contexts(tmp_path: Path, recycle_policy: str = RECYCLE_POLICY) -> Contexts:
     policies = str(write(tmp_path / "sla.yaml", POLICIES))
     recycling = str(write(tmp_path / "recycle.yaml", recycle_policy))
     return Contexts(
-        route=route_hop.load_context.fn(routing),
-        sla=sla.load_context.fn(policies, routing),
+        route=routing_tasks.load_context.fn(routing),
+        sla=sla_tasks.load_context.fn(policies, routing),
         recycle=recycle.load_context(recycling),
         nurture=nurture.load_context(),
     )

@@ -18,6 +18,7 @@ from leadflow.outbox import store as outbox
 from leadflow.routing import notices as notify
 from leadflow.routing.decide import empty_state, route_leads
 from leadflow.routing.rules import load_rules
+from tasks import outbox as outbox_tasks
 
 from helpers import NOTIFY_NOW as NOW
 from helpers import ROOT, Inbox, free_port, routed_messages
@@ -51,7 +52,7 @@ def test_sent_exactly_once_across_reruns_and_a_refused_recipient_fails_alone(
     with engine.begin() as conn:
         outbox.enqueue(conn, pd.concat([messages, refused]), now=NOW)
     caplog.set_level(logging.INFO, logger="leadflow.routing.notices")
-    report = notify.send_outbox.fn(
+    report = outbox_tasks.send_outbox.fn(
         str(engine.url.render_as_string(hide_password=False)), notifier, 50, NOW
     )
     assert (report["sent"], report["dead"]) == (2, 1)
@@ -63,7 +64,7 @@ def test_sent_exactly_once_across_reruns_and_a_refused_recipient_fails_alone(
     # Rerun later, and enqueue the same decisions again: nothing is sent twice.
     with engine.begin() as conn:
         assert outbox.enqueue(conn, messages, now=NOW) == 0
-    again = notify.send_due(engine, [notifier], 50, NOW + timedelta(days=1))
+    again = outbox_tasks.send_due(engine, [notifier], 50, NOW + timedelta(days=1))
     assert again.claimed == 0 and len(inbox.messages) == 2
     with engine.connect() as conn:
         dead = conn.execute(select(t.outbox).where(t.outbox.c.idempotency_key == "x")).one()
@@ -77,7 +78,7 @@ def test_smtp_down_leaves_messages_pending_and_a_later_call_sends_them(engine) -
         outbox.enqueue(conn, messages, now=NOW)
     port = free_port()
     down = SmtpNotifier(host="127.0.0.1", port=port, from_address="l@example.com", starttls=False)
-    report = notify.send_due(engine, [down], 50, NOW)
+    report = outbox_tasks.send_due(engine, [down], 50, NOW)
     assert (report.sent, report.deferred) == (0, 2)
     with engine.connect() as conn:
         rows = conn.execute(
@@ -89,8 +90,8 @@ def test_smtp_down_leaves_messages_pending_and_a_later_call_sends_them(engine) -
     controller = Controller(inbox, hostname="127.0.0.1", port=port)
     controller.start()
     try:
-        assert notify.send_due(engine, [down], 50, NOW + timedelta(seconds=30)).claimed == 0
-        assert notify.send_due(engine, [down], 50, NOW + timedelta(minutes=1)).sent == 2
+        assert outbox_tasks.send_due(engine, [down], 50, NOW + timedelta(seconds=30)).claimed == 0
+        assert outbox_tasks.send_due(engine, [down], 50, NOW + timedelta(minutes=1)).sent == 2
     finally:
         controller.stop()
     assert len(inbox.messages) == 2
@@ -110,10 +111,10 @@ def test_webhook_500_is_retried_with_backoff_then_sent_once(engine, httpserver) 
     with engine.begin() as conn:
         outbox.enqueue(conn, frame, now=NOW)
     httpserver.expect_oneshot_request("/hook", method="POST").respond_with_data("busy", status=500)
-    first = notify.send_due(engine, [hook], 10, NOW)
+    first = outbox_tasks.send_due(engine, [hook], 10, NOW)
     assert (first.sent, first.failed) == (0, 1)
     assert (
-        notify.send_due(engine, [hook], 10, NOW + timedelta(seconds=29)).claimed == 0
+        outbox_tasks.send_due(engine, [hook], 10, NOW + timedelta(seconds=29)).claimed == 0
     )  # jitter: 30-60 s
     httpserver.expect_oneshot_request(
         "/hook",
@@ -121,9 +122,9 @@ def test_webhook_500_is_retried_with_backoff_then_sent_once(engine, httpserver) 
         headers={"Authorization": "Bearer s3cret", "Idempotency-Key": "hook:1"},
         json={"lead_id": 1, "owner": "ava-ng"},
     ).respond_with_json({"ok": True})
-    second = notify.send_due(engine, [hook], 10, NOW + timedelta(minutes=1))
+    second = outbox_tasks.send_due(engine, [hook], 10, NOW + timedelta(minutes=1))
     assert second.sent == 1
-    assert notify.send_due(engine, [hook], 10, NOW + timedelta(days=1)).claimed == 0
+    assert outbox_tasks.send_due(engine, [hook], 10, NOW + timedelta(days=1)).claimed == 0
     httpserver.check_assertions()
     assert len(httpserver.log) == 2
     with engine.connect() as conn:

@@ -12,6 +12,7 @@ from leadflow import runner as hops
 from leadflow import store
 from leadflow import tables as t
 from leadflow.routing import hop as route_hop
+from tasks import routing as routing_tasks
 
 from helpers import NOW, RULES, mqls, rules_file, write
 
@@ -21,7 +22,7 @@ def test_two_routers_at_once_never_double_assign_or_overfill(database_url, tmp_p
         pytest.skip("SQLite has one writer")
     engine = store.get_engine(database_url)
     mqls(engine, ["US"] * 300)
-    rules, version, text = route_hop.load_rules(rules_file(tmp_path, capacity=100))
+    rules, version, text = routing_tasks.load_rules(rules_file(tmp_path, capacity=100))
     context = route_hop.RouteContext(rules, version, text)
     hop = route_hop.HOP.__class__(**{**route_hop.HOP.__dict__, "batch_size": 40})
     errors: list[BaseException] = []
