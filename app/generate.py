@@ -467,16 +467,70 @@ def generate(
     now: datetime | None = None,
     events_per_lead: float = 5.0,
 ) -> dict[str, Path]:
-    """Write leads.csv, engagement_events.csv, accounts.csv, reps.csv, firmographics.csv."""
+    """Write leads.csv, engagement_events.csv, accounts.csv, reps.csv, firmographics.csv.
+
+    The steps draw from one generator in a fixed order, so reordering them changes the data.
+    """
     now = now or datetime.now(UTC).replace(microsecond=0)
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
     companies = _companies(rng, max(20, leads // 20))
-    n_companies = len(companies.name)
+    company = _pick_companies(rng, len(companies.name), leads)
+    first, last, email, mail_kind = _draw_identities(rng, companies, company, leads)
+    title, seniority = _draw_titles(rng, leads)
+    contact = _draw_contact(rng, companies, company, mail_kind, leads)
+    intent = _draw_intent(rng, leads)
+    created, created_text, age_days = _draw_created(rng, now, leads)
+    interest, outcome = _draw_outcome(
+        rng, companies, company, seniority, intent, mail_kind, age_days
+    )
+    frame = _lead_frame(
+        rng,
+        {
+            "email": email,
+            "first_name": first,
+            "last_name": last,
+            "company": contact["company"],
+            "title": title,
+            "phone": contact["phone"],
+            "country": contact["country"],
+            "website": contact["website"],
+            "source": intent["source"],
+            "created_at": created_text,
+            "lead_form": intent["lead_form"],
+            "timeline": intent["timeline"],
+            "budget": intent["budget"],
+        },
+        outcome,
+    )
+    # Engagement comes before the defects: it is keyed by the clean email.
+    events = _events(
+        rng, frame["email"].to_numpy(dtype=object), created, interest, now, events_per_lead
+    )
+    frame = _add_defects(rng, frame, now, seed)
+    reps, accounts, firmographics = _reference_data(rng, companies, company, now, seed)
+    return _write_files(
+        out,
+        {
+            "leads": frame,
+            "events": events,
+            "accounts": accounts,
+            "reps": reps,
+            "firmographics": firmographics,
+        },
+    )
 
-    # --- people
+
+def _pick_companies(rng: np.random.Generator, n_companies: int, leads: int) -> np.ndarray:
+    """Each lead's company index: a few big companies bring many leads (a Zipf-like tail)."""
     weights = 1.0 / np.arange(1, n_companies + 1) ** 0.7
-    company = rng.choice(n_companies, size=leads, p=weights / weights.sum())
+    return rng.choice(n_companies, size=leads, p=weights / weights.sum())
+
+
+def _draw_identities(
+    rng: np.random.Generator, companies: Companies, company: np.ndarray, leads: int
+) -> tuple[np.ndarray, np.ndarray, pd.Series, np.ndarray]:
+    """First and last names, the email built from them, and the kind of mailbox it is."""
     first = rng.choice(np.array(FIRST, dtype=object), size=leads)
     last = rng.choice(np.array(LAST, dtype=object), size=leads)
     person = pd.Series(rng.integers(0, 10**6, size=leads)).astype(str).to_numpy(dtype=object)
@@ -507,7 +561,11 @@ def generate(
         mail_kind == "role", rng.choice(np.array(ROLE, dtype=object), size=leads) + person, local
     )
     email = pd.Series(local, dtype=object) + "@" + pd.Series(domain, dtype=object)
+    return first, last, email, mail_kind
 
+
+def _draw_titles(rng: np.random.Generator, leads: int) -> tuple[np.ndarray, np.ndarray]:
+    """Job titles and their seniority; some missing (seniority Unknown), some in capitals."""
     title_index = rng.choice(
         len(TITLES), size=leads, p=np.array([t[3] for t in TITLES]) / sum(t[3] for t in TITLES)
     )
@@ -518,7 +576,18 @@ def generate(
     seniority = np.where(no_title, "Unknown", seniority)
     shout = rng.random(leads) < 0.05
     title = np.where(shout & ~no_title, pd.Series(title).str.upper(), title)
+    return title, seniority
 
+
+def _draw_contact(
+    rng: np.random.Generator,
+    companies: Companies,
+    company: np.ndarray,
+    mail_kind: np.ndarray,
+    leads: int,
+) -> dict[str, np.ndarray]:
+    """Country as written, phone, company name as typed, website: the columns ``country``,
+    ``phone``, ``company`` and ``website``."""
     country_code = companies.country[company]
     written = np.array(
         [COUNTRIES[c][1][rng.integers(0, len(COUNTRIES[c][1]))] for c in country_code], dtype=object
@@ -537,6 +606,12 @@ def generate(
     website = np.where(
         rng.random(leads) < 0.4, "https://www." + companies.domain[company] + "/", None
     )
+    return {"country": written, "phone": phone, "company": company_written, "website": website}
+
+
+def _draw_intent(rng: np.random.Generator, leads: int) -> dict[str, np.ndarray]:
+    """How the lead came in and what it asked for: ``source``, ``lead_form``, ``timeline``
+    and ``budget`` (half of them blank)."""
     source = _choice(rng, SOURCES, leads)
     form = _choice(rng, FORMS, leads)
     timeline = _choice(rng, TIMELINES, leads)
@@ -545,6 +620,14 @@ def generate(
         None,
         (np.round(rng.lognormal(10, 1.2, leads), -3)).astype(int).astype(str),
     )
+    return {"source": source, "lead_form": form, "timeline": timeline, "budget": budget}
+
+
+def _draw_created(
+    rng: np.random.Generator, now: datetime, leads: int
+) -> tuple[pd.DatetimeIndex, np.ndarray, np.ndarray]:
+    """When each lead was created (up to a year back), that time as written (a few without a
+    zone), and the lead's age in days."""
     age_days = rng.uniform(0, 365, size=leads)
     created = pd.Timestamp(now) - pd.to_timedelta(age_days, unit="D")
     created = created.floor("s")
@@ -553,17 +636,29 @@ def generate(
     created_text = np.where(
         naive, created.strftime("%Y-%m-%d %H:%M:%S").to_numpy(dtype=object), created_text
     )
+    return created, created_text, age_days
 
-    # --- hidden conversion model
-    interest = rng.normal(0, 1, leads)
+
+def _draw_outcome(
+    rng: np.random.Generator,
+    companies: Companies,
+    company: np.ndarray,
+    seniority: np.ndarray,
+    intent: dict[str, np.ndarray],
+    mail_kind: np.ndarray,
+    age_days: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The hidden conversion model: each lead's latent interest, and won/lost for leads older
+    than 120 days (None for the rest)."""
+    interest = rng.normal(0, 1, len(age_days))
     logit = (
         -3.2
         + np.vectorize(SENIORITY_EFFECT.get)(seniority)
         + 0.35 * np.log10(companies.employees[company])
         + np.vectorize(lambda i: INDUSTRY_EFFECT.get(i, 0.0))(companies.industry[company])
-        + np.vectorize(lambda s: SOURCES[s][1])(source)
-        + np.vectorize(lambda f: FORMS[f][1])(form)
-        + np.vectorize(lambda t: TIMELINES[t][1])(timeline)
+        + np.vectorize(lambda s: SOURCES[s][1])(intent["source"])
+        + np.vectorize(lambda f: FORMS[f][1])(intent["lead_form"])
+        + np.vectorize(lambda t: TIMELINES[t][1])(intent["timeline"])
         + np.select(
             [mail_kind == "free", mail_kind == "role", mail_kind == "disposable"],
             [-1.0, -0.7, -2.5],
@@ -571,25 +666,21 @@ def generate(
         )
         + 0.9 * interest
     )
-    converts = rng.random(leads) < 1 / (1 + np.exp(-logit))
+    converts = rng.random(len(age_days)) < 1 / (1 + np.exp(-logit))
     known = age_days > 120
     outcome = np.where(known, np.where(converts, "won", "lost"), None)
+    return interest, outcome
 
+
+def _lead_frame(
+    rng: np.random.Generator, columns: dict[str, object], outcome: np.ndarray
+) -> pd.DataFrame:
+    """The clean leads table: the drawn columns, a UTM campaign, the outcome; a few first
+    names in capitals."""
+    leads = len(outcome)
     frame = pd.DataFrame(
         {
-            "email": email,
-            "first_name": first,
-            "last_name": last,
-            "company": company_written,
-            "title": title,
-            "phone": phone,
-            "country": written,
-            "website": website,
-            "source": source,
-            "created_at": created_text,
-            "lead_form": form,
-            "timeline": timeline,
-            "budget": budget,
+            **columns,
             "utm_campaign": rng.choice(
                 np.array(
                     ["spring_promo", "webinar_q3", "brand", "retargeting", None], dtype=object
@@ -602,25 +693,37 @@ def generate(
     frame["first_name"] = np.where(
         rng.random(leads) < 0.04, frame["first_name"].str.upper(), frame["first_name"]
     )
+    return frame
 
-    # --- engagement (before defects, keyed by the clean email)
-    events = _events(
-        rng, frame["email"].to_numpy(dtype=object), created, interest, now, events_per_lead
-    )
 
-    # --- defects
-    def pick(share: float) -> np.ndarray:
-        return rng.random(leads) < share
+def _defect_mask(rng: np.random.Generator, defect: str, size: int) -> np.ndarray:
+    """Rows that get ``defect``, drawn at its share in ``DEFECTS``."""
+    return rng.random(size) < DEFECTS[defect]
 
-    bad_country = pick(DEFECTS["bad_country"])
+
+def _add_defects(
+    rng: np.random.Generator, frame: pd.DataFrame, now: datetime, seed: int
+) -> pd.DataFrame:
+    """Break fields in place, append duplicate people, and shuffle the rows."""
+    invalid, missing = _break_fields(rng, frame)
+    dupes = _duplicates(rng, frame, ~invalid & ~missing, now)
+    frame = pd.concat([frame, dupes], ignore_index=True)
+    return frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+def _break_fields(rng: np.random.Generator, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Bad countries, bad phones, invalid and missing emails, written into ``frame``; returns
+    the invalid-email and missing-email masks."""
+    leads = len(frame)
+    bad_country = _defect_mask(rng, "bad_country", leads)
     frame.loc[bad_country, "country"] = rng.choice(
         np.array(BAD_COUNTRIES, dtype=object), size=int(bad_country.sum())
     )
-    bad_phone = pick(DEFECTS["bad_phone"])
+    bad_phone = _defect_mask(rng, "bad_phone", leads)
     frame.loc[bad_phone, "phone"] = rng.choice(
         np.array(BAD_PHONES, dtype=object), size=int(bad_phone.sum())
     )
-    invalid = pick(DEFECTS["invalid_email"])
+    invalid = _defect_mask(rng, "invalid_email", leads)
     originals = frame.loc[invalid, "email"]
     how = rng.integers(0, 4, size=len(originals))
     frame.loc[invalid, "email"] = [
@@ -629,9 +732,17 @@ def generate(
         ]
         for e, h in zip(originals, how, strict=True)
     ]
-    missing = pick(DEFECTS["no_identity"])
+    missing = _defect_mask(rng, "no_identity", leads)
     frame.loc[missing, "email"] = None
-    dupes = frame[pick(DEFECTS["duplicate"]) & ~invalid & ~missing].copy()
+    return invalid, missing
+
+
+def _duplicates(
+    rng: np.random.Generator, frame: pd.DataFrame, eligible: np.ndarray, now: datetime
+) -> pd.DataFrame:
+    """The same people again (among ``eligible`` rows): email case and spacing changed, some
+    fields dropped, created up to 30 days later."""
+    dupes = frame[_defect_mask(rng, "duplicate", len(frame)) & eligible].copy()
     dupes["email"] = np.where(
         rng.random(len(dupes)) < 0.5,
         "  " + dupes["email"].str.upper(),
@@ -643,11 +754,15 @@ def generate(
         rng.uniform(1, 30, len(dupes)), unit="D"
     )
     dupes["created_at"] = later.clip(upper=pd.Timestamp(now)).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
-    frame = pd.concat([frame, dupes], ignore_index=True)
-    frame = frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    return dupes
 
-    # --- reference data
-    reps = generate_reps.reps_frame(rng, now)  # the reps of rules/routing.yaml
+
+def _reference_data(
+    rng: np.random.Generator, companies: Companies, company: np.ndarray, now: datetime, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Reps (those of rules/routing.yaml), accounts owned by them, and firmographics for most
+    companies."""
+    reps = generate_reps.reps_frame(rng, now)
     accounts = _accounts(rng, companies, company, reps)
     firmographics = pd.DataFrame(
         {
@@ -658,19 +773,23 @@ def generate(
             "country": companies.country,
         }
     ).sample(frac=0.85, random_state=seed)
+    return reps, accounts, firmographics
 
-    paths = {
-        "leads": out / "leads.csv",
-        "events": out / "engagement_events.csv",
-        "accounts": out / "accounts.csv",
-        "reps": out / "reps.csv",
-        "firmographics": out / "firmographics.csv",
-    }
-    frame.to_csv(paths["leads"], index=False)
-    events.to_csv(paths["events"], index=False)
-    accounts.to_csv(paths["accounts"], index=False)
-    reps.to_csv(paths["reps"], index=False)
-    firmographics.to_csv(paths["firmographics"], index=False)
+
+_FILE_NAMES = {
+    "leads": "leads.csv",
+    "events": "engagement_events.csv",
+    "accounts": "accounts.csv",
+    "reps": "reps.csv",
+    "firmographics": "firmographics.csv",
+}
+
+
+def _write_files(out: Path, tables: dict[str, pd.DataFrame]) -> dict[str, Path]:
+    """Write each table to its CSV under ``out``; returns the paths by table name."""
+    paths = {name: out / _FILE_NAMES[name] for name in tables}
+    for name, table in tables.items():
+        table.to_csv(paths[name], index=False)
     return paths
 
 
