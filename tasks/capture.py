@@ -29,8 +29,6 @@ from leadflow.capture.run import (
 )
 from leadflow.capture.sources import RecordChunk
 from leadflow.capture.write import ChunkOutcome, write_capture_chunk
-from tasks import capture as capture_tasks
-from tasks import capture as units
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +214,7 @@ class CaptureRun:
             states = (
                 (
                     chunk.chunk_no,
-                    capture_tasks.capture_linked_chunk(
+                    capture_linked_chunk(
                         LINKED[mapping.target],
                         self.database_url,
                         batch_id,
@@ -244,7 +242,7 @@ class CaptureRun:
             states = (
                 (
                     chunk.chunk_no,
-                    units.capture_chunk(
+                    capture_chunk(
                         self.database_url, chunk, mapping, self.now, cursor, return_state=True
                     ),
                 )
