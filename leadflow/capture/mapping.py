@@ -8,6 +8,7 @@ with the events capture.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -89,6 +90,24 @@ def _short(value: Any) -> Any:
     return text if len(text) <= 200 else f"<{len(text)} characters>"
 
 
+@dataclass
+class _RawFields:
+    """A chunk's mapped columns as text, keyed by lead field: ``values`` after null markers and
+    value maps, ``originals`` as received, ``wrong_type`` where a dict/list came instead of a
+    scalar."""
+
+    index: pd.Index
+    values: dict[str, pd.Series] = field(default_factory=dict)
+    originals: dict[str, pd.Series] = field(default_factory=dict)
+    wrong_type: dict[str, pd.Series] = field(default_factory=dict)
+
+    def __call__(self, field_name: str) -> pd.Series:
+        """The field's text, or all None when the source has no column for it."""
+        return self.values.get(
+            field_name, pd.Series([None] * len(self.index), index=self.index, dtype=object)
+        )
+
+
 def prepare_records(
     chunk: RecordChunk,
     mapping: SourceMapping,
@@ -106,38 +125,68 @@ def prepare_records(
     """
     mapping = mapping.resolve(chunk.columns)
     records = chunk.records
-    n = len(records)
-    index = records.index
-    out = pd.DataFrame(index=index)
+    out = _record_columns(records)
+    raw = _read_fields(records, mapping)
+    invalid = _normalise_fields(
+        out, raw, records, mapping, source=source, now=now, region=default_phone_region
+    )
+    strict, notes = _apply_invalid_policies(out, invalid, raw, records, mapping)
+    strict += _reject_wrong_identity_types(out, raw.wrong_type)
+    out["invalid_fields"] = _join_flags(strict, records.index)
+    out["attributes"] = attributes_json(records, mapping, chunk.columns, notes)
+    out["blanked_fields"] = _join_flags(
+        [mask.map({True: name, False: None}) for name, mask in _note_masks(notes).items()],
+        records.index,
+    )
+    _add_gate_columns(out, now)
+    return out
+
+
+def _record_columns(records: pd.DataFrame) -> pd.DataFrame:
+    """The output frame, started with the record's number, raw text and parse error."""
+    out = pd.DataFrame(index=records.index)
     out["record_no"] = records[RECORD_NO].astype("int64")
     out["raw"] = records[RAW]
     out["parse_error"] = records[PARSE_ERROR]
-    markers = mapping.null_markers
+    return out
 
-    raw_fields: dict[str, pd.Series] = {}
-    originals: dict[str, pd.Series] = {}
-    wrong_type: dict[str, pd.Series] = {}
+
+def _read_fields(records: pd.DataFrame, mapping: SourceMapping) -> _RawFields:
+    """Each mapped column as text under its lead field (null markers blanked, values mapped),
+    the external id, and first/last names split from a full name where they are missing."""
+    markers = mapping.null_markers
+    raw = _RawFields(records.index)
     for column, field_name in mapping.columns.items():
         if column not in records.columns:
             continue
-        originals[field_name] = records[column]
+        raw.originals[field_name] = records[column]
         text, wrong = as_text(records[column])
         text = null_markers(text, markers)
-        raw_fields[field_name] = value_map(text, mapping.values.get(field_name, {}))
-        wrong_type[field_name] = wrong
+        raw.values[field_name] = value_map(text, mapping.values.get(field_name, {}))
+        raw.wrong_type[field_name] = wrong
     if mapping.external_id and mapping.external_id in records.columns:
         text, wrong = as_text(records[mapping.external_id])
-        raw_fields["external_id"] = null_markers(text, markers)
-        wrong_type["external_id"] = wrong
-
-    def raw(field_name: str) -> pd.Series:
-        return raw_fields.get(field_name, pd.Series([None] * n, index=index, dtype=object))
-
-    if "name" in raw_fields:
+        raw.values["external_id"] = null_markers(text, markers)
+        raw.wrong_type["external_id"] = wrong
+    if "name" in raw.values:
         first, last = _split_name(nz.clean_text(raw("name")))
-        raw_fields["first_name"] = raw("first_name").where(raw("first_name").notna(), first)
-        raw_fields["last_name"] = raw("last_name").where(raw("last_name").notna(), last)
+        raw.values["first_name"] = raw("first_name").where(raw("first_name").notna(), first)
+        raw.values["last_name"] = raw("last_name").where(raw("last_name").notna(), last)
+    return raw
 
+
+def _normalise_fields(
+    out: pd.DataFrame,
+    raw: _RawFields,
+    records: pd.DataFrame,
+    mapping: SourceMapping,
+    *,
+    source: str,
+    now: datetime,
+    region: str | None,
+) -> dict[str, pd.Series]:
+    """Normalise each lead field into ``out``; returns the per-field masks of invalid values
+    (a wrong JSON type on a field counts as an invalid value of it)."""
     invalid: dict[str, pd.Series] = {}
     out["email"], _ = nz.normalise_email(raw("email"))
     namespace = mapping.external_id_namespace or source
@@ -149,19 +198,29 @@ def prepare_records(
         out[name], invalid[name] = nz.normalise_text(raw(name))
     out["country"], invalid["country"] = nz.normalise_country(raw("country"))
     out["phone"], invalid["phone"] = nz.normalise_phone(
-        raw("phone"), out["country"], default_region=default_phone_region
+        raw("phone"), out["country"], default_region=region
     )
     out["website"], invalid["website"] = nz.normalise_website(raw("website"))
     out["created_at"], invalid["created_at"] = nz.normalise_timestamp(raw("created_at"), now=now)
     source_values, _ = nz.normalise_text(raw("source"))
     out["source"] = source_values.where(source_values.notna(), source)
     out["outcome"], invalid["outcome"] = _outcome(records, mapping)
-
-    # Wrong JSON types on a field count as invalid values of that field.
-    for name, wrong in wrong_type.items():
+    for name, wrong in raw.wrong_type.items():
         if name in invalid:
             invalid[name] = invalid[name] | wrong
+    return invalid
 
+
+def _apply_invalid_policies(
+    out: pd.DataFrame,
+    invalid: dict[str, pd.Series],
+    raw: _RawFields,
+    records: pd.DataFrame,
+    mapping: SourceMapping,
+) -> tuple[list[pd.Series], dict[str, pd.Series]]:
+    """Per field with invalid values, its ``on_invalid`` policy: quarantine flags the record
+    (returned as flag series); otherwise the value is blanked in ``out`` (``created_at`` is
+    kept) and the original returned as a note for ``attributes._invalid``."""
     quarantine_fields = {f for f, policy in mapping.on_invalid.items() if policy == "quarantine"}
     strict: list[pd.Series] = []
     notes: dict[str, pd.Series] = {}
@@ -174,10 +233,19 @@ def prepare_records(
             if name == "outcome":
                 original = _outcome_raw(records, mapping)
             else:
-                original = originals.get(name, raw(name))
+                original = raw.originals.get(name, raw(name))
             notes[name] = original.astype(object).where(mask, None)
             if name in out.columns and name != "created_at":
                 out[name] = out[name].where(~mask, None)
+    return strict, notes
+
+
+def _reject_wrong_identity_types(
+    out: pd.DataFrame, wrong_type: dict[str, pd.Series]
+) -> list[pd.Series]:
+    """An email or external id that is not a text value quarantines the record: blank it in
+    ``out`` and return the flags."""
+    strict: list[pd.Series] = []
     for name in ("email", "external_id"):
         wrong = wrong_type.get(name)
         if wrong is not None and wrong.any():
@@ -187,17 +255,16 @@ def prepare_records(
                 )
             )
             out[name] = out[name].where(~wrong, None)
-    out["invalid_fields"] = _join_flags(strict, index)
+    return strict
 
-    out["attributes"] = attributes_json(records, mapping, chunk.columns, notes)
-    out["blanked_fields"] = _join_flags(
-        [mask.map({True: name, False: None}) for name, mask in _note_masks(notes).items()], index
-    )
+
+def _add_gate_columns(out: pd.DataFrame, now: datetime) -> None:
+    """The gate's ``identity`` (email, else external id) and ``record_time`` (created, else
+    now)."""
     identity = out["email"].where(out["email"].notna(), out["external_id"])
     # A record that could not be parsed fails on that alone, not also on identity.
     out["identity"] = identity.where(out["parse_error"].isna(), "(unparsed)")
     out["record_time"] = out["created_at"].where(out["created_at"].notna(), pd.Timestamp(now))
-    return out
 
 
 def _note_masks(notes: dict[str, pd.Series]) -> dict[str, pd.Series]:
