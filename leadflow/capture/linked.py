@@ -145,89 +145,26 @@ def write_linked_chunk(
 ) -> capture.ChunkOutcome:
     """Gate and store one chunk in one transaction (an API page's cursor with it); raises
     ``quality.GateFailed`` after recording a rejected chunk."""
+    context = ChunkContext(batch_id, source, now, flow_run_id)
     prepared = kind.prepare(chunk, mapping, source=source, now=now)
     received = len(prepared)
     with engine.begin() as conn:
         store.serialize_writers(conn, "capture")
-        if received:
-            prepared[["lead_id", "lead_status"]] = lead_ids(conn, prepared)
-        else:
-            prepared["lead_id"] = pd.array([], dtype="Int64")
-            prepared["lead_status"] = pd.Series([], dtype=object)
-        identity = prepared["email"].where(prepared["email"].notna(), prepared["external_id"])
-        unparsed = prepared["parse_error"].notna()
-        prepared["identity"] = identity.where(~unparsed, "(unparsed)")
-        # Only records that name a lead can fail on the lead not existing.
-        known = prepared["lead_id"].notna()
-        prepared["lead_known"] = (
-            prepared["lead_id"].astype("float64").where(identity.notna() & ~unparsed, -1.0)
-        )
+        _tie_to_leads(conn, prepared)
         # Keys before judging: a record received before is merged, not judged again.
-        prepared["key"] = None
-        if known.any():
-            prepared.loc[known, "key"] = kind.keys(prepared[known])
-        keyed = prepared["key"].notna()
-        repeat = keyed & prepared["key"].duplicated()
-        if keyed.any():
-            stored = existing_keys(
-                conn, kind.table.c[kind.key_column], prepared.loc[keyed, "key"].tolist()
-            )
-            repeat |= prepared["key"].isin(stored)
-        prepared["repeat"] = repeat
+        _mark_repeats(conn, kind, prepared)
         if kind.judge is not None:
             prepared = kind.judge(conn, prepared, now)
-        split = quality.split_rows(kind.suite, prepared)
-        passed = prepared["record_no"].isin(split.passed["record_no"])
-        fresh = prepared[passed & ~prepared["repeat"]].copy()
-        fresh[kind.key_column] = fresh["key"]
-        gate = quality.check_batch(
-            kind.suite,
-            fresh,
-            batch_ref=f"{kind.target}:{batch_id}/{chunk.chunk_no}",
+        gated = _gate(
+            kind,
+            prepared,
             received=received,
-            quarantined=len(split.quarantined),
-            row_checks=split.checks,
+            batch_ref=f"{kind.target}:{batch_id}/{chunk.chunk_no}",
             max_quarantine_rate=max_quarantine_rate,
-            row_validation=split.validation,
         )
-        quarantined = split.quarantined
-        effects: dict[str, int] = {}
-        if gate.success:
-            store.bulk_insert(conn, kind.table, kind.rows(fresh, source, batch_id, now))
-            if kind.effects is not None and len(fresh):
-                context = ChunkContext(batch_id, source, now, flow_run_id)
-                effects = kind.effects(conn, fresh, context)
-            counts = {
-                "received": received,
-                "inserted": len(fresh),
-                "merged": int((passed & prepared["repeat"]).sum()),
-                "quarantined": len(quarantined),
-            }
-        else:
-            quarantined = rejected_records(prepared, quarantined, gate)
-            counts = {"received": received, "inserted": 0, "merged": 0, "quarantined": received}
-        capture.write_quarantine(conn, batch_id, quarantined, flow_run_id=flow_run_id)
-        content, digest = capture.compress(chunk.text)
-        numbers = prepared["record_no"]
-        capture.keep_raw(
-            conn,
-            batch_id,
-            chunk.chunk_no,
-            int(numbers.min()) if received else None,
-            int(numbers.max()) if received else None,
-            received,
-            content,
-            digest,
-        )
-        chunk_id = capture.close_chunk(
-            conn,
-            batch_id=batch_id,
-            chunk_no=chunk.chunk_no,
-            counts=counts,
-            gate=gate,
-            flow_run_id=flow_run_id,
-            cursor=cursor,
-        )
+        counts, quarantined, effects = _apply_verdict(conn, kind, prepared, gated, context)
+        chunk_id = _record_chunk(conn, chunk, prepared, quarantined, counts, gated, context, cursor)
+    gate = gated.gate
     if not gate.success:
         raise quality.GateFailed(gate)
     return capture.ChunkOutcome(
@@ -238,4 +175,143 @@ def write_linked_chunk(
         gate=gate,
         effects=effects,
         **counts,
+    )
+
+
+def _tie_to_leads(conn: Connection, prepared: pd.DataFrame) -> None:
+    """Add each record's ``lead_id`` and ``lead_status``, its ``identity`` and ``lead_known``
+    (what the suite checks: -1 for records that name no lead or could not be parsed)."""
+    if len(prepared):
+        prepared[["lead_id", "lead_status"]] = lead_ids(conn, prepared)
+    else:
+        prepared["lead_id"] = pd.array([], dtype="Int64")
+        prepared["lead_status"] = pd.Series([], dtype=object)
+    identity = prepared["email"].where(prepared["email"].notna(), prepared["external_id"])
+    unparsed = prepared["parse_error"].notna()
+    prepared["identity"] = identity.where(~unparsed, "(unparsed)")
+    # Only records that name a lead can fail on the lead not existing.
+    prepared["lead_known"] = (
+        prepared["lead_id"].astype("float64").where(identity.notna() & ~unparsed, -1.0)
+    )
+
+
+def _mark_repeats(conn: Connection, kind: LinkedKind, prepared: pd.DataFrame) -> None:
+    """Add each record's ``key`` (records of known leads only) and ``repeat``: the key came
+    earlier in the chunk or is already stored."""
+    known = prepared["lead_id"].notna()
+    prepared["key"] = None
+    if known.any():
+        prepared.loc[known, "key"] = kind.keys(prepared[known])
+    keyed = prepared["key"].notna()
+    repeat = keyed & prepared["key"].duplicated()
+    if keyed.any():
+        stored = existing_keys(
+            conn, kind.table.c[kind.key_column], prepared.loc[keyed, "key"].tolist()
+        )
+        repeat |= prepared["key"].isin(stored)
+    prepared["repeat"] = repeat
+
+
+@dataclass(frozen=True)
+class _Gated:
+    """A chunk's records judged: how many came, which passed the row checks, the fresh ones
+    among them (passed, not repeats) keyed for insert, the row split and the batch gate."""
+
+    received: int
+    passed: pd.Series
+    fresh: pd.DataFrame
+    split: quality.RowSplit
+    gate: quality.GateResult
+
+
+def _gate(
+    kind: LinkedKind,
+    prepared: pd.DataFrame,
+    *,
+    received: int,
+    batch_ref: str,
+    max_quarantine_rate: float | None,
+) -> _Gated:
+    """Split the records by the suite's row checks and check the batch."""
+    split = quality.split_rows(kind.suite, prepared)
+    passed = prepared["record_no"].isin(split.passed["record_no"])
+    fresh = prepared[passed & ~prepared["repeat"]].copy()
+    fresh[kind.key_column] = fresh["key"]
+    gate = quality.check_batch(
+        kind.suite,
+        fresh,
+        batch_ref=batch_ref,
+        received=received,
+        quarantined=len(split.quarantined),
+        row_checks=split.checks,
+        max_quarantine_rate=max_quarantine_rate,
+        row_validation=split.validation,
+    )
+    return _Gated(received, passed, fresh, split, gate)
+
+
+def _apply_verdict(
+    conn: Connection,
+    kind: LinkedKind,
+    prepared: pd.DataFrame,
+    gated: _Gated,
+    context: ChunkContext,
+) -> tuple[dict[str, int], pd.DataFrame, dict[str, int]]:
+    """On a passed gate insert the fresh records and apply their effects; on a failed one
+    quarantine the whole chunk. Returns the counts, the records to quarantine and the
+    effects' counts."""
+    received, fresh, split = gated.received, gated.fresh, gated.split
+    if not gated.gate.success:
+        quarantined = rejected_records(prepared, split.quarantined, gated.gate)
+        counts = {"received": received, "inserted": 0, "merged": 0, "quarantined": received}
+        return counts, quarantined, {}
+    effects: dict[str, int] = {}
+    store.bulk_insert(
+        conn, kind.table, kind.rows(fresh, context.source, context.batch_id, context.now)
+    )
+    if kind.effects is not None and len(fresh):
+        effects = kind.effects(conn, fresh, context)
+    counts = {
+        "received": received,
+        "inserted": len(fresh),
+        "merged": int((gated.passed & prepared["repeat"]).sum()),
+        "quarantined": len(split.quarantined),
+    }
+    return counts, split.quarantined, effects
+
+
+def _record_chunk(
+    conn: Connection,
+    chunk: RecordChunk,
+    prepared: pd.DataFrame,
+    quarantined: pd.DataFrame,
+    counts: dict[str, int],
+    gated: _Gated,
+    context: ChunkContext,
+    cursor: tuple[str, str] | None,
+) -> int:
+    """Write the quarantined records, keep the chunk's raw text, and close the chunk in the
+    ledger (with the API cursor, if any); returns the chunk's id."""
+    capture.write_quarantine(conn, context.batch_id, quarantined, flow_run_id=context.flow_run_id)
+    content, digest = capture.compress(chunk.text)
+    numbers = prepared["record_no"]
+    received = gated.received
+    capture.keep_raw(
+        conn,
+        context.batch_id,
+        chunk.chunk_no,
+        int(numbers.min()) if received else None,
+        int(numbers.max()) if received else None,
+        received,
+        content,
+        digest,
+    )
+    return capture.close_chunk(
+        conn,
+        batch_id=context.batch_id,
+        chunk_no=chunk.chunk_no,
+        counts=counts,
+        gate=gated.gate,
+        flow_run_id=context.flow_run_id,
+        cursor=cursor,
     )
