@@ -245,10 +245,6 @@ def fit_rules(
     training: pd.DataFrame, *, seed: int = 7, holdout: float = 0.25, name: str = "learned"
 ) -> tuple[str, dict[str, Any]]:
     """Fit on part of the history, test on the rest; return (rules YAML text, report)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import train_test_split
-
     labels = (training["outcome"] == "won").to_numpy()
     frame = training.drop(columns=["outcome"])
     ids = frame.pop("id")
@@ -256,15 +252,57 @@ def fit_rules(
     if not features.levels:
         raise ValueError("no usable columns to learn from")
     matrix = features.matrix()
+    weights, model_auc, train, test = _fit_model(matrix, labels, seed=seed, holdout=holdout)
+    scale = POINTS_SCALE / max(np.abs(weights).max(), 1e-9)
+    points = np.round(weights * scale).astype(int)
+    fit, lows, highs = _fit_entries(features, points, scale)
+    rules = _rules_document(
+        name, len(labels), fit, lows, highs, matrix[train] @ points, labels[train]
+    )
+    text = _render(rules, features, model_auc, len(train), len(test))
+    rules_auc = _rules_auc_held_out(text, frame, ids, test, labels)
+    report = {
+        "leads": len(labels),
+        "won": int(labels.sum()),
+        "train": len(train),
+        "held_out": len(test),
+        "levels": len(features.levels),
+        "rules": len(fit),
+        "model_auc_held_out": round(model_auc, 4),
+        "rules_auc_held_out": round(float(rules_auc), 4) if rules_auc is not None else None,
+        "mql_threshold": rules["mql_threshold"],
+        "skipped_columns": features.skipped,
+        "leakage_warning": model_auc > 0.97,
+    }
+    text = text.replace(
+        "# rules AUC on held-out leads: (pending)",
+        f"# rules AUC on held-out leads: {report['rules_auc_held_out']}",
+    )
+    return text, report
+
+
+def _fit_model(
+    matrix: np.ndarray, labels: np.ndarray, *, seed: int, holdout: float
+) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
+    """A logistic regression fitted on a stratified share of the leads: its weights, its AUC
+    on the held-out rest, and the train and test positions."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import train_test_split
+
     positions = np.arange(len(labels))
     train, test = train_test_split(positions, test_size=holdout, random_state=seed, stratify=labels)
     model = LogisticRegression(C=0.5, max_iter=2000)
     model.fit(matrix[train], labels[train])
     model_auc = float(roc_auc_score(labels[test], model.decision_function(matrix[test])))
+    return model.coef_[0], model_auc, train, test
 
-    weights = model.coef_[0]
-    scale = POINTS_SCALE / max(np.abs(weights).max(), 1e-9)
-    points = np.round(weights * scale).astype(int)
+
+def _fit_entries(
+    features: FeatureSet, points: np.ndarray, scale: float
+) -> tuple[list[dict[str, Any]], float, float]:
+    """One ``fit`` entry per level with non-zero points, and the lowest and highest raw score
+    a lead can get (at most one level of a feature applies to a lead, or none)."""
     fit = []
     lows = highs = 0.0
     by_feature: dict[str, list[int]] = {}
@@ -287,22 +325,41 @@ def fit_rules(
         highs += max(0, *values)
     if highs <= lows:
         highs = lows + 1
-    raw_train = matrix[train] @ points
+    return fit, lows, highs
+
+
+def _rules_document(
+    name: str,
+    leads: int,
+    fit: list[dict[str, Any]],
+    lows: float,
+    highs: float,
+    raw_train: np.ndarray,
+    labels_train: np.ndarray,
+) -> dict[str, Any]:
+    """The rules as a document: the fit entries, normalisation to 0-100, bands at the
+    training scores' 90th and 60th percentiles, and the MQL threshold with the best F1."""
     score_train = (raw_train - lows) / (highs - lows) * 100
-    threshold = _best_threshold(score_train, labels[train])
+    threshold = _best_threshold(score_train, labels_train)
     hot = float(np.percentile(score_train, 90))
     warm = float(np.percentile(score_train, 60))
     if not warm < hot:
         hot, warm = max(hot, warm + 1), min(warm, hot - 1)
-    rules = {
+    return {
         "name": name,
-        "description": f"Learned from {len(labels)} leads with known outcomes; edit, backtest, then use.",
+        "description": f"Learned from {leads} leads with known outcomes; edit, backtest, then use.",
         "fit": fit,
         "normalise": {"min": float(lows), "max": float(highs)},
         "bands": {"hot": round(min(hot, 100), 1), "warm": round(max(warm, 0), 1)},
         "mql_threshold": round(float(threshold), 1),
     }
-    text = _render(rules, features, model_auc, len(train), len(test))
+
+
+def _rules_auc_held_out(
+    text: str, frame: pd.DataFrame, ids: pd.Series, test: np.ndarray, labels: np.ndarray
+) -> float | None:
+    """Score the held-out leads with the rendered rules (as the engine would) and return their
+    AUC (None when it is undefined)."""
     parsed = parse_rules(text, "learned rules")
     result = scoring.score_leads(
         parsed,
@@ -310,25 +367,7 @@ def fit_rules(
         pd.DataFrame(columns=["lead_id", "event_type", "occurred_at", "url"]),
         datetime.now().astimezone(),
     )
-    rules_auc = backtest.roc_auc(labels[test], result["score"].to_numpy())
-    report = {
-        "leads": len(labels),
-        "won": int(labels.sum()),
-        "train": len(train),
-        "held_out": len(test),
-        "levels": len(features.levels),
-        "rules": len(fit),
-        "model_auc_held_out": round(model_auc, 4),
-        "rules_auc_held_out": round(float(rules_auc), 4) if rules_auc is not None else None,
-        "mql_threshold": rules["mql_threshold"],
-        "skipped_columns": features.skipped,
-        "leakage_warning": model_auc > 0.97,
-    }
-    text = text.replace(
-        "# rules AUC on held-out leads: (pending)",
-        f"# rules AUC on held-out leads: {report['rules_auc_held_out']}",
-    )
-    return text, report
+    return backtest.roc_auc(labels[test], result["score"].to_numpy())
 
 
 def _best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
