@@ -404,11 +404,26 @@ def describe_condition(condition: Condition) -> str:
 def explain_lead(conn: Any, lead_id: int) -> dict[str, Any] | None:
     """Why a lead has its score: the rules that fired with their points, from the latest
     applied score and the text of the rule set that produced it."""
-    from leadflow import tables as t
-    from leadflow.scoring.rules import parse_rules
+    lead = _explained_lead(conn, lead_id)
+    if lead is None:
+        return None
+    history = _score_history(conn, lead_id)
+    out: dict[str, Any] = {"lead": dict(lead), "scores": len(history)}
+    out["ledger"] = _lead_ledger(conn, lead_id)
+    if not history:
+        return out
+    latest = dict(history[0])
+    described, bounds = _described_rules(conn, latest["version"])
+    out["latest"] = _latest_score(latest, described, bounds)
+    return out
 
-    leads, scores, rule_sets, events = t.leads, t.lead_scores, t.rule_sets, t.lead_events
-    lead = (
+
+def _explained_lead(conn: Any, lead_id: int) -> Any:
+    """The lead's status, score and the fields an explanation shows (None if no such lead)."""
+    from leadflow import tables as t
+
+    leads = t.leads
+    return (
         conn.execute(
             select(
                 leads.c.id,
@@ -424,14 +439,25 @@ def explain_lead(conn: Any, lead_id: int) -> dict[str, Any] | None:
         .mappings()
         .first()
     )
-    if lead is None:
-        return None
-    history = (
+
+
+def _score_history(conn: Any, lead_id: int) -> list[Any]:
+    """The lead's scores, latest first."""
+    from leadflow import tables as t
+
+    scores = t.lead_scores
+    return (
         conn.execute(select(scores).where(scores.c.lead_id == lead_id).order_by(scores.c.id.desc()))
         .mappings()
         .all()
     )
-    out: dict[str, Any] = {"lead": dict(lead), "scores": len(history)}
+
+
+def _lead_ledger(conn: Any, lead_id: int) -> list[dict[str, Any]]:
+    """The lead's lifecycle events in order (a merge's details name the fields it changed)."""
+    from leadflow import tables as t
+
+    events = t.lead_events
     ledger = (
         conn.execute(
             select(
@@ -448,18 +474,21 @@ def explain_lead(conn: Any, lead_id: int) -> dict[str, Any] | None:
         .mappings()
         .all()
     )
-    out["ledger"] = [dict(row) for row in ledger]
-    if not history:
-        return out
-    latest = dict(history[0])
-    fired = parse_fired(latest["fired"])
-    text = conn.execute(
-        select(rule_sets.c.text).where(rule_sets.c.version == latest["version"])
-    ).scalar()
+    return [dict(row) for row in ledger]
+
+
+def _described_rules(conn: Any, version: Any) -> tuple[dict[str, str], tuple[float, float] | None]:
+    """Each rule of the rule set ``version`` described in words, and the set's score bounds
+    (nothing when its text is not stored)."""
+    from leadflow import tables as t
+    from leadflow.scoring.rules import parse_rules
+
+    rule_sets = t.rule_sets
+    text = conn.execute(select(rule_sets.c.text).where(rule_sets.c.version == version)).scalar()
     described: dict[str, str] = {}
-    bounds = None
+    bounds: tuple[float, float] | None = None
     if text:
-        rules = parse_rules(text, f"rule set {latest['version']}")
+        rules = parse_rules(text, f"rule set {version}")
         bounds = rules.bounds()
         for rule in rules.fit:
             described[rule.name] = describe_condition(rule.when)
@@ -469,7 +498,15 @@ def explain_lead(conn: Any, lead_id: int) -> dict[str, Any] | None:
             described[rule.name] = (
                 f"{rule.event}{where}: {rule.points:g} each, cap {rule.cap}{decay}"
             )
-    out["latest"] = {
+    return described, bounds
+
+
+def _latest_score(
+    latest: dict[str, Any], described: dict[str, str], bounds: tuple[float, float] | None
+) -> dict[str, Any]:
+    """The latest score with the rules that fired, biggest effect first."""
+    fired = parse_fired(latest["fired"])
+    return {
         "version": latest["version"],
         "score": latest["score"],
         "raw_points": latest["raw_points"],
@@ -485,4 +522,3 @@ def explain_lead(conn: Any, lead_id: int) -> dict[str, Any] | None:
             key=lambda r: -abs(r["points"]),
         ),
     }
-    return out
