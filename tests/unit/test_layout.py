@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import grimp
@@ -63,3 +64,17 @@ def test_no_function_is_a_wall() -> None:
                 if lines > LONGEST:
                     long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)")
     assert not long, f"functions over {LONGEST} lines:\n" + "\n".join(sorted(long))
+
+
+def test_the_docs_name_only_files_that_exist() -> None:
+    """README.md and docs/ point newcomers at files: every ``path/file.py`` (or folder/)
+    they name exists."""
+    pattern = re.compile(r"(?<![\w./-])((?:leadflow|tasks|flows|app|blocks|sql|tests|bench)/[\w/.-]*\w)")
+    missing = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for number, line in enumerate(doc.read_text().splitlines(), 1):
+            for name in pattern.findall(line):
+                path = name.split("::")[0]
+                if not (ROOT / path).exists():
+                    missing.append(f"{doc.relative_to(ROOT)}:{number}: {name}")
+    assert not missing, "the docs name files that do not exist:\n" + "\n".join(missing)
