@@ -221,63 +221,97 @@ def write_gated(
     ``guard``, only leads still claimed by it are written (else ``StaleTransition``).
     """
     bad_ids = set(split.quarantined["id"].tolist())
-    changes = result.changes.copy()
-    missing = bad_ids - set(changes["id"].tolist())
-    if missing:
-        # A hop that leaves most of its leads as they are lists only its moves (nurture);
-        # a lead its gate holds still needs a row to move to quarantine from.
-        if len(hop.inputs) != 1:
-            raise ValueError(f"{hop.name}: the gate held leads the hop's changes do not list")
-        changes = pd.concat(
-            [
-                changes,
-                pd.DataFrame(
-                    {
-                        "id": sorted(missing),
-                        "from_status": hop.inputs[0].value,
-                        "to_status": hop.inputs[0].value,
-                    }
-                ),
-            ],
-            ignore_index=True,
-        )
+    changes = _changes_with_held_leads(hop, result.changes.copy(), bad_ids)
     if guard is not None:
         changes["claimed_by"] = None
         changes["claim_expires_at"] = pd.NaT
     if bad_ids:
-        held = changes["id"].isin(bad_ids)
-        reasons = dict(zip(split.quarantined["id"], split.quarantined["reasons"], strict=True))
-        changes.loc[held, "to_status"] = Status.QUARANTINED.value
-        changes.loc[held, "reason"] = [
-            f"gate {hop.suite}: " + ", ".join(reasons[i]) for i in changes.loc[held, "id"]
-        ]
+        _send_held_to_quarantine(hop, changes, split.quarantined, bad_ids)
     lifecycle.apply(
         conn, changes, actor=hop.name, at=now, claimed_by=guard, flow_run_id=flow_run_id
     )
     if bad_ids:
-        bad = split.quarantined
-        store.bulk_insert(
-            conn,
-            t.quarantine,
+        _write_quarantine_rows(conn, hop, split.quarantined, flow_run_id)
+    _write_hop_rows(conn, result, bad_ids, flow_run_id)
+    if hop.persist is not None:
+        hop.persist(conn, result, context, bad_ids)
+    quality.record(conn, verdict, flow_run_id=flow_run_id, at=store.utcnow())
+    _fill_outcome(outcome, verdict, changes, bad_ids)
+
+
+def _changes_with_held_leads(hop: Hop, changes: pd.DataFrame, bad_ids: set[Any]) -> pd.DataFrame:
+    """The hop's changes plus a stay-as-you-are row for each lead its gate held that they do
+    not list (a hop that leaves most of its leads as they are lists only its moves: nurture);
+    a held lead needs a row to move to quarantine from."""
+    missing = bad_ids - set(changes["id"].tolist())
+    if not missing:
+        return changes
+    if len(hop.inputs) != 1:
+        raise ValueError(f"{hop.name}: the gate held leads the hop's changes do not list")
+    return pd.concat(
+        [
+            changes,
             pd.DataFrame(
                 {
-                    "hop": hop.name,
-                    "lead_id": bad["id"].to_numpy(),
-                    "record": _jsonable_rows(bad.drop(columns=["reasons"])),
-                    "reasons": store.json_column(bad["reasons"]),
-                    "flow_run_id": flow_run_id,
-                    "created_at": pd.Timestamp(store.utcnow()),
+                    "id": sorted(missing),
+                    "from_status": hop.inputs[0].value,
+                    "to_status": hop.inputs[0].value,
                 }
             ),
-        )
+        ],
+        ignore_index=True,
+    )
+
+
+def _send_held_to_quarantine(
+    hop: Hop, changes: pd.DataFrame, quarantined: pd.DataFrame, bad_ids: set[Any]
+) -> None:
+    """Point the held leads' changes at ``quarantined``, with the expectations they broke as
+    the reason."""
+    held = changes["id"].isin(bad_ids)
+    reasons = dict(zip(quarantined["id"], quarantined["reasons"], strict=True))
+    changes.loc[held, "to_status"] = Status.QUARANTINED.value
+    changes.loc[held, "reason"] = [
+        f"gate {hop.suite}: " + ", ".join(reasons[i]) for i in changes.loc[held, "id"]
+    ]
+
+
+def _write_quarantine_rows(
+    conn: Connection, hop: Hop, bad: pd.DataFrame, flow_run_id: str | None
+) -> None:
+    """One quarantine row per held lead: the record as the hop produced it and its reasons."""
+    store.bulk_insert(
+        conn,
+        t.quarantine,
+        pd.DataFrame(
+            {
+                "hop": hop.name,
+                "lead_id": bad["id"].to_numpy(),
+                "record": _jsonable_rows(bad.drop(columns=["reasons"])),
+                "reasons": store.json_column(bad["reasons"]),
+                "flow_run_id": flow_run_id,
+                "created_at": pd.Timestamp(store.utcnow()),
+            }
+        ),
+    )
+
+
+def _write_hop_rows(
+    conn: Connection, result: HopResult, bad_ids: set[Any], flow_run_id: str | None
+) -> None:
+    """The hop's own rows (``result.rows``, by table), except those of held leads, stamped
+    with the run where the table has a ``flow_run_id``."""
     for name, rows in result.rows.items():
         keep = rows[~rows["lead_id"].isin(bad_ids)] if bad_ids else rows
         if "flow_run_id" in keep.columns:  # pure functions cannot know the run they are in
             keep = keep.assign(flow_run_id=flow_run_id)
         store.bulk_insert(conn, t.metadata.tables[name], keep)
-    if hop.persist is not None:
-        hop.persist(conn, result, context, bad_ids)
-    quality.record(conn, verdict, flow_run_id=flow_run_id, at=store.utcnow())
+
+
+def _fill_outcome(
+    outcome: HopOutcome, verdict: quality.GateResult, changes: pd.DataFrame, bad_ids: set[Any]
+) -> None:
+    """The batch's counts: claimed, quarantined, leads per resulting status and per move."""
     outcome.gate = verdict
     outcome.claimed = len(changes)
     outcome.quarantined = len(bad_ids)
