@@ -554,12 +554,83 @@ def create_app(
 def _add_capture(
     app: FastAPI, database_url: str, capture: Capture, limits: Limits, gate: Gate
 ) -> None:
-    from leadflow.capture.posted import Batcher
+    """Mount ``POST /leads``: an authorised post is parsed, written by a capture writer and
+    answered 202 (captured) or 422 (quarantined, with the checks it failed)."""
     from leadflow.capture.rules import load_mapping
 
     mapping, version = load_mapping(capture.mapping_path)
     source = capture.source or mapping.source or "web-form"
     checks = capture.checks or reason_fields()
+    writers = _Writers.start(database_url, mapping, version, source, capture)
+
+    @app.post("/leads", status_code=202)
+    async def post_lead(request: Request) -> JSONResponse:
+        if capture.token is None:
+            return JSONResponse({"detail": capture.missing_token}, status_code=503)
+        try:
+            parsed = await _accept(request, capture, limits, gate)
+        except Refused as refused:
+            if refused.status not in (401, 429):
+                log.info("POST /leads refused (%d): %s", refused.status, refused.detail)
+            return refused.response()
+        posted = await writers.write(parsed)
+        if isinstance(posted, JSONResponse):
+            return posted
+        return _posted_response(posted, parsed, checks)
+
+
+@dataclass
+class _Writers:
+    """The capture's writers: ``small`` batches posts together, ``large`` writes each large
+    post in a group of its own; ``waiting_large`` counts the large posts queued (touched on
+    the event loop only)."""
+
+    small: Any
+    large: Any
+    waiting_large: int = 0
+
+    @classmethod
+    def start(
+        cls, database_url: str, mapping: Any, version: Any, source: str, capture: Capture
+    ) -> _Writers:
+        """Both writers, each telling ``_on_captured`` what it wrote."""
+        from leadflow.capture.posted import Batcher
+
+        captured = _on_captured(capture, source)
+        small = Batcher(database_url, mapping, version, source=source, on_captured=captured)
+        large = Batcher(
+            database_url, mapping, version, source=source, max_group=1, on_captured=captured
+        )
+        return cls(small, large)
+
+    async def write(self, parsed: Parsed) -> Any:
+        """Write the record and return what was posted, or the 503 saying to post again (too
+        many large posts waiting, or the store unavailable)."""
+        is_large = parsed.fields > LARGE_FIELDS or parsed.size > LARGE_BYTES
+        if is_large and self.waiting_large >= LARGE_WAITING:
+            return JSONResponse(
+                {"detail": "too many large posts are being captured; post again"},
+                status_code=503,
+                headers={"Retry-After": "1"},
+            )
+        writer = self.large if is_large else self.small
+        self.waiting_large += is_large
+        try:
+            # shielded: a cancelled request must not cancel the writer's future (the record
+            # is written all the same, and the writer sets every future of its group)
+            return await asyncio.shield(asyncio.wrap_future(writer.submit(parsed.record)))
+        except Exception:
+            return JSONResponse(
+                {"detail": "the lead store is unavailable; nothing was captured, post again"},
+                status_code=503,
+            )
+        finally:
+            self.waiting_large -= is_large
+
+
+def _on_captured(capture: Capture, source: str) -> Callable[[list[Any]], None]:
+    """What a writer calls with each group it wrote: emit the captured events (if the capture
+    does) and hand the captured leads' ids off."""
 
     def captured(results: list[Any]) -> None:
         if capture.emit_events:
@@ -568,73 +639,49 @@ def _add_capture(
         if ids and capture.hand_off is not None:
             capture.hand_off(ids)
 
-    batcher = Batcher(database_url, mapping, version, source=source, on_captured=captured)
-    large = Batcher(
-        database_url, mapping, version, source=source, max_group=1, on_captured=captured
-    )
-    waiting = {"large": 0}  # touched on the event loop only
+    return captured
 
-    def authorised(request: Request) -> bool:
-        given = request.headers.get("authorization", "")
-        scheme, _, token = given.partition(" ")
-        if scheme.lower() != "bearer":
-            token = request.headers.get("x-leadflow-token", "")
-        return bool(token) and hmac.compare_digest(token.encode(), capture.token.encode())
 
-    async def accept(request: Request) -> Parsed:
-        """The record of an authorised post, or ``Refused`` saying why not."""
-        address = client_address(request)
-        if refused := gate.locked_out(address):
+def _authorised(request: Request, capture: Capture) -> bool:
+    """The request carries the capture token (``Authorization: Bearer`` or
+    ``X-Leadflow-Token``)."""
+    given = request.headers.get("authorization", "")
+    scheme, _, token = given.partition(" ")
+    if scheme.lower() != "bearer":
+        token = request.headers.get("x-leadflow-token", "")
+    return bool(token) and hmac.compare_digest(token.encode(), capture.token.encode())
+
+
+async def _accept(request: Request, capture: Capture, limits: Limits, gate: Gate) -> Parsed:
+    """The record of an authorised post, or ``Refused`` saying why not."""
+    address = client_address(request)
+    if refused := gate.locked_out(address):
+        raise refused
+    if not _authorised(request, capture):
+        if refused := gate.client(address):
             raise refused
-        if not authorised(request):
-            if refused := gate.client(address):
-                raise refused
-            gate.failed(address)
-            raise Refused(
-                401,
-                "missing or wrong capture token (Authorization: Bearer <token>)",
-                {"WWW-Authenticate": "Bearer"},
-            )
-        if refused := gate.token("capture"):
-            raise refused
-        return await read_record(request, limits)
+        gate.failed(address)
+        raise Refused(
+            401,
+            "missing or wrong capture token (Authorization: Bearer <token>)",
+            {"WWW-Authenticate": "Bearer"},
+        )
+    if refused := gate.token("capture"):
+        raise refused
+    return await read_record(request, limits)
 
-    @app.post("/leads", status_code=202)
-    async def post_lead(request: Request) -> JSONResponse:
-        if capture.token is None:
-            return JSONResponse({"detail": capture.missing_token}, status_code=503)
-        try:
-            parsed = await accept(request)
-        except Refused as refused:
-            if refused.status not in (401, 429):
-                log.info("POST /leads refused (%d): %s", refused.status, refused.detail)
-            return refused.response()
-        is_large = parsed.fields > LARGE_FIELDS or parsed.size > LARGE_BYTES
-        if is_large and waiting["large"] >= LARGE_WAITING:
-            return JSONResponse(
-                {"detail": "too many large posts are being captured; post again"},
-                status_code=503,
-                headers={"Retry-After": "1"},
-            )
-        writer = large if is_large else batcher
-        waiting["large"] += is_large
-        try:
-            # shielded: a cancelled request must not cancel the writer's future (the record
-            # is written all the same, and the writer sets every future of its group)
-            posted = await asyncio.shield(asyncio.wrap_future(writer.submit(parsed.record)))
-        except Exception:
-            return JSONResponse(
-                {"detail": "the lead store is unavailable; nothing was captured, post again"},
-                status_code=503,
-            )
-        finally:
-            waiting["large"] -= is_large
-        body = {"record": f"{posted.batch_id}/{posted.record_no}", **posted.as_dict()}
-        if posted.status == "quarantined":
-            body["detail"] = _fields(posted.reasons, checks)
-            if parsed.error:
-                for item in body["detail"]:
-                    if item["type"] == "record_is_well_formed":
-                        item["msg"] = parsed.error
-            return JSONResponse(body, status_code=422)
-        return JSONResponse(body, status_code=202)
+
+def _posted_response(
+    posted: Any, parsed: Parsed, checks: dict[str, tuple[str | None, str]]
+) -> JSONResponse:
+    """202 with the record's reference and outcome; 422 when it was quarantined, with the
+    checks it failed (a malformed body's own parse error in place of the generic one)."""
+    body = {"record": f"{posted.batch_id}/{posted.record_no}", **posted.as_dict()}
+    if posted.status == "quarantined":
+        body["detail"] = _fields(posted.reasons, checks)
+        if parsed.error:
+            for item in body["detail"]:
+                if item["type"] == "record_is_well_formed":
+                    item["msg"] = parsed.error
+        return JSONResponse(body, status_code=422)
+    return JSONResponse(body, status_code=202)
