@@ -18,6 +18,10 @@ A check at ``now`` (one at a time: the ``sla`` writer lock) does, in one transac
    (timer, level) of ``sla_breaches`` make each level fire once however often checks run;
 5. **gate** the breaches with ``suites/sla.yaml`` (none twice, every escalation has a reason);
    a failing gate rolls the whole check back and is recorded.
+
+Each step reads and writes through ``leadflow/sla/store.py`` and decides in
+``leadflow/sla/decide.py`` (pure: the timers' deadlines, what met them, who is warned,
+notified and escalated); level 2 reassigns through routing's ``leadflow.routing.reassign``.
 """
 
 from __future__ import annotations
@@ -27,34 +31,21 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 import pandas as pd
-from sqlalchemy import Connection, and_, case, func, literal, or_, select, tuple_, union, update
+from sqlalchemy import Connection, and_, case, func, literal, or_, select, union, update
 
 from leadflow import quality, store
 from leadflow import tables as t
-from leadflow.business_time import Timeline, WorkingCalendar, calendar_of
-from leadflow.lifecycle import Status
+from leadflow.business_time import WorkingCalendar, calendar_of
 from leadflow.outbox import store as outbox
+from leadflow.routing.reassign import TURN as ROUTE_TURN
 from leadflow.routing.rules import Rep
-from leadflow.rules.conditions import condition_mask
-from leadflow.sla.escalate import (
-    OWNED,
-    ROUTE_TURN,
-    SlaContext,
-    breach_rows,
-    empty_breaches,
-    level_one,
-    level_two,
-    raise_level,
-    warn,
-    within,
-)
-from leadflow.sla.rules import Policy, SlaRules
+from leadflow.sla import decide
+from leadflow.sla import store as sla_store
+from leadflow.sla.escalate import SlaContext, level_one, level_two, warn
+from leadflow.sla.store import ACCEPTED, OWNED
 
 SUITE = "sla"
-WATERMARK = "sla:activities"  # source_cursors row: the newest activity a check has seen
-ACCEPTED = (Status.ACCEPTED.value, Status.QUALIFIED.value)
 
 
 @dataclass
@@ -135,19 +126,6 @@ def calendars(conn: Connection, context: SlaContext) -> dict[int, WorkingCalenda
                 rep = Rep(id=f"rep-{row.id}", name=row.name or "?", email="unknown@invalid.example")
         out[int(row.id)] = calendar_of(rep)
     return out
-
-
-def _timeline(
-    cache: dict[int, Timeline], calendars_: dict[int, WorkingCalendar], rep_id: int, starts: Any
-) -> Timeline:
-    if rep_id not in cache:
-        first = pd.Timestamp(np.min(starts)).to_pydatetime().replace(tzinfo=UTC)
-        cache[rep_id] = Timeline(calendars_[rep_id], first, first + pd.Timedelta(days=7))
-    return cache[rep_id]
-
-
-def _as64(values: pd.Series) -> np.ndarray:
-    return pd.to_datetime(values, utc=True).dt.tz_localize(None).to_numpy().astype("datetime64[us]")
 
 
 # --------------------------------------------------------------------------- 0. hold
@@ -246,15 +224,6 @@ def close_ended(conn: Connection, now: datetime) -> int:
 # --------------------------------------------------------------------------- 2. start
 
 
-def _policy_fields(rules: SlaRules) -> list[Any]:
-    fields: set[str] = set()
-    for policy in rules.policies:
-        if policy.when is not None:
-            fields |= policy.when.fields()
-    columns = (t.lead_column(name) for name in sorted(fields))
-    return [column for column in columns if column is not None]
-
-
 def start_timers(
     conn: Connection,
     context: SlaContext,
@@ -265,135 +234,26 @@ def start_timers(
     """Timers for assignments not yet seen (``start: assigned`` policies, from the
     assignment) and for leads accepted since (``start: accepted``, from the acceptance), of
     the leads the check holds (an assignment routed since it locked them starts its timers at
-    the next check, from its assignment time all the same)."""
-    rules = context.rules
-    assignments, leads, activities = t.assignments, t.leads, t.activities
-    extra = _policy_fields(rules)
-    base = [
-        assignments.c.id.label("assignment_id"),
-        assignments.c.lead_id,
-        assignments.c.rep_id,
-        assignments.c.assigned_at,
-        leads.c.status,
-        leads.c.status_changed_at,
-        *extra,
-    ]
-    joined = assignments.join(
-        leads,
-        and_(leads.c.id == assignments.c.lead_id, leads.c.owner_rep_id == assignments.c.rep_id),
-    )
-    fresh = store.read_frame(
-        conn,
-        select(*base)
-        .select_from(joined)
-        .where(
-            assignments.c.released_at.is_(None),
-            assignments.c.sla_stage.is_(None),
-            assignments.c.rep_id.is_not(None),
-            leads.c.status.in_(OWNED),
-        ),
-    )
-    fresh = within(fresh, held)
-    accepted_at = (
-        select(func.min(activities.c.occurred_at))
-        .where(
-            activities.c.lead_id == assignments.c.lead_id,
-            activities.c.activity_type == "accept",
-            activities.c.occurred_at >= assignments.c.assigned_at,
-        )
-        .scalar_subquery()
-        .label("accepted_at")
-    )
-    accepted = store.read_frame(
-        conn,
-        select(*base, accepted_at)
-        .select_from(joined)
-        .where(
-            assignments.c.released_at.is_(None),
-            assignments.c.sla_stage == "assigned",
-            leads.c.status.in_(ACCEPTED),
-        ),
-    )
-    accepted = within(accepted, held)
-    rows = []
-    for stage, frame, policies in (
-        ("assigned", fresh, [p for p in rules.policies if p.start == "assigned"]),
-        ("accepted", accepted, [p for p in rules.policies if p.start == "accepted"]),
-    ):
-        if frame.empty:
-            continue
-        if stage == "accepted":
-            frame["started_at"] = frame["accepted_at"].where(
-                frame["accepted_at"].notna(), frame["status_changed_at"]
-            )
-        else:
-            frame["started_at"] = frame["assigned_at"]
-        for policy in policies:
-            chosen = frame if policy.when is None else frame[condition_mask(policy.when, frame)]
-            if len(chosen):
-                rows.append(_timer_rows(chosen, policy, rules, calendars_, now))
-        store.update_from_frame(
-            conn,
-            assignments,
-            pd.DataFrame({"id": frame["assignment_id"].to_numpy(), "sla_stage": stage}),
-        )
-    if not rows:
-        return 0
-    timers = pd.concat(rows, ignore_index=True)
-    return store.bulk_insert(conn, t.sla_timers, timers)
+    the next check, from its assignment time all the same). Returns the timers started.
 
+    Steps: read both kinds of assignment (``sla_store.assignments_to_start``, before either
+    is marked), decide their timers and deadlines (``decide.timers_to_start``, pure), mark
+    each assignment's stage so it starts once, insert the timers.
 
-def _timer_rows(
-    frame: pd.DataFrame,
-    policy: Policy,
-    rules: SlaRules,
-    calendars_: dict[int, WorkingCalendar],
-    now: datetime,
-) -> pd.DataFrame:
-    allowed, escalate = rules.minutes(policy)
-    starts = _as64(frame["started_at"])
-    warn = np.empty(len(frame), dtype="datetime64[us]")
-    due = np.empty(len(frame), dtype="datetime64[us]")
-    late = np.full(len(frame), np.datetime64("NaT"), dtype="datetime64[us]")
-    cache: dict[int, Timeline] = {}
-    reps = frame["rep_id"].astype("int64").to_numpy()
-    for rep_id in np.unique(reps):
-        mask = reps == rep_id
-        line = _timeline(cache, calendars_, int(rep_id), starts[mask])
-        warn[mask] = line.add(starts[mask], allowed * rules.warn_at)
-        due[mask] = line.add(starts[mask], allowed)
-        if escalate is not None:
-            late[mask] = line.add(starts[mask], escalate)
-    return pd.DataFrame(
-        {
-            "lead_id": frame["lead_id"].astype("int64").to_numpy(),
-            "assignment_id": frame["assignment_id"].astype("int64").to_numpy(),
-            "rep_id": reps,
-            "policy": policy.name,
-            "started_at": pd.to_datetime(starts).tz_localize("UTC"),
-            "warn_at": pd.to_datetime(warn).tz_localize("UTC"),
-            "due_at": pd.to_datetime(due).tz_localize("UTC"),
-            "escalate_at": pd.to_datetime(late).tz_localize("UTC"),
-            "level": 0,
-            "created_at": pd.Timestamp(now),
-        }
-    )
+    Example: a hot lead assigned to ann at Monday 15:00 UTC under ``hot-first-touch`` (15m,
+    escalate after 1h) and ``acceptance`` (2d): two timers started 15:00, the first warned at
+    15:12, due 15:15 and escalated 16:00 (ann's working hours), the assignment's stage
+    ``assigned``; once the lead is accepted, the next check starts its ``start: accepted``
+    policies' timers from the acceptance and marks the stage ``accepted``.
+    """
+    fresh, accepted = sla_store.assignments_to_start(conn, context.rules, held)
+    timers = decide.timers_to_start(fresh, accepted, context.rules, calendars_, now)
+    sla_store.mark_stage(conn, fresh["assignment_id"], "assigned")
+    sla_store.mark_stage(conn, accepted["assignment_id"], "accepted")
+    return sla_store.insert_timers(conn, timers)
 
 
 # --------------------------------------------------------------------------- 3. meet
-
-
-def _watermark(conn: Connection) -> int:
-    value = conn.execute(
-        select(t.source_cursors.c.cursor).where(t.source_cursors.c.source == WATERMARK)
-    ).scalar()
-    return int(value) if value else 0
-
-
-def _save_watermark(conn: Connection, value: int) -> None:
-    from leadflow.capture.write import save_cursor
-
-    save_cursor(conn, WATERMARK, f"{value:020d}")  # zero-padded: the cursor compares as text
 
 
 def meet_timers(
@@ -405,105 +265,33 @@ def meet_timers(
 ) -> tuple[int, pd.DataFrame]:
     """Meet timers with the activities received since the last check. Returns the timers
     met (or met earlier than known) and level-1 breach rows for those met after their due
-    time. Capture takes turns with this step, so no activity commits behind the watermark."""
+    time. Capture takes turns with this step, so no activity commits behind the watermark.
+
+    Steps: take capture's turn; the activities between the watermark and the newest
+    (``sla_store.first_activities``: per timer, the earliest genuine one that meets it);
+    their business minutes, the timers' update and the ``met_late`` breaches
+    (``decide.business_minutes``, ``decide.met_updates``, ``decide.met_late``, pure); write
+    the update, raise the late timers to level 1, move the watermark.
+
+    Example: timer ``hot-first-touch`` started 15:00, due 15:15; a call at 15:20 arrives:
+    met at 15:20 by it, 20 business minutes, closed ``met``, one ``met_late`` breach, level 1.
+    A call at 15:09 logged later still wins: met at 15:09, 9 minutes, no second breach.
+    """
     store.serialize_writers(conn, "capture")
-    activities, timers = t.activities, t.sla_timers
-    seen = _watermark(conn)
-    newest = conn.execute(select(func.max(activities.c.id))).scalar() or seen
+    seen = sla_store.watermark(conn)
+    newest = sla_store.newest_activity(conn) or seen
     if newest <= seen:
-        _save_watermark(conn, seen)
-        return 0, empty_breaches()
-    # Per timer, the earliest new genuine activity of a kind its policy counts, by its rep,
-    # after the clock started and before what met it so far: ranked in the database, so a
-    # backlog of activities is one indexed join, not a frame of every pair.
-    counts = [(p.name, kind) for p in context.rules.policies for kind in p.met_by]
-    ranked = (
-        select(
-            timers.c.id,
-            timers.c.lead_id,
-            timers.c.rep_id,
-            timers.c.policy,
-            timers.c.started_at,
-            timers.c.due_at,
-            timers.c.met_at,
-            timers.c.level,
-            timers.c.closed_at,
-            timers.c.closed_reason,
-            activities.c.id.label("activity_id"),
-            activities.c.activity_type,
-            activities.c.occurred_at,
-            func.row_number()
-            .over(
-                partition_by=timers.c.id,
-                order_by=(activities.c.occurred_at, activities.c.id),
-            )
-            .label("rank"),
-        )
-        .select_from(
-            activities.join(
-                timers,
-                and_(
-                    timers.c.lead_id == activities.c.lead_id,
-                    timers.c.rep_id == activities.c.rep_id,
-                ),
-            )
-        )
-        .where(
-            activities.c.id > seen,
-            activities.c.id <= newest,
-            activities.c.automated.is_(False),
-            tuple_(timers.c.policy, activities.c.activity_type).in_(counts),
-            activities.c.occurred_at >= timers.c.started_at,
-            or_(timers.c.met_at.is_(None), activities.c.occurred_at < timers.c.met_at),
-            or_(
-                timers.c.closed_reason.is_(None),
-                timers.c.closed_reason == "met",
-                activities.c.occurred_at < timers.c.closed_at,
-            ),
-        )
-        .subquery()
-    )
-    first = store.read_frame(conn, select(ranked).where(ranked.c.rank == 1).order_by(ranked.c.id))
+        sla_store.save_watermark(conn, seen)
+        return 0, decide.empty_breaches()
+    first = sla_store.first_activities(conn, context.rules, seen, newest)
     if first.empty:
-        _save_watermark(conn, newest)
-        return 0, empty_breaches()
-    minutes = np.zeros(len(first))
-    cache: dict[int, Timeline] = {}
-    reps = first["rep_id"].astype("int64").to_numpy()
-    starts, ends = _as64(first["started_at"]), _as64(first["occurred_at"])
-    for rep_id in np.unique(reps):
-        mask = reps == rep_id
-        line = _timeline(cache, calendars_, int(rep_id), starts[mask])
-        minutes[mask] = line.between(starts[mask], ends[mask])
-    was_open = first["closed_at"].isna()
-    update_frame = pd.DataFrame(
-        {
-            "id": first["id"].astype("int64").to_numpy(),
-            "met_at": first["occurred_at"].to_numpy(),
-            "met_by": first["activity_id"].astype("int64").to_numpy(),
-            "business_minutes": minutes,
-            "closed_at": first["closed_at"].where(~was_open, pd.Timestamp(now)).to_numpy(),
-            "closed_reason": first["closed_reason"].where(~was_open, "met").to_numpy(),
-        }
-    )
-    store.update_from_frame(conn, timers, update_frame)
-    late = first[(first["occurred_at"] > first["due_at"]) & (first["level"] < 1)]
-    breaches = breach_rows(
-        late,
-        level=1,
-        action="met_late",
-        reasons=[
-            f"{row.policy}: first activity {row.activity_type} came after the due time "
-            f"({minutes[i]:.0f} business minutes)"
-            for i, row in zip(
-                np.flatnonzero(first.index.isin(late.index)), late.itertuples(), strict=True
-            )
-        ],
-        now=now,
-        flow_run_id=flow_run_id,
-    )
-    raise_level(conn, late["id"], 1)
-    _save_watermark(conn, newest)
+        sla_store.save_watermark(conn, newest)
+        return 0, decide.empty_breaches()
+    minutes = decide.business_minutes(first, calendars_)
+    sla_store.write_met(conn, decide.met_updates(first, minutes, now))
+    breaches = decide.met_late(first, minutes, now, flow_run_id)
+    sla_store.raise_level(conn, breaches["timer_id"], 1)
+    sla_store.save_watermark(conn, newest)
     return len(first), breaches
 
 
@@ -546,7 +334,7 @@ def check(
     # Reassigned leads (held: level 2 only acts on those) start their new owner's clocks.
     result.started += clock("restart", start_timers(conn, context, calendars_, now, held))
     parts = [p for p in (met_late, first, second) if len(p)]
-    breaches = pd.concat(parts, ignore_index=True) if parts else empty_breaches()
+    breaches = pd.concat(parts, ignore_index=True) if parts else decide.empty_breaches()
     gate = quality.check_batch(
         SUITE,
         gate_frame(breaches),
