@@ -3,10 +3,10 @@
 ``candidates`` finds, in SQL, the leads that may have stalled at ``now`` (owned for longer
 than the shortest limit, a not-now/no-response disposition, lost for a recyclable reason).
 Per batch (``LOCKED_IDS``), ``fetch`` reads their sales activities, assignments and past
-enrolments; ``recycle_batch`` (pure) decides, per lead, whether it stalled and why (the
-reason code), the new recycle count, what happens to the owner and the score, and where the
-lead goes: ``recycled -> nurturing``, into the long-term cadence, or ``disqualified`` past
-``max_recycles``. The runner gates with ``suites/recycled.yaml`` and writes, in one
+enrolments; ``recycle_batch`` (pure, its steps in ``leadflow.recycle.decide``) decides, per
+lead, whether it stalled and why (the reason code), the new recycle count, what happens to
+the owner and the score, and where the lead goes: ``recycled -> nurturing``, into the
+long-term cadence, or ``disqualified`` past ``max_recycles``. The runner gates with ``suites/recycled.yaml`` and writes, in one
 transaction, both lifecycle steps, the assignments ended with the reason, their SLA timers
 closed (a timer runs only while its lead is owned), the reps' cool-down, and the long-term
 enrolment. Locks: the claimed leads (``FOR UPDATE SKIP LOCKED``: leads an SLA check holds
@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from sqlalchemy import Connection, and_, exists, func, literal, or_, select, update
 
@@ -29,6 +28,7 @@ from leadflow import tables as t
 from leadflow.lifecycle import Status
 from leadflow.nurture.rules import CadenceRules
 from leadflow.queue import Strategy
+from leadflow.recycle import decide
 from leadflow.recycle.rules import RecycleRules, load_rules
 from leadflow.runner import Hop, HopResult
 
@@ -202,120 +202,25 @@ def stalled(
 def recycle_batch(
     leads: pd.DataFrame, inputs: RecycleInputs, context: RecycleContext, now: datetime
 ) -> HopResult:
-    """The hop's pure function: which leads go back, why, and how."""
+    """The hop's pure function: which leads go back, why, and how (the steps are in
+    ``leadflow.recycle.decide``)."""
     rules = context.rules
-    stamp = pd.Timestamp(now)
-    reasons = stalled(leads, inputs, rules, now)
-    going = leads[reasons.notna()].copy()
-    going["code"] = reasons[reasons.notna()]
-    count = going["recycle_count"].fillna(0).astype(int) + 1
+    going = decide.going_back(leads, stalled(leads, inputs, rules, now))
+    count = decide.recycle_count(going)
     over = count > rules.max_recycles
-    score = pd.to_numeric(going["score"], errors="coerce")
-    if rules.score.action == "decay":
-        score = (score * rules.score.factor).round(2)
-    elif rules.score.action == "reset":
-        score = score.where(score.isna(), 0.0)
-    temperature = np.select(
-        [score >= context.hot, score >= context.warm], ["hot", "warm"], default="cold"
-    )
-    temperature = np.where(score.isna(), going["temperature"].astype(object), temperature)
-    owner = going["owner_rep_id"] if rules.owner == "keep" else pd.Series(pd.NA, index=going.index)
-    then = np.where(
-        over & (rules.after_max == "disqualify"), Status.DISQUALIFIED.value, Status.NURTURING.value
-    )
-    changes = pd.DataFrame(
-        {
-            "id": going["id"].astype("int64").to_numpy(),
-            "from_status": going["status"].to_numpy(),
-            "to_status": Status.RECYCLED.value,
-            "reason": ("recycled: " + going["code"]).to_numpy(),
-            "details": [
-                {"recycle_count": int(n), "score_before": None if pd.isna(b) else float(b)}
-                for n, b in zip(count, going["score"], strict=True)
-            ],
-            "recycle_count": count.to_numpy(),
-            "score": score.to_numpy(),
-            "temperature": temperature,
-            "owner_rep_id": owner.astype("Int64").to_numpy(),
-        }
-    )
-    following = pd.DataFrame(
-        {
-            "id": changes["id"],
-            "from_status": Status.RECYCLED.value,
-            "to_status": then,
-            "reason": np.where(
-                then == Status.DISQUALIFIED.value,
-                f"recycled more than {rules.max_recycles} times",
-                np.where(
-                    over.to_numpy(),
-                    f"recycled more than {rules.max_recycles} times: long-term cadence "
-                    f"{rules.after_max_cadence}",
-                    "back to nurture: " + going["code"].to_numpy(),
-                ),
-            ),
-        }
-    )
-    ids = set(changes["id"])
-    held = inputs.assignments[inputs.assignments["lead_id"].astype("int64").isin(ids)]
-    open_ = held[held["released_at"].isna()]
-    code_of = dict(zip(changes["id"], going["code"], strict=True))
-    release = pd.DataFrame(
-        {
-            "id": open_["id"].astype("int64").to_numpy(),
-            "released_at": stamp,
-            "released_reason": [
-                f"recycled: {code_of[int(i)]}"
-                + (" (owner kept as contact)" if rules.owner == "keep" else "")
-                for i in open_["lead_id"]
-            ],
-        }
-    )
-    gave_back = held[
-        held["released_reason"].fillna("").str.startswith(("rejected", "sla"))
-        & held["avoid_until"].isna()
-    ]
-    cooldown = pd.DataFrame(
-        {
-            "id": gave_back["id"].astype("int64").to_numpy(),
-            "avoid_until": gave_back["released_at"] + rules.delay(rules.cooldown),
-        }
-    )
-    long_term = changes.loc[over.to_numpy() & (then == Status.NURTURING.value), "id"]
-    checked = pd.DataFrame(
-        {
-            "id": changes["id"],
-            "reason": going["code"].to_numpy(),
-            "recycle_count": count.to_numpy(),
-            "next_status": then,
-            "owner_cleared": changes["owner_rep_id"].isna() | (rules.owner == "keep"),
-            "within_max": (
-                ~over | (rules.after_max == "cadence") | (then == Status.DISQUALIFIED.value)
-            ).to_numpy(),
-        }
-    )
-    codes = going["code"].str.split(":").str[0].value_counts()
+    then = decide.next_status(over, rules)
+    changes = decide.recycled(going, count, rules, context.hot, context.warm)
+    held = decide.assignments_of(inputs.assignments, changes["id"])
+    long_term = decide.long_term_leads(changes, over, then)
     return HopResult(
         changes=changes,
-        checked=checked,
-        stats={
-            "recycled": int((then == Status.NURTURING.value).sum()),
-            "disqualified": int((then == Status.DISQUALIFIED.value).sum()),
-            "long_term": len(long_term),
-            "looked_at": len(leads),
-            **{f"reason:{k}": int(v) for k, v in codes.items()},
-            **{f"from:{k}": int(v) for k, v in going["status"].value_counts().items()},
-        },
+        checked=decide.gate_frame(changes, going, count, over, then, rules),
+        stats=decide.batch_stats(leads, going, then, long_term),
         report={
-            "following": following,
-            "release": release,
-            "stopped": pd.DataFrame(
-                {
-                    "assignment_id": open_["id"].astype("int64").to_numpy(),
-                    "lead_id": open_["lead_id"].astype("int64").to_numpy(),
-                }
-            ),
-            "cooldown": cooldown,
+            "following": decide.back_to_nurture(changes, going, over, then, rules),
+            "release": decide.releases(held, going, rules, pd.Timestamp(now)),
+            "stopped": decide.stopped(held),
+            "cooldown": decide.cooldowns(held, rules),
             "long_term": long_term.tolist(),
             "entries": inputs.entries,
             "now": now,
