@@ -17,8 +17,10 @@ import resource
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -77,6 +79,30 @@ def baseline_copy(base_url: str, schema: str, path: Path) -> dict:
 
 
 def main() -> None:
+    """Generate the file, time the baseline COPY, prepare the schema and Prefect (setup), time
+    the ingest (measure), print JSON (report); the schema is dropped unless ``--keep``."""
+    args = parse_args()
+    now = datetime(2026, 11, 1, tzinfo=UTC)
+    path = sample_file(args.leads, args.seed, now)
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = psycopg2.connect(dsn(args.database_url))
+    admin.autocommit = True
+    admin.cursor().execute(f'CREATE SCHEMA "{schema}"')
+    url = schema_url(args.database_url, schema)
+    try:
+        baseline = baseline_copy(args.database_url, schema, path)
+        capture = setup(url, args.chunk_size)
+        measured = measure(capture, url, path, now)
+        print(json.dumps(report(path, measured, baseline), indent=2))
+    finally:
+        if not args.keep:
+            admin.cursor().execute(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.close()
+
+
+def parse_args() -> argparse.Namespace:
+    """The file's size and seed, the database, the chunk size, and whether to keep the
+    schema."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--leads", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=11)
@@ -88,14 +114,15 @@ def main() -> None:
     )
     parser.add_argument("--chunk-size", type=int, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the bench schema")
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def sample_file(leads: int, seed: int, now: datetime) -> Path:
+    """The sample leads file, generated once per (size, seed) under var/bench."""
     from app.generate import generate
-    from leadflow import store
     from leadflow.settings import get_settings
 
-    sample = get_settings().var_dir / "bench" / f"leads-{args.leads}-seed{args.seed}"
-    now = datetime(2026, 11, 1, tzinfo=UTC)
+    sample = get_settings().var_dir / "bench" / f"leads-{leads}-seed{seed}"
     if not (sample / "leads.csv").exists():
         # In a child process, so that this process's peak RSS measures the ingest alone.
         import multiprocessing
@@ -103,76 +130,100 @@ def main() -> None:
         child = multiprocessing.get_context("spawn").Process(
             target=generate,
             args=(sample,),
-            kwargs={"leads": args.leads, "seed": args.seed, "now": now},
+            kwargs={"leads": leads, "seed": seed, "now": now},
         )
         child.start()
         child.join()
-    path = sample / "leads.csv"
+    return sample / "leads.csv"
 
-    schema = f"bench_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(dsn(args.database_url))
-    admin.autocommit = True
-    admin.cursor().execute(f'CREATE SCHEMA "{schema}"')
-    url = schema_url(args.database_url, schema)
-    try:
-        baseline = baseline_copy(args.database_url, schema, path)
-        store.upgrade(url)
-        if args.chunk_size:
-            os.environ["LEADFLOW_BATCH_SIZE"] = str(args.chunk_size)
-        from prefect import flow
 
-        from flows.capture import capture
+def setup(url: str, chunk_size: int | None) -> Any:
+    """Migrate the schema, set the chunk size, and start Prefect's ephemeral API outside the
+    timing. Returns the capture flow."""
+    from leadflow import store
 
-        @flow
-        def warm_up() -> None:  # start the ephemeral API outside the timing
-            return None
+    store.upgrade(url)
+    if chunk_size:
+        os.environ["LEADFLOW_BATCH_SIZE"] = str(chunk_size)
+    from prefect import flow
 
-        warm_up()
-        rss_before = peak_rss_mb()
-        cpu_self = resource.getrusage(resource.RUSAGE_SELF)
-        cpu_children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        started = time.perf_counter()
-        state = capture(str(path), source="bench", database_url=url, now=now, return_state=True)
-        seconds = time.perf_counter() - started
-        self_after = resource.getrusage(resource.RUSAGE_SELF)
-        children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        summary = state.result(raise_on_failure=False)
-        received = summary["received"]
-        result = {
-            "bench": "ingest",
-            "leads_in_file": received,
-            "file_mb": round(path.stat().st_size / 1e6, 1),
-            "chunk_size": get_settings().batch_size,
-            "state": state.type.value,
-            "inserted": summary["inserted"],
-            "merged": summary["merged"],
-            "quarantined": summary["quarantined"],
-            "ingest_seconds": round(seconds, 2),
-            "ingest_leads_per_s": round(received / seconds),
-            "baseline": "PostgreSQL COPY of the raw CSV into a table with the leads table's keys and indexes",
-            "baseline_seconds": baseline["seconds"],
-            "baseline_rows_per_s": baseline["rows_per_s"],
-            "ratio_to_copy": round((received / seconds) / baseline["rows_per_s"], 3),
-            "target_ratio": 0.25,
-            "cpu_seconds_this_process": round(
-                self_after.ru_utime + self_after.ru_stime - cpu_self.ru_utime - cpu_self.ru_stime, 1
-            ),
-            "cpu_seconds_worker_processes": round(
-                children_after.ru_utime
-                + children_after.ru_stime
-                - cpu_children.ru_utime
-                - cpu_children.ru_stime,
-                1,
-            ),
-            "peak_rss_mb": peak_rss_mb(),
-            "rss_before_ingest_mb": rss_before,
-            "target_peak_rss_mb": 1536,
-        }
-        print(json.dumps(result, indent=2))
-    finally:
-        if not args.keep:
-            admin.cursor().execute(f'DROP SCHEMA "{schema}" CASCADE')
-        admin.close()
+    from flows.capture import capture
+
+    @flow
+    def warm_up() -> None:  # start the ephemeral API outside the timing
+        return None
+
+    warm_up()
+    return capture
+
+
+@dataclass(frozen=True)
+class Measured:
+    """The timed ingest: its state and seconds, the peak RSS before it, and resource usage
+    before and after."""
+
+    state: Any
+    seconds: float
+    rss_before: float
+    cpu_self: Any  # resource usage before and after the ingest
+    cpu_children: Any
+    self_after: Any
+    children_after: Any
+
+
+def measure(capture: Any, url: str, path: Path, now: datetime) -> Measured:
+    """Time ``leadflow ingest`` of the file, with the CPU this process and its workers used."""
+    rss_before = peak_rss_mb()
+    cpu_self = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    state = capture(str(path), source="bench", database_url=url, now=now, return_state=True)
+    seconds = time.perf_counter() - started
+    self_after = resource.getrusage(resource.RUSAGE_SELF)
+    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return Measured(state, seconds, rss_before, cpu_self, cpu_children, self_after, children_after)
+
+
+def report(path: Path, measured: Measured, baseline: dict) -> dict[str, Any]:
+    """The JSON document: the ingest's counts and rate, the baseline and the ratio, CPU and
+    memory."""
+    from leadflow.settings import get_settings
+
+    state, seconds = measured.state, measured.seconds
+    cpu_self, cpu_children = measured.cpu_self, measured.cpu_children
+    self_after, children_after = measured.self_after, measured.children_after
+    summary = state.result(raise_on_failure=False)
+    received = summary["received"]
+    return {
+        "bench": "ingest",
+        "leads_in_file": received,
+        "file_mb": round(path.stat().st_size / 1e6, 1),
+        "chunk_size": get_settings().batch_size,
+        "state": state.type.value,
+        "inserted": summary["inserted"],
+        "merged": summary["merged"],
+        "quarantined": summary["quarantined"],
+        "ingest_seconds": round(seconds, 2),
+        "ingest_leads_per_s": round(received / seconds),
+        "baseline": "PostgreSQL COPY of the raw CSV into a table with the leads table's keys and indexes",
+        "baseline_seconds": baseline["seconds"],
+        "baseline_rows_per_s": baseline["rows_per_s"],
+        "ratio_to_copy": round((received / seconds) / baseline["rows_per_s"], 3),
+        "target_ratio": 0.25,
+        "cpu_seconds_this_process": round(
+            self_after.ru_utime + self_after.ru_stime - cpu_self.ru_utime - cpu_self.ru_stime, 1
+        ),
+        "cpu_seconds_worker_processes": round(
+            children_after.ru_utime
+            + children_after.ru_stime
+            - cpu_children.ru_utime
+            - cpu_children.ru_stime,
+            1,
+        ),
+        "peak_rss_mb": peak_rss_mb(),
+        "rss_before_ingest_mb": measured.rss_before,
+        "target_peak_rss_mb": 1536,
+    }
 
 
 if __name__ == "__main__":
