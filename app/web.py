@@ -565,6 +565,7 @@ def _add_capture(
 
     @app.post("/leads", status_code=202)
     async def post_lead(request: Request) -> JSONResponse:
+        """Capture one posted lead: 503 without a token, the refusal, or the writer's answer."""
         if capture.token is None:
             return JSONResponse({"detail": capture.missing_token}, status_code=503)
         try:
@@ -633,6 +634,7 @@ def _on_captured(capture: Capture, source: str) -> Callable[[list[Any]], None]:
     does) and hand the captured leads' ids off."""
 
     def captured(results: list[Any]) -> None:
+        """Emit and hand off one written group."""
         if capture.emit_events:
             emit_captured(results, source)
         ids = sorted({r.lead_id for r in results if r.lead_id is not None})
