@@ -1,6 +1,6 @@
 """Nurture flow: on a cron, with ``now``. Enrols eligible leads, sends every touch that is
 due, defers what quiet hours or the frequency cap hold back, ends enrolments whose exits are
-met, and finishes cadences per ``on_finish`` (see ``leadflow/nurture/plan.py``). Touches go out
+met, and finishes cadences per ``on_finish`` (see ``leadflow/nurture/hop.py``). Touches go out
 through the outbox sender after the hop; without a notifier they stay queued."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from prefect.artifacts import create_table_artifact
 from prefect.states import Completed, Failed, State
 
 from leadflow import runner as hops
-from leadflow.nurture import plan as hop
+from leadflow.nurture import hop
+from leadflow.nurture.plan import load_context
 from leadflow.settings import get_settings
 from tasks import hops as hop_tasks
 from tasks import nurture as nurture_tasks
@@ -36,7 +37,7 @@ def nurture(
     to ``send_limit`` due messages with ``notifier`` (block:NAME or maildir:PATH; default
     $LEADFLOW_NOTIFIER; none: touches stay queued in the outbox)."""
     started = time.monotonic()
-    context, refused = rules_check.loaded(hop.load_context, rules)  # before anything moves
+    context, refused = rules_check.loaded(load_context, rules)  # before anything moves
     if refused:
         return refused
     database_url = database_url or get_settings().database_url

@@ -7,7 +7,7 @@ from datetime import datetime
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from leadflow.nurture import plan as plan_impl
+from leadflow.nurture import store as store_impl
 from leadflow.nurture.plan import NurtureContext
 
 
@@ -17,14 +17,14 @@ def prepare_tick(database_url: str, context: NurtureContext, now: datetime) -> d
     bring enrolments that follow an older version of the cadences to this one per
     ``on_change`` (``keep``: step and due time stay; ``replan``: due = previous touch (or
     enrolment) + the new step's delay). Returns counts."""
-    return plan_impl.prepare_tick(database_url, context, now)
+    return store_impl.prepare_tick(database_url, context, now)
 
 
 @task(name="nurture-candidates", cache_policy=NO_CACHE)
 def candidates(database_url: str, now: datetime) -> list[int]:
     """Leads the tick must look at: a touch due at ``now``, or nurturing in no cadence (to
     enrol them, or to see that nothing takes them: the leakage report lists those)."""
-    return plan_impl.candidates(database_url, now)
+    return store_impl.candidates(database_url, now)
 
 
 def emit_finished(finished: list[tuple[int, str]], limit: int = 1000) -> int:

@@ -1,33 +1,36 @@
-"""The nurture hop, declared on the shared runner: enrol, touch, defer, exit, finish.
+"""Nurture, the pure part: who enrols in which cadence, and what each due enrolment gets at
+``now``: a touch, a deferral, an exit or the cadence's end. DataFrames in, a ``Plan`` out; no
+database, no Prefect (``leadflow/nurture/store.py`` reads and writes, ``leadflow/nurture/hop.py``
+declares the hop on the shared runner).
 
-A tick at ``now`` first does two set-based steps (``prepare_tick``): enrolments of leads that
-left ``nurturing`` end (became MQL, disqualified, ...), and enrolments that follow an older
-version of ``rules/cadences.yaml`` are kept or re-planned per ``on_change``. Then the hop runs
-over the candidates (leads with a touch due, and nurturing leads in no cadence) with
-``LOCKED_IDS`` claims, so two overlapping ticks never work the same lead. Per batch:
+``plan_batch`` takes a batch of nurturing leads with what the store read for them in the
+claim's transaction (``NurtureInputs``: every enrolment, the history deciding re-entry; the
+touches of the last 7 days; the engagement that ends or suppresses a cadence) and reads in
+named steps:
 
-- ``fetch`` reads, inside the claim's transaction, the leads' enrolments (all of them: the
-  history decides re-entry), their touches of the last 7 days and the engagement that ends
-  or suppresses a cadence;
-- ``plan_batch`` (pure) enrols leads whose entry holds, then for every due enrolment, in
-  this order: ends it if its cadence was removed or its steps ran out; checks its exits;
-  suppresses (unsubscribed, bounced, do-not-email, the suppression list, no address); defers
-  it out of quiet hours and weekends in the lead's time zone, then past the frequency cap
-  (deferred, never dropped); renders the touch (a template error leaves it due, with the
-  error, for the next tick); and queues it, advancing the enrolment, or finishing the cadence
-  per ``on_finish``;
-- the runner gates the batch with ``suites/nurtured.yaml`` and writes, in one transaction,
-  the enrolments, the touches (unique per (enrolment, step)), the outbox messages (key
-  ``touch:<lead>:<cadence>:<entry>:<step>``), ledger notes, and any lead disqualified by a
-  finished cadence.
+1. ``suppression``: who must never be contacted (unsubscribed, bounced, do-not-email, the
+   suppression list);
+2. ``_enrol``: leads whose entry holds, and who may come (back) in, get a new enrolment;
+3. ``_lookups``: once per batch, vectorised: each lead's next sending window, its last
+   signals, its touches of the week;
+4. ``_open_enrolments``, ``_due``: the enrolments worked on, and those due at ``now``;
+5. ``_Walk.decide``, per due enrolment, in this order: end it if its cadence was removed or
+   its steps ran out; check its exits; suppress; defer it out of quiet hours and weekends in
+   the lead's time zone, then past the frequency cap (deferred, never dropped); render the
+   touch (a template error leaves it due, with the error, for the next tick); queue it,
+   advancing the enrolment, or finishing the cadence per ``on_finish``;
+6. ``_assemble``: the frames the store writes, and the gate's frame (``gate_frame``).
 
-Messages are sent by the outbox sender after the hop: a rerun, a retry or an overlapping run
-never queues a step twice, and SMTP being down leaves them queued, not lost.
+``departed_reason`` and ``moved_due`` are the pure halves of ``store.prepare_tick``.
+
+The worked examples in the docstrings use the cadences of ``tests/helpers.py``: ``warm``
+(steps ``hello`` at once, ``proof`` 2 days later, ``call-task`` for a rep 1 day later, then
+on to ``later``), ``cold`` (one step, then disqualify), quiet hours 19:00-08:00 in the lead's
+zone, no weekends, at most 5 touches a week; ``now`` is Monday 2026-11-02 10:00 UTC.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -35,10 +38,8 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Connection, exists, select, union
 
-from leadflow import lifecycle, store
-from leadflow import tables as t
+from leadflow import store
 from leadflow.lifecycle import Status
 from leadflow.nurture import unsubscribe
 from leadflow.nurture.rules import (
@@ -50,11 +51,7 @@ from leadflow.nurture.rules import (
     load_suppression,
 )
 from leadflow.outbox import store as outbox
-from leadflow.queue import Strategy
 from leadflow.rules.conditions import condition_mask
-from leadflow.runner import Hop, HopResult
-
-log = logging.getLogger(__name__)
 
 ACTOR = "nurture"
 WEEK = timedelta(days=7)
@@ -207,6 +204,24 @@ def lead_zones(leads: pd.DataFrame, rules: CadenceRules) -> pd.Series:
     return zones.astype(object).where(zones.notna(), None).map(distinct)
 
 
+def quiet_now(zones: pd.Series, now: datetime, rules: CadenceRules) -> pd.Series:
+    """Whether it is quiet time or a day off for each zone at ``now`` (the gate's own check,
+    written apart from ``next_window``)."""
+
+    def quiet(zone: str) -> bool:
+        local = now.astimezone(ZoneInfo(zone))
+        if not rules.weekends and local.weekday() >= 5:
+            return True
+        if rules.quiet_hours is None:
+            return False
+        start, end = rules.quiet_hours.bounds()
+        clock = local.time().replace(tzinfo=None)
+        return (clock >= start or clock < end) if start > end else (start <= clock < end)
+
+    known = {zone: quiet(zone) for zone in zones.dropna().unique()}
+    return zones.map(known).fillna(False).astype(bool)
+
+
 # --------------------------------------------------------------------------- suppression
 
 
@@ -232,7 +247,7 @@ def suppression(leads: pd.DataFrame, signals: pd.DataFrame, context: NurtureCont
     return reason
 
 
-# --------------------------------------------------------------------------- the plan (pure)
+# --------------------------------------------------------------------------- touch helpers
 
 
 def _key(lead: int, cadence: str, entry: int, step: int) -> str:
@@ -271,6 +286,9 @@ def render(step: Any, values: dict[str, Any], templates: Templates) -> tuple[str
     return " ".join(subject.split()), body
 
 
+# --------------------------------------------------------------------------- enrolment
+
+
 def _enrol(
     leads: pd.DataFrame,
     suppressed: pd.Series,
@@ -279,7 +297,13 @@ def _enrol(
     now: datetime,
 ) -> pd.DataFrame:
     """New enrolments: leads whose entry criteria hold, not suppressed, not already active in
-    the cadence, and allowed back in (``reentry``, ``reentry_after``)."""
+    the cadence, and allowed back in (``reentry``, ``reentry_after``).
+
+    Example: warm nurturing leads 1 to 4. Lead 1, never enrolled: ``warm`` entry 1 at step
+    1, due at once. Lead 2, unsubscribed: nothing. Lead 3, active in ``warm``: nothing. Lead
+    4 left ``warm`` at step 2 five days ago: with ``reentry: never``, or ``restart`` after
+    30 days, nothing; 40 days ago with ``resume``: entry 2 at step 2, due in 2 days.
+    """
     rows = []
     eligible = leads[(leads["status"] == Status.NURTURING.value) & suppressed.isna().to_numpy()]
     if eligible.empty:
@@ -318,6 +342,9 @@ def _enrol(
 def _new_enrolment(
     lead_id: int, cadence: Cadence, entry_no: int, step: int, context: NurtureContext, now: datetime
 ) -> dict[str, Any]:
+    """An enrolment row not yet in the database (``id`` NA), at ``step``, due after that
+    step's delay. Example: lead 1 into ``warm`` at step 1: due ``now`` (``hello`` has no
+    delay); into ``later``: due in 30 days."""
     return {
         "id": pd.NA,
         "lead_id": int(lead_id),
@@ -334,6 +361,9 @@ def _new_enrolment(
         "ended_at": pd.NaT,
         "end_reason": None,
     }
+
+
+# --------------------------------------------------------------------------- the plan
 
 
 @dataclass
@@ -363,220 +393,374 @@ COUNTERS = (
 )
 
 
-def quiet_now(zones: pd.Series, now: datetime, rules: CadenceRules) -> pd.Series:
-    """Whether it is quiet time or a day off for each zone at ``now`` (the gate's own check,
-    written apart from ``next_window``)."""
-
-    def quiet(zone: str) -> bool:
-        local = now.astimezone(ZoneInfo(zone))
-        if not rules.weekends and local.weekday() >= 5:
-            return True
-        if rules.quiet_hours is None:
-            return False
-        start, end = rules.quiet_hours.bounds()
-        clock = local.time().replace(tzinfo=None)
-        return (clock >= start or clock < end) if start > end else (start <= clock < end)
-
-    known = {zone: quiet(zone) for zone in zones.dropna().unique()}
-    return zones.map(known).fillna(False).astype(bool)
-
-
 def plan_batch(
     leads: pd.DataFrame, inputs: NurtureInputs, context: NurtureContext, now: datetime
 ) -> Plan:
-    """The hop's decisions for a batch of nurturing leads (pure)."""
-    rules = context.rules
+    """The hop's decisions for a batch of nurturing leads (pure), step by step.
+
+    Example at Monday 10:00 UTC, warm leads: lead 1 (UTC, never enrolled) enrols in
+    ``warm`` and its step 1 is queued at once; lead 2 (New York, 05:00 there) enrols and its
+    step 1 waits for 08:00 New York (13:00 UTC); lead 3 (unsubscribed) does not enrol; lead
+    4, active in ``warm`` and due, replied since: its enrolment exits ``replied``.
+    """
     now = now if now.tzinfo else now.replace(tzinfo=UTC)
-    stamp = pd.Timestamp(now)
     leads = leads.reset_index(drop=True)
-    lead_ids = leads["id"].astype("int64")
-    history = inputs.enrolments
     suppressed = suppression(leads, inputs.signals, context)
-    fresh = _enrol(leads, suppressed, history, context, now)
-    reasons = {
-        int(i): (r if isinstance(r, str) else None)
-        for i, r in zip(lead_ids, suppressed, strict=True)
-    }
+    fresh = _enrol(leads, suppressed, inputs.enrolments, context, now)
+    look = _lookups(leads, inputs, suppressed, context.rules, now)
+    records, entries = _open_enrolments(inputs.enrolments, fresh)
+    due = _due(records, now)
+    walk = _Walk(context, now, look, records, entries, _lead_rows(leads, due))
+    for record in due:
+        walk.decide(record)
+    return _assemble(walk, records, fresh, look, now, context.rules)
+
+
+@dataclass(frozen=True)
+class _Lookups:
+    """What the decisions of a batch read, computed once per batch."""
+
+    reasons: dict[int, str | None]  # lead -> why it must never be contacted (None: it may)
+    zones: pd.Series  # lead id -> its time zone
+    window: dict[int, datetime]  # lead -> the first instant at or after now it may be contacted
+    last_signal: dict[tuple[int, str], Any]  # (lead, signal kind) -> its latest time
+    sent_before: dict[int, int]  # lead -> touches queued in the 7 days before now
+    oldest: dict[int, Any]  # lead -> the oldest of those
+    delays: dict[tuple[str, int], timedelta]  # (cadence, step number) -> the step's delay
+
+
+def _lookups(
+    leads: pd.DataFrame,
+    inputs: NurtureInputs,
+    suppressed: pd.Series,
+    rules: CadenceRules,
+    now: datetime,
+) -> _Lookups:
+    """The batch's lookups, each built once per batch, not per enrolment (time zones once per
+    distinct zone, the week's touches in one group-by).
+
+    Example at Monday 10:00 UTC: lead 1 in ``UTC``: ``window[1]`` is now; lead 2 in
+    ``America/New_York`` (05:00 there): ``window[2]`` is 13:00 UTC, 08:00 in New York; lead 2
+    with touches queued Saturday and Sunday and one 8 days ago: ``sent_before[2]`` is 2 and
+    ``oldest[2]`` Saturday's (the one of 8 days ago no longer counts).
+    """
+    lead_ids = leads["id"].astype("int64")
     zones = pd.Series(lead_zones(leads, rules).to_numpy(), index=lead_ids.to_numpy())
-    window = windows(zones, now, rules).to_dict()
-    last_signal = {
-        (int(lead), kind): last
-        for lead, kind, last in zip(
-            inputs.signals["lead_id"], inputs.signals["kind"], inputs.signals["last"], strict=True
-        )
-    }
-    recent = inputs.recent
-    in_window = recent[recent["decided_at"] > stamp - WEEK]
-    sent_before = in_window.groupby(in_window["lead_id"].astype("int64")).size().to_dict()
-    oldest = in_window.groupby(in_window["lead_id"].astype("int64"))["decided_at"].min().to_dict()
+    signals, recent = inputs.signals, inputs.recent
+    in_window = recent[recent["decided_at"] > pd.Timestamp(now) - WEEK]
+    per_lead = in_window.groupby(in_window["lead_id"].astype("int64"))
+    return _Lookups(
+        reasons={
+            int(i): (r if isinstance(r, str) else None)
+            for i, r in zip(lead_ids, suppressed, strict=True)
+        },
+        zones=zones,
+        window=windows(zones, now, rules).to_dict(),
+        last_signal={
+            (int(lead), kind): last
+            for lead, kind, last in zip(
+                signals["lead_id"], signals["kind"], signals["last"], strict=True
+            )
+        },
+        sent_before=per_lead.size().to_dict(),
+        oldest=per_lead["decided_at"].min().to_dict(),
+        delays={
+            (cadence.name, number): timedelta(minutes=step.minutes)
+            for cadence in rules.cadences
+            for number, step in enumerate(cadence.steps, start=1)
+        },
+    )
+
+
+def _open_enrolments(
+    history: pd.DataFrame, fresh: pd.DataFrame
+) -> tuple[list[dict[str, Any]], dict[tuple[int, str], int]]:
+    """The enrolments the batch works on: the active ones read, then the new ones, as records
+    flagged ``new`` and ``changed``; and the highest entry number per (lead, cadence).
+
+    Example: lead 1 exited ``warm`` (entry 1) and is active in ``cold``; lead 2 was just
+    enrolled in ``warm``. Records: lead 1's ``cold`` (not new, unchanged so far), lead 2's
+    ``warm`` (new); entries: (1, warm) 1, (1, cold) 1, (2, warm) 1.
+    """
     entries: dict[tuple[int, str], int] = {
         (int(lead), cadence): int(n)
         for (lead, cadence), n in history.groupby(["lead_id", "cadence"])["entry_no"].max().items()
     }
-    cap = rules.max_touches_per_week
-    delays = {
-        (cadence.name, number): timedelta(minutes=step.minutes)
-        for cadence in rules.cadences
-        for number, step in enumerate(cadence.steps, start=1)
-    }
-
     records = _records(history[history["status"] == ACTIVE]) + _records(fresh)
     for record in records:
         record["new"] = pd.isna(record["id"])
         record["changed"] = record["new"]
-        entries[(record["lead_id"], record["cadence"])] = max(
-            entries.get((record["lead_id"], record["cadence"]), 0), int(record["entry_no"])
-        )
-    active_in = {(r["lead_id"], r["cadence"]) for r in records}
-    lead_rows: dict[int, dict[str, Any]] | None = None
-    counters = dict.fromkeys(COUNTERS, 0)
-    touches: list[dict[str, Any]] = []
-    messages: list[dict[str, Any]] = []
-    notes: list[tuple[int, str]] = []
-    errors: list[str] = []
-    finished: list[tuple[int, str]] = []
-    disqualify: list[int] = []
-    follow_ups: list[dict[str, Any]] = []
-    queued_now: dict[int, int] = {}
-    touched: set[int] = set(fresh["lead_id"].astype("int64"))
+        key = (record["lead_id"], record["cadence"])
+        entries[key] = max(entries.get(key, 0), int(record["entry_no"]))
+    return records, entries
 
-    def end(record: dict[str, Any], status: str, reason: str) -> None:
-        record.update(status=status, end_reason=reason, ended_at=stamp, due_at=pd.NaT)
-        record["changed"] = True
 
-    def finish(record: dict[str, Any], cadence: Cadence) -> None:
-        """The last step went out (or the steps ran out): the cadence says what is next."""
-        end(record, COMPLETED, "finished")
-        counters["finished"] += 1
-        lead_id = int(record["lead_id"])
-        finished.append((lead_id, cadence.name))
-        then = cadence.on_finish
-        if then.then == "disqualify":
-            disqualify.append(lead_id)
-            notes.append((lead_id, f"finished {cadence.name}: disqualified per on_finish"))
-            return
-        target = rules.cadence(then.cadence or "")
-        assert target is not None  # checked at load
-        notes.append((lead_id, f"finished {cadence.name}: on to {target.name}"))
-        if (lead_id, target.name) in active_in:
-            return
-        entry = entries.get((lead_id, target.name), 0) + 1
-        entries[(lead_id, target.name)] = entry
-        active_in.add((lead_id, target.name))
-        follow_ups.append(
-            _new_enrolment(lead_id, target, entry, 1, context, now) | {"new": True, "changed": True}
-        )
+def _due(records: list[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
+    """The enrolments due at ``now``, lead by lead, each lead's in due order (then by cadence).
 
-    due = sorted(
+    Example at Monday 10:00: lead 2's ``warm`` and ``cold`` both due 09:55, lead 1's ``warm``
+    due Wednesday, lead 3's just enrolled in ``cold`` (due Tuesday, 1 day): [lead 2's
+    ``cold``, lead 2's ``warm``]; leads 1 and 3 wait for a later tick.
+    """
+    stamp = pd.Timestamp(now)
+    return sorted(
         (r for r in records if pd.notna(r["due_at"]) and r["due_at"] <= stamp),
         key=lambda r: (r["lead_id"], r["due_at"], r["cadence"]),
     )
-    if due:
-        wanted = lead_ids.isin({int(r["lead_id"]) for r in due}).to_numpy()
-        lead_rows = {int(r["id"]): r for r in _records(leads[wanted])}
-    for record in due:
+
+
+def _lead_rows(leads: pd.DataFrame, due: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """The fields of the leads with an enrolment due, by id (templates read them): only those
+    leads become dicts. Example: a batch of 5,000 leads, 30 of them due: 30 dicts."""
+    if not due:
+        return {}
+    wanted = leads["id"].astype("int64").isin({int(r["lead_id"]) for r in due}).to_numpy()
+    return {int(r["id"]): r for r in _records(leads[wanted])}
+
+
+def exit_reason(
+    cadence: Cadence, lead_id: int, enrolled_at: Any, last_signal: dict[tuple[int, str], Any]
+) -> str | None:
+    """The first of the cadence's exits signalled at or after the enrolment (None: none).
+    ``unsubscribed`` and ``bounced`` are suppression's, for every cadence; ``became_mql`` and
+    ``disqualified`` are statuses, ended before the hop (``store.prepare_tick``).
+
+    Example, ``warm`` enrolled Monday 09:00: a reply Monday 09:30: ``"replied"``; a reply
+    the week before: None; a meeting activity (kind ``meeting``) on Monday 09:30:
+    ``"meeting_booked"``; an unsubscribe: None here (suppressed next).
+    """
+    for reason in cadence.exit:
+        if reason in SUPPRESSING:
+            continue  # suppression, for every cadence
+        kinds = {"meeting_booked": ("meeting_booked", "meeting")}.get(
+            reason, (EXIT_EVENTS.get(reason),)
+        )
+        for kind in kinds:
+            last = last_signal.get((lead_id, kind)) if kind else None
+            if last is not None and last >= enrolled_at:
+                return reason
+    return None
+
+
+class _Walk:
+    """The decisions for a batch's due enrolments, one at a time in ``_due``'s order, and what
+    they add up to. What one decision leaves for the next: the touches queued for a lead in
+    this tick (the weekly cap counts them), and the cadences a lead is in (``on_finish``
+    enrols a lead in a cadence once)."""
+
+    def __init__(
+        self,
+        context: NurtureContext,
+        now: datetime,
+        look: _Lookups,
+        records: list[dict[str, Any]],
+        entries: dict[tuple[int, str], int],
+        lead_rows: dict[int, dict[str, Any]],
+    ) -> None:
+        self.context, self.rules, self.look = context, context.rules, look
+        self.now, self.stamp = now, pd.Timestamp(now)
+        self.entries, self.lead_rows = entries, lead_rows
+        self.active_in = {(r["lead_id"], r["cadence"]) for r in records}
+        self.counters = dict.fromkeys(COUNTERS, 0)
+        self.touches: list[dict[str, Any]] = []
+        self.messages: list[dict[str, Any]] = []
+        self.notes: list[tuple[int, str]] = []
+        self.errors: list[str] = []
+        self.finished: list[tuple[int, str]] = []
+        self.disqualify: list[int] = []
+        self.follow_ups: list[dict[str, Any]] = []  # enrolments on_finish starts
+        self.queued_now: dict[int, int] = {}
+        self.touched: set[int] = set()  # leads with a due enrolment
+
+    def decide(self, record: dict[str, Any]) -> None:
+        """One due enrolment: the first check that applies decides. Its cadence was removed:
+        exit. Its steps ran out: finish. An exit signal since it enrolled: exit. The lead is
+        suppressed (or has no address for an email): a ``suppressed`` touch, exit. Outside
+        the lead's sending window, or at the weekly cap: deferred. Else the touch is queued.
+
+        Example, ``warm`` step 1 due at Monday 10:00 for: lead 1, who replied since: exits
+        ``replied``; lead 2, unsubscribed: exits ``suppressed: unsubscribed``; lead 3 in New
+        York: due again at 13:00 UTC; lead 5: ``touch:5:warm:1:1`` queued.
+        """
         lead_id = int(record["lead_id"])
-        touched.add(lead_id)
-        cadence = rules.cadence(record["cadence"])
+        self.touched.add(lead_id)
+        cadence = self.rules.cadence(record["cadence"])
         if cadence is None:
-            end(record, EXITED, f"cadence {record['cadence']} removed from the rules")
-            counters["exited"] += 1
-            notes.append((lead_id, f"left {record['cadence']}: cadence removed"))
-            continue
+            removed = f"cadence {record['cadence']} removed from the rules"
+            self.exit(record, removed, f"left {record['cadence']}: cadence removed")
+            return
         number = int(record["step"])
         if number > len(cadence.steps):
-            finish(record, cadence)
-            continue
-        exit_reason = None
-        for reason in cadence.exit:
-            if reason in SUPPRESSING:
-                continue  # suppression below, for every cadence
-            kinds = {"meeting_booked": ("meeting_booked", "meeting")}.get(
-                reason, (EXIT_EVENTS.get(reason),)
-            )
-            for kind in kinds:
-                last = last_signal.get((lead_id, kind)) if kind else None
-                if last is not None and last >= record["enrolled_at"]:
-                    exit_reason = reason
-            if exit_reason:
-                break
-        if exit_reason is not None:
-            end(record, EXITED, exit_reason)
-            counters["exited"] += 1
-            notes.append((lead_id, f"left {cadence.name}: {exit_reason}"))
-            continue
+            self.finish(record, cadence)
+            return
+        reason = exit_reason(cadence, lead_id, record["enrolled_at"], self.look.last_signal)
+        if reason is not None:
+            self.exit(record, reason, f"left {cadence.name}: {reason}")
+            return
         step = cadence.steps[number - 1]
-        lead = lead_rows[lead_id]
-        why = reasons.get(lead_id)
+        lead = self.lead_rows[lead_id]
+        why = self.look.reasons.get(lead_id)
         if why is None and step.channel == "email" and not isinstance(lead.get("email"), str):
             why = "no email address"
         if why is not None:
-            touches.append(_touch(record, cadence, step, "suppressed", why, None, context, stamp))
-            end(record, EXITED, f"suppressed: {why}")
-            counters["suppressed"] += 1
-            notes.append((lead_id, f"left {cadence.name}: suppressed ({why})"))
-            continue
-        opens = window[lead_id]
-        if opens > now:
+            self.suppress(record, cadence, step, why)
+        elif not self.deferred(record, lead_id):
+            self.send(record, cadence, number, step, lead)
+
+    def end(self, record: dict[str, Any], status: str, reason: str) -> None:
+        """Close the enrolment: ``status`` (exited, completed), why, when; nothing is due."""
+        record.update(status=status, end_reason=reason, ended_at=self.stamp, due_at=pd.NaT)
+        record["changed"] = True
+
+    def exit(self, record: dict[str, Any], reason: str, note: str) -> None:
+        """The enrolment exits for ``reason``, with a ledger note. Example: lead 1 replied:
+        exited ``replied``, note "left warm: replied"."""
+        self.end(record, EXITED, reason)
+        self.counters["exited"] += 1
+        self.notes.append((int(record["lead_id"]), note))
+
+    def suppress(self, record: dict[str, Any], cadence: Cadence, step: Any, why: str) -> None:
+        """Never contact the lead: a ``suppressed`` touch for the step (the record of why),
+        and the enrolment exits. Example: lead 2 bounced: touch ``suppressed`` (reason
+        ``bounced``), enrolment exited ``suppressed: bounced``, no message."""
+        touch = _touch(record, cadence, step, "suppressed", why, None, self.context, self.stamp)
+        self.touches.append(touch)
+        self.end(record, EXITED, f"suppressed: {why}")
+        self.counters["suppressed"] += 1
+        self.notes.append((int(record["lead_id"]), f"left {cadence.name}: suppressed ({why})"))
+
+    def deferred(self, record: dict[str, Any], lead_id: int) -> bool:
+        """Hold the touch back, never drop it: to the lead's next sending window (quiet hours,
+        weekends, in its time zone), or, at ``max_touches_per_week`` (counting this tick's),
+        to a week after the oldest touch of the last 7 days. Returns whether it did.
+
+        Example at Monday 10:00 UTC: a lead in Tokyo (19:00 there): due 08:00 Tuesday in
+        Tokyo (23:00 UTC Monday); a lead in UTC with 5 touches in the last 7 days, the oldest
+        last Wednesday 09:00: due this Wednesday 09:00; with 4: not deferred.
+        """
+        opens = self.look.window[lead_id]
+        if opens > self.now:
             record.update(due_at=pd.Timestamp(opens), deferrals=int(record["deferrals"]) + 1)
             record["changed"] = True
-            counters["deferred_quiet"] += 1
-            continue
-        if sent_before.get(lead_id, 0) + queued_now.get(lead_id, 0) >= cap:
+            self.counters["deferred_quiet"] += 1
+            return True
+        sent = self.look.sent_before.get(lead_id, 0) + self.queued_now.get(lead_id, 0)
+        if sent >= self.rules.max_touches_per_week:
             record.update(
-                due_at=oldest.get(lead_id, stamp) + WEEK, deferrals=int(record["deferrals"]) + 1
+                due_at=self.look.oldest.get(lead_id, self.stamp) + WEEK,
+                deferrals=int(record["deferrals"]) + 1,
             )
             record["changed"] = True
-            counters["deferred_cap"] += 1
-            continue
-        values = _values(lead | {"id": lead_id}, context) | {
+            self.counters["deferred_cap"] += 1
+            return True
+        return False
+
+    def send(
+        self, record: dict[str, Any], cadence: Cadence, number: int, step: Any, lead: dict
+    ) -> None:
+        """Render the step for the lead and queue it (an outbox message, a ``queued`` touch),
+        then advance the enrolment: the next step is due after its delay, or past the last
+        step the cadence finishes. A template error queues nothing: the enrolment stays due,
+        with ``last_error``, for the next tick.
+
+        Example: ``warm`` step 1 for lead 5: message ``touch:5:warm:1:1``, enrolment at step 2
+        due Wednesday 10:00. Step 3 (``call-task``, the last) goes to the rep and finishes
+        ``warm``: lead 5 enrols in ``later``.
+        """
+        lead_id = int(record["lead_id"])
+        values = _values(lead | {"id": lead_id}, self.context) | {
             "cadence": cadence.name,
             "step": step.name,
         }
         try:
-            subject, body = render(step, values, context.templates)
+            subject, body = render(step, values, self.context.templates)
         except Exception as exc:  # a template error: the touch waits for a fixed template
             error = (
                 f"{cadence.name} step {number} ({step.name}): template {step.template}: "
                 f"{type(exc).__name__}: {exc}"
             )
             record.update(last_error=error[:1000], changed=True)
-            counters["template_failed"] += 1
-            errors.append(error)
-            continue
+            self.counters["template_failed"] += 1
+            self.errors.append(error)
+            return
         key = _key(lead_id, cadence.name, int(record["entry_no"]), number)
-        messages.append(_message(key, step, lead_id, values, subject, body))
-        touches.append(_touch(record, cadence, step, "queued", None, key, context, stamp))
-        queued_now[lead_id] = queued_now.get(lead_id, 0) + 1
-        counters["queued"] += 1
-        record.update(last_touch_at=stamp, last_error=None, step=number + 1, changed=True)
+        self.messages.append(_message(key, step, lead_id, values, subject, body))
+        self.touches.append(
+            _touch(record, cadence, step, "queued", None, key, self.context, self.stamp)
+        )
+        self.queued_now[lead_id] = self.queued_now.get(lead_id, 0) + 1
+        self.counters["queued"] += 1
+        record.update(last_touch_at=self.stamp, last_error=None, step=number + 1, changed=True)
         if number + 1 > len(cadence.steps):
-            finish(record, cadence)
+            self.finish(record, cadence)
         else:
-            record["due_at"] = now + delays[(cadence.name, number + 1)]
-    touched |= set(disqualify)
-    changed = [r for r in records + follow_ups if r["changed"]]
-    enrolments = pd.DataFrame(changed, columns=[*ENROLMENT_COLUMNS, "new"])
-    touch_frame = pd.DataFrame(touches, columns=TOUCH_COLUMNS)
-    note_frame = pd.DataFrame(
-        [
-            (int(i), f"enrolled in {c}")
-            for i, c in zip(fresh["lead_id"], fresh["cadence"], strict=True)
-        ]
-        + notes,
-        columns=["lead_id", "reason"],
-    )
-    stats = {"enrolled": len(fresh) + len(follow_ups), "enrolled_next": len(follow_ups), **counters}
+            record["due_at"] = self.now + self.look.delays[(cadence.name, number + 1)]
+
+    def finish(self, record: dict[str, Any], cadence: Cadence) -> None:
+        """The last step went out (or the steps ran out): the cadence says what is next.
+
+        Example: lead 5 finishes ``warm`` (``then: cadence, cadence: later``): completed,
+        note "finished warm: on to later", a new ``later`` enrolment (unless already in it).
+        Lead 6 finishes ``cold`` (``then: disqualify``): completed, and lead 6 is
+        disqualified.
+        """
+        self.end(record, COMPLETED, "finished")
+        self.counters["finished"] += 1
+        lead_id = int(record["lead_id"])
+        self.finished.append((lead_id, cadence.name))
+        then = cadence.on_finish
+        if then.then == "disqualify":
+            self.disqualify.append(lead_id)
+            self.notes.append((lead_id, f"finished {cadence.name}: disqualified per on_finish"))
+            return
+        target = self.rules.cadence(then.cadence or "")
+        assert target is not None  # checked at load
+        self.notes.append((lead_id, f"finished {cadence.name}: on to {target.name}"))
+        if (lead_id, target.name) in self.active_in:
+            return
+        entry = self.entries.get((lead_id, target.name), 0) + 1
+        self.entries[(lead_id, target.name)] = entry
+        self.active_in.add((lead_id, target.name))
+        follow_up = _new_enrolment(lead_id, target, entry, 1, self.context, self.now)
+        self.follow_ups.append(follow_up | {"new": True, "changed": True})
+
+
+def _assemble(
+    walk: _Walk,
+    records: list[dict[str, Any]],
+    fresh: pd.DataFrame,
+    look: _Lookups,
+    now: datetime,
+    rules: CadenceRules,
+) -> Plan:
+    """The walk's decisions as the frames the store writes, and the gate's frame: one row per
+    lead decided for (enrolled, due, or disqualified).
+
+    Example: lead 1 enrolled in ``warm`` and its step 1 queued, lead 2's touch deferred:
+    enrolments: lead 1's (``new``) and lead 2's (the new due time); touches: lead 1's;
+    notes: "enrolled in warm" for lead 1; checked: leads 1 and 2; stats: ``enrolled`` 1,
+    ``queued`` 1, ``deferred_quiet`` 1.
+    """
+    touched = set(fresh["lead_id"].astype("int64")) | walk.touched | set(walk.disqualify)
+    changed = [r for r in records + walk.follow_ups if r["changed"]]
+    touches = pd.DataFrame(walk.touches, columns=TOUCH_COLUMNS)
+    enrolled = [
+        (int(i), f"enrolled in {c}")
+        for i, c in zip(fresh["lead_id"], fresh["cadence"], strict=True)
+    ]
+    follow_ups = len(walk.follow_ups)
     return Plan(
-        enrolments=enrolments,
-        touches=touch_frame,
-        messages=pd.DataFrame(messages, columns=list(outbox.MESSAGE_COLUMNS)[:9]),
-        notes=note_frame,
-        disqualify=sorted(set(disqualify)),
-        checked=gate_frame(sorted(touched), touch_frame, reasons, zones, sent_before, now, rules),
-        stats=stats,
-        errors=errors,
-        finished=finished,
+        enrolments=pd.DataFrame(changed, columns=[*ENROLMENT_COLUMNS, "new"]),
+        touches=touches,
+        messages=pd.DataFrame(walk.messages, columns=list(outbox.MESSAGE_COLUMNS)[:9]),
+        notes=pd.DataFrame(enrolled + walk.notes, columns=["lead_id", "reason"]),
+        disqualify=sorted(set(walk.disqualify)),
+        checked=gate_frame(
+            sorted(touched), touches, look.reasons, look.zones, look.sent_before, now, rules
+        ),
+        stats={"enrolled": len(fresh) + follow_ups, "enrolled_next": follow_ups, **walk.counters},
+        errors=walk.errors,
+        finished=walk.finished,
     )
 
 
@@ -692,95 +876,13 @@ def _message(
     }
 
 
-# --------------------------------------------------------------------------- the hop
-
-
-def lead_columns(context: NurtureContext) -> list[Any]:
-    """The fields templates and entry criteria read (``attributes.<key>`` extracted)."""
-    leads = t.leads
-    columns: list[Any] = [leads.c[name] for name in DETAIL_COLUMNS]
-    wanted = context.rules.fields() | {context.rules.do_not_email_field}
-    extra = (t.lead_column(name) for name in sorted(wanted - set(DETAIL_COLUMNS)))
-    return columns + [column for column in extra if column is not None]
-
-
-def fetch_state(
-    conn: Connection, leads: pd.DataFrame, context: NurtureContext, now: datetime
-) -> NurtureInputs:
-    ids = leads["id"].astype("int64").tolist()
-    e, touches, events, activities = (
-        t.cadence_enrolments,
-        t.cadence_touches,
-        t.engagement_events,
-        t.activities,
-    )
-    enrolments = store.read_frame_by_ids(
-        conn, [e.c[name] for name in ENROLMENT_COLUMNS], e.c.lead_id, ids
-    )
-    recent = store.read_frame_by_ids(
-        conn,
-        [touches.c.lead_id, touches.c.decided_at],
-        touches.c.lead_id,
-        ids,
-        where=(touches.c.status == "queued") & (touches.c.decided_at > now - WEEK),
-    )
-    engaged = store.read_frame_by_ids(
-        conn,
-        [events.c.lead_id, events.c.event_type.label("kind"), events.c.occurred_at.label("last")],
-        events.c.lead_id,
-        ids,
-        where=events.c.event_type.in_(sorted(set(EXIT_EVENTS.values()))),
-    )
-    met = store.read_frame_by_ids(
-        conn,
-        [activities.c.lead_id, activities.c.occurred_at.label("last")],
-        activities.c.lead_id,
-        ids,
-        where=activities.c.activity_type.in_(("meeting_booked", "meeting_held")),
-    ).assign(kind="meeting")
-    signals = pd.concat([engaged, met[["lead_id", "kind", "last"]]], ignore_index=True)
-    if len(signals):
-        signals = signals.groupby(["lead_id", "kind"], as_index=False)["last"].max()
-        signals["last"] = pd.to_datetime(signals["last"], utc=True)
-    else:
-        signals = pd.DataFrame(columns=["lead_id", "kind", "last"])
-    for frame, column in (
-        (enrolments, "due_at"),
-        (enrolments, "enrolled_at"),
-        (recent, "decided_at"),
-    ):
-        frame[column] = pd.to_datetime(frame[column], utc=True)
-    return NurtureInputs(enrolments=enrolments, recent=recent, signals=signals)
-
-
-def nurture_batch(
-    leads: pd.DataFrame, inputs: NurtureInputs, context: NurtureContext, now: datetime
-) -> HopResult:
-    """The runner's transform: ``plan_batch``, with the leads it decided for as changes
-    (status kept, or disqualified by a cadence's ``on_finish``)."""
-    plan = plan_batch(leads, inputs, context, now)
-    # Only the leads that move: the others keep their row untouched (the runner still
-    # quarantines any lead the gate holds).
-    changes = pd.DataFrame(
-        {
-            "id": pd.Series(plan.disqualify, dtype="int64"),
-            "from_status": Status.NURTURING.value,
-            "to_status": Status.DISQUALIFIED.value,
-            "reason": "nurture: cadence finished without engagement",
-        }
-    )
-    return HopResult(
-        changes=changes,
-        checked=plan.checked,
-        stats=dict(plan.stats),
-        report={"plan": plan, "now": now},
-    )
-
-
-# --------------------------------------------------------------------------- tick steps
+# --------------------------------------------------------------------------- before the hop
 
 
 def departed_reason(status: str) -> str:
+    """Why an enrolment ends when its lead left ``nurturing`` for ``status``. Example:
+    ``mql`` (or routed, accepted, qualified, won): ``became_mql``; ``disqualified``:
+    ``disqualified``; ``recycled``: ``left nurture: recycled``."""
     if status in TO_SALES:
         return "became_mql"
     if status == Status.DISQUALIFIED:
@@ -788,198 +890,41 @@ def departed_reason(status: str) -> str:
     return f"left nurture: {status}"
 
 
-def summarise(run: Any, prepared: dict[str, int], sent: dict[str, Any] | None) -> dict[str, Any]:
-    stats = run.stats
-    summary: dict[str, Any] = {name: int(stats.get(name, 0)) for name in ("enrolled", *COUNTERS)}
-    summary["deferred"] = summary["deferred_quiet"] + summary["deferred_cap"]
-    summary["disqualified"] = int(run.moved.get(Status.DISQUALIFIED.value, 0))
-    summary["quarantined"] = run.quarantined
-    summary["batches"] = run.batches
-    summary["messages_new"] = int(stats.get("messages_new", 0))
-    summary |= prepared
-    summary["notifications"] = sent or {}
-    return summary
+def moved_due(stale: pd.DataFrame, rules: CadenceRules, now: datetime) -> tuple[pd.Series, int]:
+    """New due times for active enrolments that follow an older version of the cadences
+    (``stale``: cadence, step, due_at, enrolled_at, last_touch_at), per ``on_change``, and how
+    many were re-planned. ``keep``: the due time stays; ``replan``: due = the previous touch
+    (else the enrolment) + the delay of the step in the new rules. An enrolment whose cadence
+    was removed, or whose step is past its last, is due at ``now`` (``keep``: at the latest)
+    so that the hop ends it per the rules.
 
-
-def persist_plan(
-    conn: Connection, result: HopResult, context: NurtureContext, held: set[int]
-) -> None:
-    """Enrolments (new ones get their ids here), touches, outbox messages and ledger notes,
-    in the batch's transaction; nothing for leads the gate held."""
-    plan: Plan = result.report["plan"]
-    now = result.report["now"]
-    run_id = result.flow_run_id
-    keep = (lambda f: f[~f["lead_id"].isin(held)]) if held else (lambda f: f)
-    enrolments, touches = keep(plan.enrolments), keep(plan.touches)
-    messages, notes = keep(plan.messages), keep(plan.notes)
+    Example at Monday 10:00, ``warm``'s step 2 now 3 days after step 1 (was 2): an enrolment
+    at step 2, last touched Friday 09:00, due Sunday 09:00: ``replan``: Monday 09:00 (1
+    re-planned); ``keep``: Sunday 09:00. One in a removed cadence, due next week: Monday 10:00
+    either way.
+    """
     stamp = pd.Timestamp(now)
-    table = t.cadence_enrolments
-    new = enrolments[enrolments["new"].astype(bool)].drop(columns=["new"]).copy()
-    if len(new):
-        new["id"] = store.allocate_ids(conn, table, len(new))
-        new["updated_at"] = stamp
-        store.bulk_insert(conn, table, new)
-        ids = dict(
-            zip(
-                zip(
-                    new["lead_id"].astype("int64"),
-                    new["cadence"],
-                    new["entry_no"].astype("int64"),
-                    strict=True,
-                ),
-                new["id"],
-                strict=True,
-            )
+    delay = _step_delays(stale, rules)
+    gone = delay.isna()
+    if rules.on_change == "replan":
+        since = pd.to_datetime(stale["last_touch_at"], utc=True).fillna(
+            pd.to_datetime(stale["enrolled_at"], utc=True)
         )
-        missing = touches["enrolment_id"].isna()
-        if missing.any():
-            touches = touches.copy()
-            touches.loc[missing, "enrolment_id"] = [
-                ids[(int(a), b, int(c))]
-                for a, b, c in zip(
-                    touches.loc[missing, "lead_id"],
-                    touches.loc[missing, "cadence"],
-                    touches.loc[missing, "entry_no"],
-                    strict=True,
-                )
-            ]
-    old = enrolments[~enrolments["new"].astype(bool)]
-    if len(old):
-        update = old[
-            ["id", "step", "status", "due_at", "last_touch_at", "deferrals", "last_error",
-             "ended_at", "end_reason"]
-        ].copy()  # fmt: skip
-        update["id"] = update["id"].astype("int64")
-        update["version"] = context.version
-        update["updated_at"] = stamp
-        store.update_from_frame(conn, table, update)
-    if len(touches):
-        store.bulk_insert(
-            conn, t.cadence_touches, touches.drop(columns=["entry_no"]).assign(flow_run_id=run_id)
-        )
-    result.stats["messages_new"] = outbox.enqueue(conn, messages, now=now, flow_run_id=run_id)
-    if len(notes):
-        lifecycle.record_notes(
-            conn,
-            notes["lead_id"],
-            kind="nurture",
-            reasons=notes["reason"],
-            actor=ACTOR,
-            at=now,
-            flow_run_id=run_id,
-        )
-    result.report = {
-        "errors": plan.errors[:20],
-        "finished": [f for f in plan.finished if f[0] not in held][:1000],
-    }
+        return (since + delay).where(~gone, stamp), int((~gone).sum())
+    due = pd.to_datetime(stale["due_at"], utc=True)
+    return due.where(~(gone & (due > stamp)), stamp), 0
 
 
-def prepare_tick(database_url: str, context: NurtureContext, now: datetime) -> dict[str, int]:
-    """Before the hop, set-based: end the enrolments of leads that left ``nurturing``, and
-    bring enrolments that follow an older version of the cadences to this one per
-    ``on_change`` (``keep``: step and due time stay; ``replan``: due = previous touch (or
-    enrolment) + the new step's delay). Returns counts."""
-    e, leads = t.cadence_enrolments, t.leads
-    stamp = pd.Timestamp(now)
-    with store.get_engine(database_url).begin() as conn:
-        store.serialize_writers(conn, "leadflow.nurture.prepare")
-        gone = store.read_frame(
-            conn,
-            select(e.c.id, e.c.lead_id, e.c.cadence, leads.c.status)
-            .join(leads, leads.c.id == e.c.lead_id)
-            .where(e.c.status == ACTIVE, leads.c.status != Status.NURTURING.value),
-        )
-        if len(gone):
-            gone["end_reason"] = gone["status"].map(departed_reason)
-            store.update_from_frame(
-                conn,
-                e,
-                pd.DataFrame(
-                    {
-                        "id": gone["id"].astype("int64"),
-                        "status": EXITED,
-                        "end_reason": gone["end_reason"],
-                        "ended_at": stamp,
-                        "due_at": pd.NaT,
-                        "updated_at": stamp,
-                    }
-                ),
-            )
-            lifecycle.record_notes(
-                conn,
-                gone["lead_id"].astype("int64"),
-                kind="nurture",
-                reasons="left " + gone["cadence"] + ": " + gone["end_reason"],
-                actor=ACTOR,
-                at=now,
-            )
-        stale = store.read_frame(
-            conn,
-            select(
-                e.c.id, e.c.cadence, e.c.step, e.c.due_at, e.c.enrolled_at, e.c.last_touch_at
-            ).where(e.c.status == ACTIVE, e.c.version != context.version),
-        )
-        replanned = 0
-        if len(stale):
-            due = pd.to_datetime(stale["due_at"], utc=True)
-            if context.rules.on_change == "replan":
-                since = pd.to_datetime(stale["last_touch_at"], utc=True).fillna(
-                    pd.to_datetime(stale["enrolled_at"], utc=True)
-                )
-                for position, (cadence_name, step) in enumerate(
-                    zip(stale["cadence"], stale["step"], strict=True)
-                ):
-                    cadence = context.rules.cadence(cadence_name)
-                    if cadence is None or int(step) > len(cadence.steps):
-                        due.iloc[position] = stamp  # ends at once, per the rules, in the hop
-                    else:
-                        due.iloc[position] = since.iloc[position] + timedelta(
-                            minutes=cadence.steps[int(step) - 1].minutes
-                        )
-                        replanned += 1
-            else:
-                for position, (cadence_name, step) in enumerate(
-                    zip(stale["cadence"], stale["step"], strict=True)
-                ):
-                    cadence = context.rules.cadence(cadence_name)
-                    if cadence is None or int(step) > len(cadence.steps):
-                        due.iloc[position] = min(due.iloc[position], stamp)
-            store.update_from_frame(
-                conn,
-                e,
-                pd.DataFrame(
-                    {
-                        "id": stale["id"].astype("int64"),
-                        "version": context.version,
-                        "due_at": due,
-                        "updated_at": stamp,
-                    }
-                ),
-            )
-    return {"left_nurture": len(gone), "version_moved": len(stale), "replanned": replanned}
-
-
-def candidates(database_url: str, now: datetime) -> list[int]:
-    """Leads the tick must look at: a touch due at ``now``, or nurturing in no cadence (to
-    enrol them, or to see that nothing takes them: the leakage report lists those)."""
-    e, leads = t.cadence_enrolments, t.leads
-    due = select(e.c.lead_id.label("id")).where(e.c.status == ACTIVE, e.c.due_at <= now)
-    idle = select(leads.c.id).where(
-        leads.c.status == Status.NURTURING.value,
-        ~exists().where(e.c.lead_id == leads.c.id, e.c.status == ACTIVE),
-    )
-    with store.get_engine(database_url).connect() as conn:
-        return sorted(int(i) for i in conn.execute(union(due, idle)).scalars())
-
-
-HOP = Hop(
-    name="nurture",
-    inputs=(Status.NURTURING,),
-    suite="nurtured",
-    # Candidates (due touches, leads in no cadence) are sparse: row locks on just those.
-    strategy=Strategy.LOCKED_IDS,
-    columns=lead_columns,
-    fetch=fetch_state,
-    transform=nurture_batch,
-    persist=persist_plan,
-)
+def _step_delays(stale: pd.DataFrame, rules: CadenceRules) -> pd.Series:
+    """Per enrolment, the delay of the step it is at, in ``rules`` (NaT: its cadence was
+    removed, or its step is past the last); looked up once per distinct (cadence, step).
+    Example: ``warm`` step 2: 2 days; ``warm`` step 4: NaT; a removed cadence: NaT."""
+    pairs = list(zip(stale["cadence"], stale["step"].astype("int64").tolist(), strict=True))
+    delays: dict[tuple[str, int], timedelta | None] = {}
+    for name, number in set(pairs):
+        cadence = rules.cadence(name)
+        if cadence is None or number > len(cadence.steps):
+            delays[(name, number)] = None
+        else:
+            delays[(name, number)] = timedelta(minutes=cadence.steps[number - 1].minutes)
+    return pd.Series([delays[p] for p in pairs], index=stale.index, dtype="timedelta64[us]")

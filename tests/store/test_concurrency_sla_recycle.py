@@ -34,7 +34,9 @@ from sqlalchemy import Connection, create_engine, event, func, select, text
 from leadflow import audit, store
 from leadflow import runner as hops
 from leadflow import tables as t
+from leadflow.nurture import hop as nurture_hop
 from leadflow.nurture import plan as nurture
+from leadflow.nurture import store as nurture_store
 from leadflow.recycle import hop as recycle
 from leadflow.routing import hop as route_hop
 from leadflow.sla import check as sla
@@ -133,9 +135,9 @@ def recycle_in(conn: Connection, ctx: Contexts, now: datetime) -> int:
 
 
 def nurture_leads(url: str, ctx: Contexts, now: datetime) -> int:
-    nurture.prepare_tick.fn(url, ctx.nurture, now)
-    ids = nurture.candidates.fn(url, now)
-    return int(drain(nurture.HOP, ctx.nurture, url, now, ids).get("queued", 0))
+    nurture_store.prepare_tick(url, ctx.nurture, now)
+    ids = nurture_store.candidates(url, now)
+    return int(drain(nurture_hop.HOP, ctx.nurture, url, now, ids).get("queued", 0))
 
 
 @dataclass
