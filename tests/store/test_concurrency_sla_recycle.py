@@ -108,7 +108,7 @@ def route(url: str, ctx: Contexts, now: datetime) -> int:
 
 
 def recycle_leads(url: str, ctx: Contexts, now: datetime) -> int:
-    ids = recycle.candidates.fn(url, ctx.recycle, now)
+    ids = recycle.candidates(url, ctx.recycle, now)
     # ``recycle.HOP`` looked up at call time: a test may hold its transaction open.
     stats = drain(recycle.HOP, ctx.recycle, url, now, ids)
     return int(stats.get("recycled", 0) + stats.get("disqualified", 0))
