@@ -292,7 +292,9 @@ def met_late(
 def who(row: Any) -> str:
     """How a message names the lead: ``Lee Smith (Buyer 7)``, ``lead 7 (no company)``."""
     name = " ".join(str(p) for p in (row.first_name, row.last_name) if isinstance(p, str))
-    return f"{name or 'lead ' + str(row.lead_id)} ({row.company or 'no company'})"
+    # a missing company reads NaN when other leads of the batch have one: a str or nothing
+    company = row.company if isinstance(row.company, str) and row.company else "no company"
+    return f"{name or 'lead ' + str(row.lead_id)} ({company})"
 
 
 def manager_emails(reps: Iterable[Rep], stored: Iterable[tuple[Any, Any]]) -> dict[str, str]:

@@ -296,3 +296,24 @@ def test_breaches_name_the_new_owner_per_escalating_timer() -> None:
     # Only a reassignment by the rules to someone who held it would be a gate failure.
     assert breaches["new_rep_held_before"].tolist() == [False, False, False]
     assert set(breaches["level"]) == {2}
+
+
+def test_a_message_names_a_lead_without_a_company_as_such_never_nan() -> None:
+    from types import SimpleNamespace
+
+    from leadflow.sla.decide import who
+
+    frame = pd.DataFrame(
+        {
+            "lead_id": [7, 8],
+            "first_name": ["Lee", None],
+            "last_name": ["Smith", None],
+            "company": ["Buyer 7", None],
+        }
+    )
+    rows = list(frame.itertuples(index=False))  # pandas reads the missing company as NaN
+    assert who(rows[0]) == "Lee Smith (Buyer 7)"
+    assert who(rows[1]) == "lead 8 (no company)"
+    assert who(SimpleNamespace(lead_id=9, first_name="Ann", last_name=None, company="")) == (
+        "Ann (no company)"
+    )
