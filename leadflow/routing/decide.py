@@ -92,162 +92,6 @@ def empty_state() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=object) for c in STATE_COLUMNS})
 
 
-def _ordinal(n: int) -> str:
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix}"
-
-
-# --------------------------------------------------------------------------- vectorised parts
-
-
-def rule_index(rules: RoutingRules, leads: pd.DataFrame) -> np.ndarray:
-    """Per lead, the index of the first rule whose condition holds (-1: none)."""
-    out = np.full(len(leads), -1, dtype=np.int64)
-    for position, rule in enumerate(rules.rules):
-        hit = (
-            np.ones(len(leads), dtype=bool)
-            if rule.when is None
-            else condition_mask(rule.when, leads)
-        )
-        out[(out < 0) & hit] = position
-    return out
-
-
-def _column(leads: pd.DataFrame, name: str) -> pd.Series:
-    if name in leads.columns:
-        return leads[name]
-    return pd.Series([None] * len(leads), index=leads.index, dtype=object)
-
-
-def _upper(values: pd.Series) -> pd.Series:
-    return values.astype(object).where(values.notna(), "").astype(str).str.strip().str.upper()
-
-
-def eligibility(rules: RoutingRules, leads: pd.DataFrame) -> dict[str, dict[str, list[bool]]]:
-    """Per rep: which leads are in their territory, industry and segment (lists, for the
-    per-lead loop). A rep who lists none of a kind covers every lead for that kind."""
-    country = _upper(_column(leads, "country"))
-    state = _upper(_column(leads, "state"))
-    with_state = (country + "-" + state).where(state != "", "")
-    industry = _upper(_column(leads, "industry"))
-    sizes = {
-        name: pd.to_numeric(_column(leads, name), errors="coerce")
-        for name in ("employees", "revenue")
-    }
-    segment_masks: dict[str, np.ndarray] = {}
-    for segment in rules.segments:
-        low, high = segment.band
-        values = sizes[segment.field]
-        mask = values.notna().to_numpy().copy()
-        if low is not None:
-            mask &= (values >= low).fillna(False).to_numpy(dtype=bool)
-        if high is not None:
-            mask &= (values < high).fillna(False).to_numpy(dtype=bool)
-        segment_masks[segment.name] = mask
-    everyone = [True] * len(leads)
-    out: dict[str, dict[str, list[bool]]] = {}
-    for rep in rules.reps:
-        masks = {"territory": everyone, "industry": everyone, "segment": everyone}
-        if rep.territories:
-            covered = list(rep.territories)
-            masks["territory"] = (country.isin(covered) | with_state.isin(covered)).tolist()
-        if rep.industries:
-            masks["industry"] = industry.isin([i.upper() for i in rep.industries]).tolist()
-        if rep.segments:
-            mask = np.zeros(len(leads), dtype=bool)
-            for name in rep.segments:
-                mask |= segment_masks[name]
-            masks["segment"] = mask.tolist()
-        out[rep.id] = masks
-    return out
-
-
-# --------------------------------------------------------------------------- the loop
-
-
-@dataclass
-class _Load:
-    """One rep's load and limits while a batch is routed."""
-
-    rep: Rep
-    unavailable: str | None  # inactive | out of office: fixed for the whole call (one `now`)
-    open_leads: int
-    new_today: int
-
-    def full(self) -> str | None:
-        cap = self.rep.capacity
-        if cap.max_open is not None and self.open_leads >= cap.max_open:
-            return f"at capacity ({self.open_leads}/{cap.max_open} open)"
-        if cap.max_new_per_day is not None and self.new_today >= cap.max_new_per_day:
-            return f"at daily capacity ({self.new_today}/{cap.max_new_per_day} new today)"
-        return None
-
-    def blocked(self) -> str | None:
-        return self.unavailable or self.full()
-
-
-@dataclass
-class _Pool:
-    """A pool's reps (file order) and their round-robin counters."""
-
-    name: str
-    reps: list[str]
-    weights: list[float]
-    served: list[float]
-    available: list[bool]
-
-
-def _load_state(
-    rules: RoutingRules, reps_state: pd.DataFrame, now: datetime
-) -> tuple[dict[str, _Load], dict[str, _Pool]]:
-    served: dict[tuple[str, str], float] = {}
-    was: dict[tuple[str, str], bool] = {}
-    open_leads: dict[str, int] = {}
-    new_today: dict[str, int] = {}
-    if len(reps_state):
-        for row in reps_state.itertuples(index=False):
-            served[(row.pool, row.rep)] = float(row.served)
-            was[(row.pool, row.rep)] = bool(row.available)
-            open_leads[row.rep] = int(row.open_leads)
-            new_today[row.rep] = int(row.new_today)
-    loads = {}
-    for rep in rules.reps:
-        unavailable = (
-            "inactive" if not rep.active else "out of office" if rep.out_of_office_at(now) else None
-        )
-        loads[rep.id] = _Load(rep, unavailable, open_leads.get(rep.id, 0), new_today.get(rep.id, 0))
-    pools = {}
-    for pool in rules.pools:
-        members = rules.pool_reps(pool.name)
-        pools[pool.name] = _Pool(
-            pool.name,
-            [r.id for r in members],
-            [r.weight for r in members],
-            [served.get((pool.name, r.id), 0.0) for r in members],
-            # A rep missing from the state is new: lifted to the fair level on first turn.
-            [was.get((pool.name, r.id), False) for r in members],
-        )
-    return loads, pools
-
-
-def _turn(pool: _Pool, loads: dict[str, _Load]) -> list[str | None]:
-    """Start of a turn: who can take leads now, lifting reps who just became available."""
-    blocked = [loads[rep].blocked() for rep in pool.reps]
-    now_available = [b is None for b in blocked]
-    steady = [
-        pool.served[k] / pool.weights[k]
-        for k in range(len(pool.reps))
-        if now_available[k] and pool.available[k]
-    ]
-    if steady:
-        level = min(steady)
-        for k in range(len(pool.reps)):
-            if now_available[k] and not pool.available[k]:
-                pool.served[k] = max(pool.served[k], level * pool.weights[k])
-    pool.available = now_available
-    return blocked
-
-
 def route_leads(
     leads: pd.DataFrame,
     rules: RoutingRules,
@@ -271,157 +115,535 @@ def route_leads(
     that reason at every step. ``reps_state``: ``STATE_COLUMNS``
     (``empty_state()`` the first time; ``open_leads`` and ``new_today`` filled by the caller
     from the database).
+
+    The steps, each defined below in this order:
+
+    1. ``allocate_batch``: team allocation, vectorised: the leads oldest first, each lead's
+       first matching rule (hence its pool) and which rep covers which lead.
+    2. ``load_state``: each rep's load and each pool's round-robin counters.
+    3. ``route_lead``, per lead oldest first: ``try_account_owner``, else member distribution
+       in the rule's pool (``weighted_round_robin``, explained by ``explain_round_robin``),
+       else ``wait_or_fall_back``.
+    4. ``Decisions.frame``, ``state_frame``, ``routing_stats``: the rows, the state, the counts.
+
+    Worked example (used in every step below): pool ``emea`` with felix (weight 2, territories
+    DE and FR), grace (weight 1, anywhere) and hugo (weight 1, FR only); one rule, ``emea-all``
+    (region EMEA → emea); fallback queue ``sales-ops`` owned by ops1. Three EMEA leads from
+    DE, all at 0: felix ((0+1)/2 = 0.5), felix (tie at 1.0 with grace, felix listed first),
+    grace; hugo is "not their territory" each time. An APAC lead matches no rule and goes to
+    ops1, "no rule matched → fallback queue sales-ops".
     """
     now = now if now.tzinfo else now.replace(tzinfo=UTC)
-    order_keys = [c for c in ("queued_at", "id") if c in leads.columns]
-    order = (
-        np.lexsort(tuple(leads[c].to_numpy() for c in reversed(order_keys)))
-        if order_keys
-        else np.arange(len(leads))
-    )
-    rule_of = rule_index(rules, leads).tolist()
-    eligible = eligibility(rules, leads)
-    loads, pools = _load_state(rules, reps_state, now)
-    fallback_of = {p.name: p.fallback_owner for p in rules.pools}
-    account_owner = _column(leads, "account_owner").astype(object).tolist()
+    batch = allocate_batch(leads, rules)
+    loads, pools = load_state(rules, reps_state, now)
+    run = RoutingRun(rules, batch, loads, pools, Decisions.empty(len(leads)))
+    for i in batch.order:
+        route_lead(run, i)
+    assignments = run.out.frame(leads, version)
+    return RoutingResult(assignments, state_frame(pools, loads), routing_stats(assignments))
+
+
+# --------------------------------------------------------------------------- 1. team allocation
+
+
+@dataclass
+class LeadBatch:
+    """What the per-lead loop reads, computed once for the batch (positions are the input's)."""
+
+    order: list[int]  # positions, oldest first
+    rule_of: list[int]  # per lead: index of the first matching rule, -1 none
+    eligible: dict[str, dict[str, list[bool]]]  # rep id -> territory|industry|segment -> lead
+    account_owner: list[str | None]  # per lead: the account owner to try first, if any
+    exclude: list[frozenset[str]]  # per lead: reps who held it before
+    where: list[Any]  # per lead: domain, else company (the account-owner reason names it)
+
+
+def allocate_batch(leads: pd.DataFrame, rules: RoutingRules) -> LeadBatch:
+    """Team allocation for the whole batch, one vectorised pass per rule and per rep: the
+    routing order, each lead's first matching rule (its pool), who covers which lead, and the
+    per-lead columns the loop reads, as lists (``account_owner``: None where there is no
+    owner to try, everywhere when the rules do not route to account owners).
+
+    Example (the worked example's rules): ids [3, 1, 2] queued [10:05, 10:00, 10:00], region
+    [EMEA, APAC, EMEA], country [DE, FR, DE], exclude [None, None, ["grace"]] → order
+    [1, 2, 0] (ids 1, 2, 3), rule_of [0, -1, 0], eligible["hugo"]["territory"]
+    [False, True, False], exclude [{}, {}, {"grace"}]; account_owner ["grace", "", NaN] →
+    ["grace", None, None].
+    """
     exclude = [
         frozenset(v) if isinstance(v, list | tuple | set | frozenset) else frozenset()
         for v in _column(leads, "exclude").tolist()
     ]
-    where = (
-        _column(leads, "domain")
-        .astype(object)
-        .where(_column(leads, "domain").notna(), _column(leads, "company").astype(object))
-        .tolist()
+    owners = _column(leads, "account_owner").astype(object).tolist()
+    account_owner = (
+        [owner if isinstance(owner, str) and owner else None for owner in owners]
+        if rules.account_owner
+        else [None] * len(owners)
     )
-    n = len(leads)
-    owner: list[str | None] = [None] * n
-    step: list[str] = [""] * n
-    rule_name: list[str | None] = [None] * n
-    pool_name: list[str | None] = [None] * n
-    candidates: list[str] = ["{}"] * n
-    reason: list[str] = [""] * n
-    open_after: list[float] = [np.nan] * n
-    max_open: list[float] = [np.nan] * n
-    within: list[bool] = [True] * n
+    domain = _column(leads, "domain")
+    where = domain.astype(object).where(domain.notna(), _column(leads, "company").astype(object))
+    return LeadBatch(
+        order=routing_order(leads).tolist(),
+        rule_of=rule_index(rules, leads).tolist(),
+        eligible=eligibility(rules, leads),
+        account_owner=account_owner,
+        exclude=exclude,
+        where=where.tolist(),
+    )
 
-    def assign(i: int, rep_id: str) -> None:
-        load = loads[rep_id]
-        within[i] = load.full() is None or step[i] in ("fallback", "pool_fallback")
+
+def routing_order(leads: pd.DataFrame) -> np.ndarray:
+    """Positions of ``leads`` oldest first: by ``queued_at``, then ``id`` (whichever of the
+    two exist; input order when neither does).
+
+    Example: ids [3, 1, 2] queued [10:05, 10:00, 10:00] → [1, 2, 0]: ids 1 and 2 tie on
+    time and 1 is smaller; 3 came last.
+    """
+    order_keys = [c for c in ("queued_at", "id") if c in leads.columns]
+    if not order_keys:
+        return np.arange(len(leads))
+    return np.lexsort(tuple(leads[c].to_numpy() for c in reversed(order_keys)))
+
+
+def rule_index(rules: RoutingRules, leads: pd.DataFrame) -> np.ndarray:
+    """Per lead, the index of the first rule whose condition holds (-1: none).
+
+    Example: rules [emea-all (region EMEA)], regions [EMEA, APAC, EMEA] → [0, -1, 0].
+    """
+    out = np.full(len(leads), -1, dtype=np.int64)
+    for position, rule in enumerate(rules.rules):
+        hit = (
+            np.ones(len(leads), dtype=bool)
+            if rule.when is None
+            else condition_mask(rule.when, leads)
+        )
+        out[(out < 0) & hit] = position
+    return out
+
+
+def _column(leads: pd.DataFrame, name: str) -> pd.Series:
+    if name in leads.columns:
+        return leads[name]
+    return pd.Series([None] * len(leads), index=leads.index, dtype=object)
+
+
+def _upper(values: pd.Series) -> pd.Series:
+    return values.astype(object).where(values.notna(), "").astype(str).str.strip().str.upper()
+
+
+def eligibility(rules: RoutingRules, leads: pd.DataFrame) -> dict[str, dict[str, list[bool]]]:
+    """Per rep: which leads are in their territory, industry and segment (lists, for the
+    per-lead loop). A rep who lists none of a kind covers every lead for that kind.
+
+    Example: hugo (territories [FR]) and countries [DE, FR, DE] → hugo's territory
+    [False, True, False], industry and segment [True, True, True]; grace: all True.
+    """
+    country = _upper(_column(leads, "country"))
+    state = _upper(_column(leads, "state"))
+    with_state = (country + "-" + state).where(state != "", "")
+    industry = _upper(_column(leads, "industry"))
+    segment_masks = _segment_masks(rules, leads)
+    everyone = [True] * len(leads)
+    out: dict[str, dict[str, list[bool]]] = {}
+    for rep in rules.reps:
+        masks = {"territory": everyone, "industry": everyone, "segment": everyone}
+        if rep.territories:
+            covered = list(rep.territories)
+            masks["territory"] = (country.isin(covered) | with_state.isin(covered)).tolist()
+        if rep.industries:
+            masks["industry"] = industry.isin([i.upper() for i in rep.industries]).tolist()
+        if rep.segments:
+            mask = np.zeros(len(leads), dtype=bool)
+            for name in rep.segments:
+                mask |= segment_masks[name]
+            masks["segment"] = mask.tolist()
+        out[rep.id] = masks
+    return out
+
+
+def _segment_masks(rules: RoutingRules, leads: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Per segment of the rules, which leads fall in its band (``[low, high)``; a missing
+    size is in no segment)."""
+    sizes = {
+        name: pd.to_numeric(_column(leads, name), errors="coerce")
+        for name in ("employees", "revenue")
+    }
+    segment_masks: dict[str, np.ndarray] = {}
+    for segment in rules.segments:
+        low, high = segment.band
+        values = sizes[segment.field]
+        mask = values.notna().to_numpy().copy()
+        if low is not None:
+            mask &= (values >= low).fillna(False).to_numpy(dtype=bool)
+        if high is not None:
+            mask &= (values < high).fillna(False).to_numpy(dtype=bool)
+        segment_masks[segment.name] = mask
+    return segment_masks
+
+
+# --------------------------------------------------------------------------- 2. the reps' state
+
+
+@dataclass
+class RepLoad:
+    """One rep's load and limits while a batch is routed."""
+
+    rep: Rep
+    unavailable: str | None  # inactive | out of office: fixed for the whole call (one `now`)
+    open_leads: int
+    new_today: int
+
+    def full(self) -> str | None:
+        cap = self.rep.capacity
+        if cap.max_open is not None and self.open_leads >= cap.max_open:
+            return f"at capacity ({self.open_leads}/{cap.max_open} open)"
+        if cap.max_new_per_day is not None and self.new_today >= cap.max_new_per_day:
+            return f"at daily capacity ({self.new_today}/{cap.max_new_per_day} new today)"
+        return None
+
+    def blocked(self) -> str | None:
+        return self.unavailable or self.full()
+
+
+@dataclass
+class PoolCounters:
+    """A pool's reps (file order), their round-robin counters and who was available at the
+    previous turn; ``fallback_owner`` takes leads none of them can."""
+
+    name: str
+    reps: list[str]
+    weights: list[float]
+    served: list[float]
+    available: list[bool]
+    fallback_owner: str | None = None
+
+
+def load_state(
+    rules: RoutingRules, reps_state: pd.DataFrame, now: datetime
+) -> tuple[dict[str, RepLoad], dict[str, PoolCounters]]:
+    """The reps' loads and the pools' counters at the start of a call, from ``reps_state``.
+
+    Example: state row (emea, felix, served 4, available, open 12, new today 3) and hugo out
+    of office at ``now`` → loads felix (None, 12, 3), grace (None, 0, 0), hugo ("out of
+    office", 0, 0); pool emea served [4, 0, 0], available [True, False, False] (grace and
+    hugo have no row yet: they are lifted to the fair level on their first turn).
+    """
+    served: dict[tuple[str, str], float] = {}
+    was: dict[tuple[str, str], bool] = {}
+    open_leads: dict[str, int] = {}
+    new_today: dict[str, int] = {}
+    if len(reps_state):
+        for row in reps_state.itertuples(index=False):
+            served[(row.pool, row.rep)] = float(row.served)
+            was[(row.pool, row.rep)] = bool(row.available)
+            open_leads[row.rep] = int(row.open_leads)
+            new_today[row.rep] = int(row.new_today)
+    loads = {}
+    for rep in rules.reps:
+        unavailable = (
+            "inactive" if not rep.active else "out of office" if rep.out_of_office_at(now) else None
+        )
+        loads[rep.id] = RepLoad(
+            rep, unavailable, open_leads.get(rep.id, 0), new_today.get(rep.id, 0)
+        )
+    pools = {}
+    for pool in rules.pools:
+        members = rules.pool_reps(pool.name)
+        pools[pool.name] = PoolCounters(
+            pool.name,
+            [r.id for r in members],
+            [r.weight for r in members],
+            [served.get((pool.name, r.id), 0.0) for r in members],
+            # A rep missing from the state is new: lifted to the fair level on first turn.
+            [was.get((pool.name, r.id), False) for r in members],
+            pool.fallback_owner,
+        )
+    return loads, pools
+
+
+# --------------------------------------------------------------------------- 3. per lead
+
+
+@dataclass
+class Decisions:
+    """The assignment columns being filled, one slot per input lead (input positions)."""
+
+    owner: list[str | None]
+    step: list[str]
+    rule: list[str | None]
+    pool: list[str | None]
+    candidates: list[str]
+    reason: list[str]
+    open_after: list[float]
+    max_open: list[float]
+    within: list[bool]
+
+    @classmethod
+    def empty(cls, n: int) -> Decisions:
+        return cls(
+            [None] * n,
+            [""] * n,
+            [None] * n,
+            [None] * n,
+            ["{}"] * n,
+            [""] * n,
+            [np.nan] * n,
+            [np.nan] * n,
+            [True] * n,
+        )
+
+    def assign(self, i: int, load: RepLoad) -> None:
+        """Lead ``i`` goes to ``load``'s rep (``step[i]`` set first), counted in their load."""
+        self.within[i] = load.full() is None or self.step[i] in ("fallback", "pool_fallback")
         load.open_leads += 1
         load.new_today += 1
-        owner[i] = rep_id
-        open_after[i] = load.open_leads
+        self.owner[i] = load.rep.id
+        self.open_after[i] = load.open_leads
         cap = load.rep.capacity.max_open
-        max_open[i] = np.nan if cap is None else cap
+        self.max_open[i] = np.nan if cap is None else cap
 
-    for i in order.tolist():
-        prefix = ""
-        # 1. account owner
-        if rules.account_owner and isinstance(account_owner[i], str) and account_owner[i]:
-            rep_id = account_owner[i]
-            load = loads.get(rep_id)
-            blocked = (
-                "held it before"
-                if rep_id in exclude[i]
-                else "not in the routing rules"
-                if load is None
-                else load.blocked()
-            )
-            if blocked is None:
-                step[i] = "account_owner"
-                candidates[i] = json.dumps({rep_id: "assigned"})
-                reason[i] = f"account owner of {where[i] or 'the matched account'}"
-                assign(i, rep_id)
-                continue
-            prefix = f"account owner {rep_id} {blocked} → rules; "
-        # 2. first matching rule
-        position = rule_of[i]
-        if position < 0:
-            step[i] = "fallback"
-            reason[i] = f"{prefix}no rule matched → fallback queue {rules.fallback.queue}"
-            assign(i, rules.fallback.owner)
-            continue
-        rule = rules.rules[position]
-        pool = pools[rule.pool]
-        rule_name[i], pool_name[i] = rule.name, pool.name
-        # 3. weighted round robin among those who can take this lead
-        blocked = _turn(pool, loads)
-        skipped: dict[str, str] = {}
-        best, best_key, waiting_for, others = -1, 0.0, False, []
-        for k, rep_id in enumerate(pool.reps):
-            masks = eligible[rep_id]
-            why = next(
-                (kind for kind in ("territory", "industry", "segment") if not masks[kind][i]), None
-            )
-            if rep_id in exclude[i]:
-                skipped[rep_id] = "held it before"
-            elif why is not None:
-                skipped[rep_id] = f"not their {why}"
-            elif blocked[k] is not None:
-                skipped[rep_id] = blocked[k]  # type: ignore[assignment]
-                waiting_for |= loads[rep_id].unavailable is None  # only capacity holds it
-            else:
-                key = (pool.served[k] + 1.0) / pool.weights[k]
-                others.append(rep_id)
-                if best < 0 or key < best_key:
-                    best, best_key = k, key
-        if best >= 0:
-            rep_id = pool.reps[best]
-            pool.served[best] += 1.0
-            available = len(others)
-            for other in others:
-                skipped[other] = "not their turn"
-            skipped[rep_id] = "assigned"
-            step[i] = "rule"
-            candidates[i] = json.dumps(skipped)
-            reason[i] = (
-                f"{prefix}rule {rule.name} → pool {pool.name}, {rep_id} by weighted round robin "
-                f"(weight {pool.weights[best]:g}, {_ordinal(int(pool.served[best]))} lead; "
-                f"{available} of {len(pool.reps)} reps could take it)"
-            )
-            assign(i, rep_id)
-            continue
-        candidates[i] = json.dumps(skipped)
-        if waiting_for:
-            # 4a. full because of capacity: wait, oldest first, for capacity to free
-            step[i] = "waiting"
-            reason[i] = f"{prefix}rule {rule.name} → pool {pool.name} full, waiting"
-            continue
-        # 4b. nobody in the pool can take it at all
-        queue_owner = fallback_of[pool.name]
-        if queue_owner:
-            step[i] = "pool_fallback"
-            reason[i] = (
-                f"{prefix}rule {rule.name} → pool {pool.name} has no available rep "
-                f"→ pool fallback owner {queue_owner}"
-            )
-            assign(i, queue_owner)
-        else:
-            step[i] = "fallback"
-            reason[i] = (
-                f"{prefix}rule {rule.name} → pool {pool.name} has no available rep "
-                f"→ fallback queue {rules.fallback.queue}"
-            )
-            assign(i, rules.fallback.owner)
+    def frame(self, leads: pd.DataFrame, version: str) -> pd.DataFrame:
+        """The decisions as ``ASSIGNMENT_COLUMNS`` rows, on ``leads``' index (input order)."""
+        n = len(self.owner)
+        return pd.DataFrame(
+            {
+                "id": leads["id"].to_numpy() if "id" in leads.columns else np.arange(n),
+                "owner": pd.Series(self.owner, dtype=object).to_numpy(),
+                "step": self.step,
+                "rule": pd.Series(self.rule, dtype=object).to_numpy(),
+                "pool": pd.Series(self.pool, dtype=object).to_numpy(),
+                "version": version,
+                "candidates": self.candidates,
+                "reason": self.reason,
+                "owner_open_after": np.array(self.open_after, dtype="float64"),
+                "owner_max_open": np.array(self.max_open, dtype="float64"),
+                "within_capacity": self.within,
+            },
+            index=leads.index,
+        )
 
-    assignments = pd.DataFrame(
-        {
-            "id": leads["id"].to_numpy() if "id" in leads.columns else np.arange(n),
-            "owner": pd.Series(owner, dtype=object).to_numpy(),
-            "step": step,
-            "rule": pd.Series(rule_name, dtype=object).to_numpy(),
-            "pool": pd.Series(pool_name, dtype=object).to_numpy(),
-            "version": version,
-            "candidates": candidates,
-            "reason": reason,
-            "owner_open_after": np.array(open_after, dtype="float64"),
-            "owner_max_open": np.array(max_open, dtype="float64"),
-            "within_capacity": within,
-        },
-        index=leads.index,
+
+@dataclass
+class RoutingRun:
+    """One call's inputs and running state, handed from step to step."""
+
+    rules: RoutingRules
+    batch: LeadBatch
+    loads: dict[str, RepLoad]
+    pools: dict[str, PoolCounters]
+    out: Decisions
+
+
+def route_lead(run: RoutingRun, i: int) -> None:
+    """Lead ``i`` (an input position), in the module docstring's order: its account owner,
+    else its rule's pool by weighted round robin, else it waits or falls back.
+
+    Example: a DE lead whose account owner is zoe (no such rep) → prefix "account owner zoe
+    not in the routing rules → rules; ", rule emea-all → pool emea → felix by weighted round
+    robin; an APAC lead → no rule → ops1 "no rule matched → fallback queue sales-ops".
+    """
+    prefix = ""
+    if run.batch.account_owner[i] is not None:
+        taken, prefix = try_account_owner(run, i)
+        if taken:
+            return
+    out, position = run.out, run.batch.rule_of[i]
+    if position < 0:
+        out.step[i] = "fallback"
+        out.reason[i] = f"{prefix}no rule matched → fallback queue {run.rules.fallback.queue}"
+        out.assign(i, run.loads[run.rules.fallback.owner])
+        return
+    rule = run.rules.rules[position]
+    pool = run.pools[rule.pool]
+    out.rule[i], out.pool[i] = rule.name, pool.name
+    head = f"{prefix}rule {rule.name} → pool {pool.name}"
+    best, candidates, could_take, waiting = weighted_round_robin(
+        pool, run.loads, run.batch.eligible, run.batch.exclude[i], i
     )
-    state_rows = [
+    out.candidates[i] = json.dumps(candidates)
+    if best >= 0:
+        explain_round_robin(run, i, head, pool, best, could_take)
+    else:
+        wait_or_fall_back(run, i, head, pool, waiting)
+
+
+def try_account_owner(run: RoutingRun, i: int) -> tuple[bool, str]:
+    """Step 1, when the rules enable it: the matched account's owner takes lead ``i`` if they
+    can. Returns (taken, the reason's prefix when the rules decide instead).
+
+    Example: account owner grace, domain acme.com → (True, ""), grace owns it, "account
+    owner of acme.com"; account owner hugo, out of office → (False, "account owner hugo out
+    of office → rules; "); no account owner (or the rules skip this step) → (False, "").
+    """
+    rep_id = run.batch.account_owner[i]
+    if rep_id is None:
+        return False, ""
+    blocked = account_owner_blocked(rep_id, run.batch.exclude[i], run.loads)
+    if blocked is not None:
+        return False, f"account owner {rep_id} {blocked} → rules; "
+    out = run.out
+    out.step[i] = "account_owner"
+    out.candidates[i] = json.dumps({rep_id: "assigned"})
+    out.reason[i] = f"account owner of {run.batch.where[i] or 'the matched account'}"
+    out.assign(i, run.loads[rep_id])
+    return True, ""
+
+
+def account_owner_blocked(
+    rep_id: str, exclude: frozenset[str], loads: dict[str, RepLoad]
+) -> str | None:
+    """Why the account owner cannot take the lead (None: they can).
+
+    Example: "grace" with exclude {"grace"} → "held it before"; "zoe" → "not in the routing
+    rules"; hugo out of office → "out of office"; felix at 40 of 40 open → "at capacity
+    (40/40 open)".
+    """
+    if rep_id in exclude:
+        return "held it before"
+    load = loads.get(rep_id)
+    if load is None:
+        return "not in the routing rules"
+    return load.blocked()
+
+
+def weighted_round_robin(
+    pool: PoolCounters,
+    loads: dict[str, RepLoad],
+    eligible: dict[str, dict[str, list[bool]]],
+    exclude: frozenset[str],
+    i: int,
+) -> tuple[int, dict[str, str], int, bool]:
+    """Member distribution: lead ``i`` goes to the rep of ``pool`` who can take it with the
+    smallest ``(served + 1) / weight`` (ties: listed first), whose counter grows by one.
+
+    Returns (the rep's index in the pool, -1 if nobody can take it; the candidates: rep id ->
+    "assigned" | "not their turn" | why skipped; how many reps could take it; whether a rep
+    would qualify but is at capacity, so the lead waits). A plain tuple: this runs per lead.
+
+    Example: emea counters all 0, a DE lead: felix (0+1)/2 = 0.5, grace (0+1)/1 = 1.0, hugo
+    "not their territory" → (0, {"hugo": "not their territory", "felix": "assigned",
+    "grace": "not their turn"}, 2, False), felix served 1. With felix and grace at capacity:
+    (-1, {...}, 0, True): the lead waits; with both out of office instead: (-1, {...}, 0,
+    False): it falls back.
+    """
+    blocked = start_turn(pool, loads)
+    skipped: dict[str, str] = {}
+    best, best_key, waiting_for, others = -1, 0.0, False, []
+    for k, rep_id in enumerate(pool.reps):
+        masks = eligible[rep_id]
+        why = next(
+            (kind for kind in ("territory", "industry", "segment") if not masks[kind][i]), None
+        )
+        if rep_id in exclude:
+            skipped[rep_id] = "held it before"
+        elif why is not None:
+            skipped[rep_id] = f"not their {why}"
+        elif blocked[k] is not None:
+            skipped[rep_id] = blocked[k]  # type: ignore[assignment]
+            waiting_for |= loads[rep_id].unavailable is None  # only capacity holds it
+        else:
+            key = (pool.served[k] + 1.0) / pool.weights[k]
+            others.append(rep_id)
+            if best < 0 or key < best_key:
+                best, best_key = k, key
+    if best < 0:
+        return -1, skipped, 0, waiting_for
+    pool.served[best] += 1.0
+    for other in others:
+        skipped[other] = "not their turn"
+    skipped[pool.reps[best]] = "assigned"
+    return best, skipped, len(others), waiting_for
+
+
+def start_turn(pool: PoolCounters, loads: dict[str, RepLoad]) -> list[str | None]:
+    """Start of a turn: who can take leads now (None) or why not, lifting each rep who just
+    became available to ``weight * min(served / weight)`` over the reps that stayed available.
+
+    Example: felix (weight 2) served 10 and grace (1) served 5 stayed available; hugo (1)
+    served 1, back from time off → level min(10/2, 5/1) = 5, hugo lifted to 5 (not 1: no
+    backlog of missed turns); returns [None, None, None].
+    """
+    blocked = [loads[rep].blocked() for rep in pool.reps]
+    now_available = [b is None for b in blocked]
+    steady = [
+        pool.served[k] / pool.weights[k]
+        for k in range(len(pool.reps))
+        if now_available[k] and pool.available[k]
+    ]
+    if steady:
+        level = min(steady)
+        for k in range(len(pool.reps)):
+            if now_available[k] and not pool.available[k]:
+                pool.served[k] = max(pool.served[k], level * pool.weights[k])
+    pool.available = now_available
+    return blocked
+
+
+def explain_round_robin(
+    run: RoutingRun, i: int, head: str, pool: PoolCounters, best: int, could_take: int
+) -> None:
+    """Record the round robin's choice for lead ``i`` and count it in the rep's load.
+
+    Example: felix's first lead of three reps, two of whom could take it → owner felix, step
+    "rule", "rule emea-all → pool emea, felix by weighted round robin (weight 2, 1st lead;
+    2 of 3 reps could take it)".
+    """
+    rep_id = pool.reps[best]
+    run.out.step[i] = "rule"
+    run.out.reason[i] = (
+        f"{head}, {rep_id} by weighted round robin "
+        f"(weight {pool.weights[best]:g}, {_ordinal(int(pool.served[best]))} lead; "
+        f"{could_take} of {len(pool.reps)} reps could take it)"
+    )
+    run.out.assign(i, run.loads[rep_id])
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def wait_or_fall_back(
+    run: RoutingRun, i: int, head: str, pool: PoolCounters, waiting: bool
+) -> None:
+    """Nobody in the pool took lead ``i``. If a rep would qualify but is at capacity, the lead
+    waits (no owner, oldest first next time); if nobody could take it at all, it goes to the
+    pool's fallback owner, else to the fallback queue's owner.
+
+    Example: felix and grace at capacity → step "waiting", "rule emea-all → pool emea full,
+    waiting"; both out of office → ops1, step "fallback", "rule emea-all → pool emea has no
+    available rep → fallback queue sales-ops".
+    """
+    if waiting:
+        run.out.step[i] = "waiting"
+        run.out.reason[i] = f"{head} full, waiting"
+        return
+    if pool.fallback_owner:
+        run.out.step[i] = "pool_fallback"
+        run.out.reason[i] = (
+            f"{head} has no available rep → pool fallback owner {pool.fallback_owner}"
+        )
+        run.out.assign(i, run.loads[pool.fallback_owner])
+    else:
+        run.out.step[i] = "fallback"
+        run.out.reason[i] = (
+            f"{head} has no available rep → fallback queue {run.rules.fallback.queue}"
+        )
+        run.out.assign(i, run.loads[run.rules.fallback.owner])
+
+
+# --------------------------------------------------------------------------- 4. the outputs
+
+
+def state_frame(pools: dict[str, PoolCounters], loads: dict[str, RepLoad]) -> pd.DataFrame:
+    """The state to persist (``STATE_COLUMNS``): one row per (pool, rep), pools and reps in
+    the rules' order.
+
+    Example, after the worked example's three DE leads: (emea, felix, 2.0, True, 2, 2),
+    (emea, grace, 1.0, True, 1, 1), (emea, hugo, 0.0, True, 0, 0), (ops, ops1, 0.0, False,
+    0, 0): pool ops had no turn, so ops1 is not yet known as available there.
+    """
+    rows = [
         (
             pool.name,
             rep_id,
@@ -433,9 +655,18 @@ def route_leads(
         for pool in pools.values()
         for k, rep_id in enumerate(pool.reps)
     ]
-    state = pd.DataFrame(state_rows, columns=list(STATE_COLUMNS))
+    return pd.DataFrame(rows, columns=list(STATE_COLUMNS))
+
+
+def routing_stats(assignments: pd.DataFrame) -> dict[str, Any]:
+    """Counts for the run's summary: routed, waiting, per step, per owner, waiting per pool.
+
+    Example: felix, felix, a lead waiting in emea, ops1 by fallback → {"routed": 3,
+    "waiting": 1, "by_step": {"rule": 2, "waiting": 1, "fallback": 1}, "by_owner":
+    {"felix": 2, "ops1": 1}, "waiting_by_pool": {"emea": 1}}.
+    """
     steps = assignments["step"].value_counts().to_dict()
-    stats = {
+    return {
         "routed": int((assignments["owner"].notna()).sum()),
         "waiting": int(steps.get("waiting", 0)),
         "by_step": {k: int(v) for k, v in steps.items()},
@@ -447,7 +678,6 @@ def route_leads(
             .items()
         },
     }
-    return RoutingResult(assignments, state, stats)
 
 
 def gate_frame(result: RoutingResult, rules: RoutingRules) -> pd.DataFrame:

@@ -142,13 +142,53 @@ def owner_messages(
     ``assignments``: ``route_leads``'s (id, owner, reason, version). ``leads``: ``id`` and
     whichever of first_name, last_name, company, title, email, phone, score, temperature it
     has. Hot leads get ``SLOTS_PER_HOT_LEAD`` distinct slots per lead from the owner's next
-    free time (``busy``: rep id -> intervals already taken), and an ICS invitation."""
+    free time (``busy``: rep id -> intervals already taken), and an ICS invitation.
+
+    The steps, each defined below in this order: ``hot_lead_slots`` (each owner's free slots,
+    found once for all their hot leads), ``lead_texts`` (the leads' fields as text), then per
+    lead ``take_slots`` (this lead's share of its owner's slots) and ``owner_message`` (the
+    outbox row: ``message_values``, the rendered subject and body, ``invitation``).
+
+    Worked example (``rules/routing.yaml``, Tuesday 24 Nov 2026 13:00 UTC): lead 1, Ada
+    Lovelace of Analytical Engines, hot, and lead 2, Bo Chen, cold, both routed to felix-weber
+    (Berlin, 09:00-17:00) → two rows, "owner:1:felix-weber" with slots Tue 24 Nov 15:00-15:30,
+    15:30-16:00 and 16:00-16:30 Berlin time (not before an hour from now) and an invitation
+    for the first; "owner:2:felix-weber" with neither.
+    """
     now = now if now.tzinfo else now.replace(tzinfo=UTC)
     routed = assignments[assignments["owner"].notna()]
     if routed.empty:
         return pd.DataFrame(columns=list(outbox.MESSAGE_COLUMNS))
     details = leads.set_index("id").reindex(routed["id"].to_numpy())
     reps = {rep.id: rep for rep in rules.reps}
+    free = hot_lead_slots(routed, details, reps, now, busy or {})
+    texts = lead_texts(details)
+    owners = routed["owner"].tolist()
+    reasons = routed["reason"].tolist()
+    versions = routed["version"].tolist()
+    used: dict[str, int] = {}
+    rows = []
+    for i, lead_id in enumerate(routed["id"].tolist()):
+        rep = reps[owners[i]]
+        lead = {name: values[i] for name, values in texts.items()}  # fixed key order
+        slots = take_slots(free, used, rep.id, lead["temperature"])
+        rows.append(owner_message(rep, lead, lead_id, reasons[i], versions[i], slots, now))
+    return pd.DataFrame(rows, columns=list(outbox.MESSAGE_COLUMNS)[:9])
+
+
+def hot_lead_slots(
+    routed: pd.DataFrame,
+    details: pd.DataFrame,
+    reps: dict[str, Rep],
+    now: datetime,
+    busy: dict[str, Sequence[tuple[datetime, datetime]]],
+) -> dict[str, list[tuple[datetime, datetime]]]:
+    """Per owner with hot leads, ``SLOTS_PER_HOT_LEAD`` free meeting slots per hot lead,
+    found in one search (``details``: the leads' fields, row for row with ``routed``).
+
+    Example: felix-weber owns two hot leads and a warm one → {"felix-weber": his next 6 free
+    30-minute slots}; an owner of only warm leads gets no entry.
+    """
     hot_counts = (
         routed.assign(
             hot=(details.get("temperature", pd.Series(index=details.index)) == "hot").to_numpy()
@@ -156,7 +196,6 @@ def owner_messages(
         .groupby("owner")["hot"]
         .sum()
     )
-    # Slots are found once per owner for all their hot leads, each lead getting its own.
     free: dict[str, list[tuple[datetime, datetime]]] = {}
     for rep_id, hot in hot_counts.items():
         if hot:
@@ -165,84 +204,149 @@ def owner_messages(
                 now,
                 int(hot) * SLOTS_PER_HOT_LEAD,
                 MEETING,
-                (busy or {}).get(rep_id, ()),
+                busy.get(rep_id, ()),
                 not_before=NOT_BEFORE,
             )
-    used: dict[str, int] = {}
-    rows = []
-    column = {
+    return free
+
+
+# The lead's fields a message reads, in the order that fixes a message's shape.
+LEAD_FIELDS = (
+    "first_name",
+    "last_name",
+    "title",
+    "company",
+    "email",
+    "phone",
+    "score",
+    "temperature",
+)
+
+
+def lead_texts(details: pd.DataFrame) -> dict[str, list[str | None]]:
+    """``LEAD_FIELDS`` as lists of stripped text, blanks and missing fields as None.
+
+    Example: first_name [" Ada ", None], no phone column → {"first_name": ["Ada", None],
+    ..., "phone": [None, None], ...}; a score 91.5 becomes "91.5".
+    """
+    return {
         name: (_texts(details[name]) if name in details.columns else [None] * len(details))
-        for name in (
-            "first_name",
-            "last_name",
-            "title",
-            "company",
-            "email",
-            "phone",
-            "score",
-            "temperature",
-        )
+        for name in LEAD_FIELDS
     }
-    ids = routed["id"].tolist()
-    owners = routed["owner"].tolist()
-    reasons = routed["reason"].tolist()
-    versions = routed["version"].tolist()
-    for i, lead_id in enumerate(ids):
-        rep = reps[owners[i]]
-        lead = {name: values[i] for name, values in column.items()}  # fixed key order
-        first, last = lead["first_name"], lead["last_name"]
-        lead_name = " ".join(p for p in (first, last) if p) or f"lead #{lead_id}"
-        temperature = lead["temperature"]
-        slots: list[tuple[datetime, datetime]] = []
-        if temperature == "hot" and rep.id in free:
-            start = used.get(rep.id, 0)
-            slots = free[rep.id][start : start + SLOTS_PER_HOT_LEAD]
-            used[rep.id] = start + SLOTS_PER_HOT_LEAD
-        key = f"owner:{lead_id}:{rep.id}"
-        values = {
-            **lead,
-            "rep_name": rep.name.split(" ")[0],
-            "lead_name": lead_name,
-            "reason": reasons[i],
-            "lead_id": lead_id,
-            "version": versions[i],
-            "time_zone": rep.timezone,
-            "slots": [
-                s.astimezone(rep.zone).strftime("%a %d %b %H:%M")
-                + f"-{e.astimezone(rep.zone):%H:%M}"
-                for s, e in slots
-            ],
+
+
+def take_slots(
+    free: dict[str, list[tuple[datetime, datetime]]],
+    used: dict[str, int],
+    rep_id: str,
+    temperature: str | None,
+) -> list[tuple[datetime, datetime]]:
+    """A hot lead's own ``SLOTS_PER_HOT_LEAD`` slots from its owner's ``free`` ones (``used``:
+    how many each owner's earlier leads took); other leads get none.
+
+    Example: felix-weber's free slots [s1 .. s6]: his first hot lead gets [s1, s2, s3], a warm
+    lead [], the next hot lead [s4, s5, s6].
+    """
+    if temperature != "hot" or rep_id not in free:
+        return []
+    start = used.get(rep_id, 0)
+    used[rep_id] = start + SLOTS_PER_HOT_LEAD
+    return free[rep_id][start : start + SLOTS_PER_HOT_LEAD]
+
+
+def owner_message(
+    rep: Rep,
+    lead: dict[str, str | None],
+    lead_id: Any,
+    reason: str,
+    version: str,
+    slots: list[tuple[datetime, datetime]],
+    now: datetime,
+) -> dict[str, Any]:
+    """One outbox row: the owner notification for ``lead`` (``lead_texts``' fields).
+
+    Example: lead 2, Bo Chen of Bo Ltd, cold, for felix-weber → key "owner:2:felix-weber",
+    recipient felix.weber@leadflow-demo.example, subject "New cold lead for you: Bo Chen (Bo
+    Ltd)", a body naming ``reason``, payload {"lead_id": 2, "owner": "felix-weber", "reason":
+    ..., "slots": []}, no attachments.
+    """
+    key = f"owner:{lead_id}:{rep.id}"
+    values = message_values(rep, lead, lead_id, reason, version, slots)
+    shape = (*(value is not None for value in lead.values()), len(slots))
+    attachments = invitation(rep, values, slots, key, now)
+    return {
+        "idempotency_key": key,
+        "kind": "owner_notification",
+        "channel": "email",
+        "recipient": rep.email,
+        "lead_id": int(lead_id),
+        "subject": _render(SUBJECT, values, shape),
+        "body": _render(BODY, values, shape),
+        "payload": {
+            "lead_id": int(lead_id),
+            "owner": rep.id,
+            "reason": reason,
+            "slots": [[s.isoformat(), e.isoformat()] for s, e in slots],
+        },
+        "attachments": attachments,
+    }
+
+
+def message_values(
+    rep: Rep,
+    lead: dict[str, str | None],
+    lead_id: Any,
+    reason: str,
+    version: str,
+    slots: list[tuple[datetime, datetime]],
+) -> dict[str, Any]:
+    """What the templates read: the lead's fields, the rep's first name, a name for the lead,
+    the slots as text in the rep's time zone.
+
+    Example: first_name None, last_name "Chen", lead 7 → lead_name "Chen" (both None:
+    "lead #7"); rep Felix Weber → rep_name "Felix"; slot 14:00-14:30 UTC for Berlin → "Tue
+    24 Nov 15:00-15:30".
+    """
+    first, last = lead["first_name"], lead["last_name"]
+    return {
+        **lead,
+        "rep_name": rep.name.split(" ")[0],
+        "lead_name": " ".join(p for p in (first, last) if p) or f"lead #{lead_id}",
+        "reason": reason,
+        "lead_id": lead_id,
+        "version": version,
+        "time_zone": rep.timezone,
+        "slots": [
+            s.astimezone(rep.zone).strftime("%a %d %b %H:%M") + f"-{e.astimezone(rep.zone):%H:%M}"
+            for s, e in slots
+        ],
+    }
+
+
+def invitation(
+    rep: Rep,
+    values: dict[str, Any],
+    slots: list[tuple[datetime, datetime]],
+    key: str,
+    now: datetime,
+) -> list[dict[str, str]] | None:
+    """The attachments: an ICS invitation for the first slot, None when there are no slots.
+    Its UID derives from the idempotency ``key``, so a resent message updates one event.
+
+    Example: key "owner:1:felix-weber", slots [(14:00, 14:30 UTC), ...] → [{"filename":
+    "first-meeting.ics", "content_type": "text/calendar; method=REQUEST", "content": a
+    VCALENDAR whose event starts 14:00 UTC, UID "<24 hex digits>@leadflow"}].
+    """
+    if not slots:
+        return None
+    uid = hashlib.sha256(key.encode()).hexdigest()[:24] + "@leadflow"
+    return [
+        {
+            "filename": "first-meeting.ics",
+            "content_type": "text/calendar; method=REQUEST",
+            "content": meeting_invitation(rep, values, slots[0], uid, now),
         }
-        shape = (*(value is not None for value in lead.values()), len(slots))
-        attachments = None
-        if slots:
-            uid = hashlib.sha256(key.encode()).hexdigest()[:24] + "@leadflow"
-            attachments = [
-                {
-                    "filename": "first-meeting.ics",
-                    "content_type": "text/calendar; method=REQUEST",
-                    "content": meeting_invitation(rep, values, slots[0], uid, now),
-                }
-            ]
-        rows.append(
-            {
-                "idempotency_key": key,
-                "kind": "owner_notification",
-                "channel": "email",
-                "recipient": rep.email,
-                "lead_id": int(lead_id),
-                "subject": _render(SUBJECT, values, shape),
-                "body": _render(BODY, values, shape),
-                "payload": {
-                    "lead_id": int(lead_id),
-                    "owner": rep.id,
-                    "reason": reasons[i],
-                    "slots": [[s.isoformat(), e.isoformat()] for s, e in slots],
-                },
-                "attachments": attachments,
-            }
-        )
-    return pd.DataFrame(rows, columns=list(outbox.MESSAGE_COLUMNS)[:9])
+    ]
 
 
 # --------------------------------------------------------------------------- delivery
