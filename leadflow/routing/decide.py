@@ -181,7 +181,9 @@ def allocate_batch(leads: pd.DataFrame, rules: RoutingRules) -> LeadBatch:
         else [None] * len(owners)
     )
     domain = _column(leads, "domain")
-    where = domain.astype(object).where(domain.notna(), _column(leads, "company").astype(object))
+    company = _column(leads, "company").astype(object)
+    where = domain.astype(object).where(domain.notna(), company)
+    where = where.where(where.notna(), None)  # neither: no NaN in "account owner of ..."
     return LeadBatch(
         order=routing_order(leads).tolist(),
         rule_of=rule_index(rules, leads).tolist(),

@@ -1,12 +1,10 @@
-"""Telling people: owner notifications built from routing decisions, and the outbox sender.
+"""Owner notifications built from routing decisions (pure).
 
-Pure first: ``owner_messages`` turns a batch's assignments into outbox rows (text from a
-Jinja2 template with the reason the lead is the rep's; for hot leads, the owner's next free
-slots in their working hours and an ICS invitation built with ``icalendar``). The routing hop
-enqueues them in the assignment's transaction.
-
-Then delivery: ``send_outbox`` is the Prefect task around ``leadflow.outbox.sender.send_due``, which
-claims due messages and sends them exactly as ``leadflow/outbox/store.py`` promises.
+``owner_messages`` turns a batch's assignments into outbox rows: text from a Jinja2 template
+with the reason the lead is the rep's; for hot leads, the owner's next free slots in their
+working hours and an ICS invitation built with ``icalendar``. The routing hop enqueues them in
+the assignment's transaction; delivery is the outbox's (``leadflow/outbox/sender.py``, run by
+the ``send_outbox`` task in ``tasks/outbox.py``).
 """
 
 from __future__ import annotations
@@ -347,6 +345,3 @@ def invitation(
             "content": meeting_invitation(rep, values, slots[0], uid, now),
         }
     ]
-
-
-# --------------------------------------------------------------------------- delivery

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -261,7 +260,8 @@ def test_territory_filters_candidates() -> None:
     assert json.loads(frame["candidates"].iloc[0])["a"] == "not their territory"
 
 
-def test_100k_leads_route_fast() -> None:
+def test_100k_leads_each_get_exactly_one_decision() -> None:
+    """At scale every lead gets one decision (its speed is bench/route.py's, not a test's)."""
     rules, version, _ = load_rules(ROOT / "rules" / "routing.yaml")
     rng = np.random.default_rng(3)
     n = 100_000
@@ -283,11 +283,9 @@ def test_100k_leads_route_fast() -> None:
             "IN": "APAC",
         }
     )
-    started = time.perf_counter()
     result = route_leads(batch, rules, empty_state(), NOW, version=version)
-    elapsed = time.perf_counter() - started
     assert len(result.assignments) == n
-    assert elapsed < 6, elapsed  # ≈ 1.5 s measured on 2 shared cores
+    assert sorted(result.assignments["id"]) == list(range(n))
 
 
 def test_routed_suite_passes_good_assignments_and_quarantines_ownerless() -> None:
@@ -341,3 +339,17 @@ def test_a_rule_on_temperature_alone_loads() -> None:
         {"name": "hot", "when": {"field": "temperature", "equals": "hot"}, "pool": "p"}
     )
     assert rule.when is not None and rule.when.field == "temperature"
+
+
+def test_an_account_owner_lead_with_neither_domain_nor_company_is_explained_without_nan() -> None:
+    rules = parse_rules(rules_text({"a": 1, "b": 1}), "r.yaml")
+    batch = leads(3)
+    batch["account_owner"] = ["b", "b", "a"]
+    batch["domain"] = [None, None, "acme.com"]
+    batch["company"] = ["Globex", None, "Acme"]  # a name beside a missing one: pandas reads NaN
+    reasons = route_leads(batch, rules, empty_state(), NOW).assignments["reason"].tolist()
+    assert reasons == [
+        "account owner of Globex",
+        "account owner of the matched account",
+        "account owner of acme.com",
+    ]
