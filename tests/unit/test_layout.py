@@ -62,14 +62,18 @@ def test_no_function_is_a_wall() -> None:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 lines = node.end_lineno - node.lineno + 1
                 if lines > LONGEST:
-                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)")
+                    long.append(
+                        f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)"
+                    )
     assert not long, f"functions over {LONGEST} lines:\n" + "\n".join(sorted(long))
 
 
 def test_the_docs_name_only_files_that_exist() -> None:
     """README.md and docs/ point newcomers at files: every ``path/file.py`` (or folder/)
     they name exists."""
-    pattern = re.compile(r"(?<![\w./-])((?:leadflow|tasks|flows|app|blocks|sql|tests|bench)/[\w/.-]*\w)")
+    pattern = re.compile(
+        r"(?<![\w./-])((?:leadflow|tasks|flows|app|blocks|sql|tests|bench)/[\w/.-]*\w)"
+    )
     missing = []
     for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         for number, line in enumerate(doc.read_text().splitlines(), 1):
