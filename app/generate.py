@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from app import generate_reps
-from leadflow.capture.rules import EVENT_TYPES
+from leadflow.rules.fields import EVENT_TYPES
 
 # Shares of lead rows with each defect (chosen to stay well under the 5% quarantine limit).
 DEFECTS = {

@@ -26,7 +26,7 @@ import pandas as pd
 import psycopg2
 
 from bench.common import add_database_url, bench_schema, copy_frame, peak_rss_mb, warm_up_prefect
-from leadflow.capture.rules import EVENT_TYPES
+from leadflow.rules.fields import EVENT_TYPES
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 

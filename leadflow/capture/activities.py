@@ -35,7 +35,7 @@ from leadflow.capture.events import vocabulary
 from leadflow.capture.rules import SourceMapping
 from leadflow.capture.sources import RecordChunk
 from leadflow.lifecycle import Status
-from leadflow.sla.rules import ACTIVITY_TYPES
+from leadflow.rules.fields import ACTIVITY_TYPES
 
 ACTOR = "activities"
 # What CRMs call their activities -> our vocabulary (after lower-casing, spaces to _).

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from leadflow.capture.rules import LEAD_FIELDS, MergePolicy
+from leadflow.capture.rules import MergePolicy
+from leadflow.rules.fields import LEAD_FIELDS
 
 # Lead fields that merge by policy (identity fields merge by their own rule).
 MERGED_FIELDS = (*tuple(f for f in LEAD_FIELDS if f != "email"), "outcome")

@@ -12,35 +12,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from leadflow import config
+from leadflow.rules.fields import LEAD_FIELDS
 
-# Fields a record can fill on a lead. `name` is split into first/last when those are absent.
-LEAD_FIELDS = (
-    "email",
-    "first_name",
-    "last_name",
-    "company",
-    "title",
-    "phone",
-    "country",
-    "website",
-    "source",
-    "created_at",
-)
+# `name` is split into first/last when those are absent.
 MAPPABLE = (*LEAD_FIELDS, "name", "external_id", "outcome")
 # Fields of an engagement event (mapping `target: events`).
 EVENT_FIELDS = ("email", "external_id", "event_type", "occurred_at", "url", "event_id")
-# The engagement event types leadflow knows (suites/events.yaml accepts exactly these).
-EVENT_TYPES = (
-    "page_view",
-    "email_open",
-    "email_click",
-    "form_fill",
-    "webinar",
-    "reply",
-    "meeting_booked",
-    "unsubscribe",
-    "bounce",
-)
 # Fields of a sales activity (mapping `target: activities`): the lead (email or external id),
 # the rep (email or code), what was done, when, why (reject, lost, not now), the source's own
 # id for it, and whether a machine did it (automated touches never meet an SLA).

@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from leadflow import config
 from leadflow.lifecycle import Status
+from leadflow.rules.fields import ACTIVITY_TYPES
 from leadflow.rules.units import calendar_minutes
-from leadflow.sla.rules import ACTIVITY_TYPES
 
 RECYCLABLE = ("routed", "accepted", "qualified", "lost")
 

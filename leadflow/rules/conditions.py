@@ -17,16 +17,16 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from leadflow.capture import rules as mapping
+from leadflow.rules import fields
 from leadflow.tables import ENRICHED_FIELDS
 
 # Fields a condition may name (plus any ``attributes.<key>`` and ``engagement.<event_type>``):
 # what capture and enrichment put on a lead, less enrichment's bookkeeping.
-LEAD_FIELDS = frozenset({*mapping.LEAD_FIELDS, "external_id", "outcome", *ENRICHED_FIELDS}) - {
+LEAD_FIELDS = frozenset({*fields.LEAD_FIELDS, "external_id", "outcome", *ENRICHED_FIELDS}) - {
     "account_owner_rep_id",
     "enrichment_notes",
 }
-EVENT_TYPES = frozenset(mapping.EVENT_TYPES)
+EVENT_TYPES = frozenset(fields.EVENT_TYPES)
 
 
 # Fields a condition after scoring may use besides the lead fields: what scoring wrote.

@@ -18,22 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, SkipValidation, field_validat
 
 from leadflow import config
 from leadflow.rules.conditions import Condition, routing_condition
+from leadflow.rules.fields import ACTIVITY_TYPES
 from leadflow.rules.units import parse_amount
 
-# What sales does with a lead. Dispositions move its status; the rest are touches.
-ACTIVITY_TYPES = (
-    "call",
-    "email",
-    "meeting_booked",
-    "meeting_held",
-    "accept",
-    "reject",
-    "qualify",
-    "won",
-    "lost",
-    "not_now",
-    "no_response",
-)
 _ID = r"^[a-z0-9][a-z0-9_.-]*$"
 
 

@@ -191,7 +191,7 @@ def test_contributions_json_and_auc_helpers():
 def test_event_types_are_the_ones_the_events_gate_accepts():
     """Rules may name exactly the event types capture lets through, no more, no fewer."""
     from leadflow import quality
-    from leadflow.capture.rules import EVENT_TYPES
+    from leadflow.rules.fields import EVENT_TYPES
     from leadflow.scoring.rules import EVENT_TYPES as SCORABLE
 
     suite = quality.load_suite("events")
