@@ -55,7 +55,7 @@ class HopResult:
     rows: dict[str, pd.DataFrame] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
     report: Any = None
-    flow_run_id: str | None = None  # set by the runner: the run that writes this batch
+    flow_run_id: str | None = None  # set by write_gated: the run that writes this batch
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,6 @@ def run_batch(
             max_quarantine_rate=max_quarantine_rate,
         )
         if verdict.success:
-            result.flow_run_id = flow_run_id
             with batch.writing() as conn:
                 write_gated(
                     conn,
@@ -220,6 +219,7 @@ def write_gated(
     row naming what they broke; their rows in ``result.rows`` are not written. With a lease
     ``guard``, only leads still claimed by it are written (else ``StaleTransition``).
     """
+    result.flow_run_id = flow_run_id  # what the hop's persist step records its rows under
     bad_ids = set(split.quarantined["id"].tolist())
     changes = _changes_with_held_leads(hop, result.changes.copy(), bad_ids)
     if guard is not None:
@@ -332,7 +332,7 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
-def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     try:
         state.result()
     except Exception as exc:

@@ -3,7 +3,6 @@ input inspected, an API token and cursor) and ``CaptureRun``, which submits them
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,14 +22,12 @@ from leadflow.capture.rules import SourceMapping
 from leadflow.capture.run import (
     LINKED,
     InputInfo,
-    _never_empty,
     describe_rejection,
     empty_summary,
+    never_empty,
 )
 from leadflow.capture.sources import RecordChunk
 from leadflow.capture.write import ChunkOutcome, write_capture_chunk
-
-log = logging.getLogger(__name__)
 
 
 def not_a_gate_failure(task: Any, task_run: Any, state: Any) -> bool:
@@ -333,7 +330,7 @@ class CaptureRun:
                 delimiter=info.mapping.delimiter,
                 chunk_size=chunk_size,
             )
-            chunks = _never_empty(chunks, info.header)
+            chunks = never_empty(chunks, info.header)
             self.write(
                 opened.batch_id,
                 write.skip_committed(chunks, opened.committed),
@@ -380,6 +377,6 @@ def say_waiting() -> None:
     from prefect.logging import get_run_logger
 
     try:
-        get_run_logger().info("waiting for another ingest of the same input to finish")
+        get_run_logger().info(write.WAITING)
     except MissingContextError:
-        log.info("waiting for another ingest of the same input to finish")
+        write.say_waiting()

@@ -12,7 +12,7 @@ from prefect.utilities.annotations import quote
 
 from leadflow import progress, quality, queue, store
 from leadflow.queue import Strategy
-from leadflow.runner import Hop, HopOutcome, HopRun, _retry_transient, log, run_batch
+from leadflow.runner import Hop, HopOutcome, HopRun, log, retry_transient, run_batch
 
 
 @task(
@@ -20,7 +20,7 @@ from leadflow.runner import Hop, HopOutcome, HopRun, _retry_transient, log, run_
     cache_policy=NO_CACHE,
     retries=2,
     retry_delay_seconds=[1, 5],
-    retry_condition_fn=_retry_transient,
+    retry_condition_fn=retry_transient,
     task_run_name="{hop.name}-batch-{batch_no}",
 )
 def hop_batch(

@@ -9,12 +9,10 @@ from typing import Any
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import text
 
 from leadflow import store
 from leadflow.kpi import measures as measures_impl
 from leadflow.kpi.leakage import find_leaks, markdown
-from leadflow.kpi.measures import VIEWS
 from leadflow.recycle.rules import RecycleRules
 
 
@@ -22,7 +20,7 @@ from leadflow.recycle.rules import RecycleRules
 def read_views(database_url: str) -> dict[str, pd.DataFrame]:
     """Every KPI view as a DataFrame."""
     with store.get_engine(database_url).connect() as conn:
-        return {name: store.read_frame(conn, text(f"SELECT * FROM {name}")) for name in VIEWS}
+        return measures_impl.read_views(conn)
 
 
 @task(name="kpi-charts", cache_policy=NO_CACHE)

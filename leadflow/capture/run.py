@@ -68,7 +68,7 @@ def check_inputs(path: str, mapping: SourceMapping) -> list[str]:
     return uris
 
 
-def _never_empty(chunks: Iterable[RecordChunk], header: list[str] | None) -> Iterator[RecordChunk]:
+def never_empty(chunks: Iterable[RecordChunk], header: list[str] | None) -> Iterator[RecordChunk]:
     """The chunks, or one empty chunk when there are none: a 0-byte file is judged by the
     gate exactly like a header-only one."""
     empty = True

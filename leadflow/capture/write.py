@@ -407,8 +407,11 @@ class OpenedBatch:
     rejected_before: bool = False  # a committed chunk was rejected by the gate
 
 
-def _say_waiting() -> None:
-    log.info("waiting for another ingest of the same input to finish")
+WAITING = "waiting for another ingest of the same input to finish"
+
+
+def say_waiting() -> None:
+    log.info(WAITING)
 
 
 def content_lock(
@@ -417,7 +420,7 @@ def content_lock(
     source: str,
     target: str,
     content_hash: str,
-    on_wait: Callable[[], None] = _say_waiting,
+    on_wait: Callable[[], None] = say_waiting,
 ) -> AbstractContextManager[None]:
     """The input's lock (``leadflow.capture.locks``); ``on_wait`` says why nothing happens yet
     (the capture tasks pass one that writes to the run's log)."""

@@ -22,6 +22,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sqlalchemy import Connection, text
+
+from leadflow import store
 
 FUNNEL = ("captured", "enriched", "mql", "routed", "accepted", "qualified", "won")
 VIEWS = (
@@ -310,3 +313,8 @@ def charts(report: dict[str, Any], speed: pd.DataFrame, folder: Path) -> dict[st
     figure.savefig(paths["speed_to_lead"])
     plt.close(figure)
     return {name: str(path) for name, path in paths.items()}
+
+
+def read_views(conn: Connection) -> dict[str, pd.DataFrame]:
+    """Every KPI view (``sql/views``) as a DataFrame."""
+    return {name: store.read_frame(conn, text(f"SELECT * FROM {name}")) for name in VIEWS}

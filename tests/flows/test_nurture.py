@@ -57,6 +57,8 @@ def test_each_step_goes_out_once_and_a_finished_cadence_moves_on(database_url, t
     }
     touches = table(database_url, "cadence_touches")
     assert len(touches) == 10 and not touches.duplicated(["enrolment_id", "step"]).any()
+    # Each touch names the run that sent it: the runner hands persist the flow run's id.
+    assert touches["flow_run_id"].notna().all() and touches["flow_run_id"].nunique() == 4
 
 
 def test_quiet_hours_weekends_and_the_cap_defer_and_never_drop(database_url, tmp_path):
