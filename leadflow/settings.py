@@ -43,6 +43,9 @@ def _int(name: str, default: int) -> int:
     return int(value)
 
 
+DROP_FOLDER_KINDS = ("leads", "events", "activities")
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -64,6 +67,16 @@ class Settings:
     @property
     def data_docs_dir(self) -> Path:
         return Path(os.environ.get("LEADFLOW_DATA_DOCS_DIR") or self.var_dir / "data_docs")
+
+    @property
+    def inbox_dir(self) -> Path:
+        """The drop folders the capture deployments read: ``var/inbox/<kind>``."""
+        return self.var_dir / "inbox"
+
+    def drop_folders(self) -> dict[str, Path]:
+        """Each drop folder by kind (leads, events, activities): ``leadflow setup`` creates
+        them, ``leadflow doctor`` checks them, prefect.yaml's capture deployments read them."""
+        return {kind: self.inbox_dir / kind for kind in DROP_FOLDER_KINDS}
 
     @property
     def rules_dir(self) -> Path:
