@@ -10,9 +10,18 @@ Then posts ``--single`` leads one by one (each waits for its email before the ne
 ``--burst`` leads at once from 64 client threads, and reports, per phase, post -> email
 received (p50, p95, max) and, as the in-run baseline, post -> 202 (capture alone). The
 other baseline is the scheduled pipeline the lane short-cuts: every 15 minutes, so 450 s
-on average. Prints JSON.
+on average.
 
-    python bench/speed_to_lead.py --single 200 --burst 1000
+With ``--load-leads N``, a third phase: N generated leads are ingested, then a
+``leadflow run`` process enriches, scores and routes them while single leads are
+posted one by one, until it ends (speed to lead on a busy host).
+
+Each phase also says where the time goes, per lead, from the ledger's wall-clock times:
+post -> captured (the capture write), captured -> enriched (lane pickup and enrichment),
+enriched -> mql (scoring), mql -> routed (routing, including any wait for the routing
+lock), routed -> sent (the outbox send) and sent -> received (SMTP). Prints JSON.
+
+    python bench/speed_to_lead.py --single 200 --burst 1000 --load-leads 100000
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ class Inbox:
 
     def __init__(self) -> None:
         self.arrived: dict[int, float] = {}
+        self.arrived_wall: dict[int, float] = {}  # the same moments, wall clock (UTC epoch)
         self.changed = threading.Condition()
 
     async def handle_DATA(self, server, session, envelope):
@@ -59,6 +69,7 @@ class Inbox:
         if found:
             with self.changed:
                 self.arrived.setdefault(int(found.group(1)), at)
+                self.arrived_wall.setdefault(int(found.group(1)), time.time())
                 self.changed.notify_all()
         return "250 OK"
 
@@ -108,13 +119,22 @@ def quantiles(values: list[float]) -> dict[str, float | int | None]:
     }
 
 
-def post(session: requests.Session, url: str, fields: dict[str, str]) -> tuple[int, float, float]:
+# lead id -> (phase, wall-clock time of its post), for the stage breakdown
+POSTED: dict[int, tuple[str, float]] = {}
+
+
+def post(
+    session: requests.Session, url: str, fields: dict[str, str], phase: str = "warm"
+) -> tuple[int, float, float]:
+    wall = time.time()
     started = time.monotonic()
     answer = session.post(url, json=fields, headers={"Authorization": f"Bearer {TOKEN}"})
     answered = time.monotonic()
     if answer.status_code != 202:
         raise RuntimeError(f"POST /leads answered {answer.status_code}: {answer.text[:300]}")
-    return int(answer.json()["lead_id"]), started, answered
+    lead = int(answer.json()["lead_id"])
+    POSTED[lead] = (phase, wall)
+    return lead, started, answered
 
 
 def main() -> None:
@@ -138,6 +158,9 @@ def main() -> None:
             url, session = setup(stack, inbox)
             result.update(measure_single(session, url, inbox, args.single, args.timeout))
             result.update(measure_burst(url, inbox, args.burst, args.timeout))
+            if args.load_leads:
+                result.update(measure_under_load(stack, session, url, inbox, args))
+            result["stages"] = stage_breakdown(schema.url, POSTED, inbox)
             result.update(lane_runs(stack.log("lane")))
             result.update(baseline())
     finally:
@@ -157,6 +180,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--burst", type=int, default=1000)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for mail")
     parser.add_argument("--keep", action="store_true", help="keep the schema and the logs")
+    parser.add_argument(
+        "--load-leads",
+        type=int,
+        default=0,
+        help="also post single leads while a pipeline run works through this many leads",
+    )
     add_database_url(parser)
     return parser.parse_args()
 
@@ -205,7 +234,7 @@ def measure_single(
     in-run baseline post -> 202."""
     single, accepted = [], []
     for n in range(count):
-        lead, started, answered = post(session, url, form(n, "single"))
+        lead, started, answered = post(session, url, form(n, "single"), "single")
         accepted.append(answered - started)
         if inbox.wait({lead}, timeout):
             single.append(inbox.arrived[lead] - started)
@@ -226,7 +255,7 @@ def measure_burst(url: str, inbox: Inbox, count: int, timeout: float) -> dict[st
     def one(n: int) -> None:
         """Post lead ``n`` on a session of its own; note when it started and how long 202 took."""
         with requests.Session() as own:
-            lead, started, answered = post(own, url, form(n, "burst"))
+            lead, started, answered = post(own, url, form(n, "burst"), "burst")
         burst_started[lead] = started
         burst_accepted.append(answered - started)
 
@@ -245,6 +274,87 @@ def measure_burst(url: str, inbox: Inbox, count: int, timeout: float) -> dict[st
         "burst_post_to_202": quantiles(burst_accepted),
         "burst_missing": count - len(burst),
     }
+
+
+def measure_under_load(
+    stack: Any, session: requests.Session, url: str, inbox: Inbox, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Ingest ``--load-leads`` generated leads, start ``leadflow run`` on them as a
+    process, and post single leads one by one (each waiting for its email) until it ends."""
+    leadflow = bin_path("leadflow")
+    sample = stack.folder / "load"
+    for argv in (
+        [leadflow, "generate", "--leads", str(args.load_leads), "--out", str(sample)],
+        [leadflow, "ingest", str(sample / "leads.csv"), "--source", "load"],
+    ):
+        subprocess.run(argv, env=stack.env, check=True, capture_output=True)
+    started = time.monotonic()
+    stack.start("pipeline", [leadflow, "run"])
+    pipeline = stack.process("pipeline")
+    times, accepted, missing, n = [], [], 0, 0
+    while pipeline.poll() is None:
+        lead, posted, answered = post(session, url, form(n, "load"), "load")
+        accepted.append(answered - posted)
+        if inbox.wait({lead}, args.timeout):
+            times.append(inbox.arrived[lead] - posted)
+        else:
+            missing += 1
+        n += 1
+    if pipeline.returncode != 0:
+        raise RuntimeError("the load pipeline failed:\n" + stack.log("pipeline")[-3000:])
+    return {
+        "load_leads": args.load_leads,
+        "load_pipeline_s": round(time.monotonic() - started, 1),
+        "load_post_to_email": quantiles(times),
+        "load_post_to_202": quantiles(accepted),
+        "load_missing": missing,
+    }
+
+
+STAGES = (
+    ("capture_write", None, "captured"),
+    ("lane_pickup_and_enrich", "captured", "enriched"),
+    ("score", "enriched", "mql"),
+    ("route", "mql", "routed"),
+    ("outbox_send", "routed", "received"),  # the send, SMTP included (sent_at follows its 250)
+)
+
+
+def stage_breakdown(
+    database_url: str, posted: dict[int, tuple[str, float]], inbox: Inbox
+) -> dict[str, Any]:
+    """Per phase and stage, p50/p95 seconds from the ledger's wall-clock ``recorded_at``
+    of each transition and the inbox's arrival."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url)
+    with engine.connect() as conn:
+        moves = conn.execute(
+            text(
+                "SELECT lead_id, to_status, MIN(recorded_at) FROM lead_events "
+                "WHERE kind = 'transition' AND lead_id = ANY(:ids) GROUP BY lead_id, to_status"
+            ),
+            {"ids": list(posted)},
+        ).all()
+    engine.dispose()
+    at: dict[int, dict[str | None, float]] = {
+        lead: {None: wall} for lead, (_, wall) in posted.items()
+    }
+    for lead, status, when in moves:
+        at[lead][status] = when.timestamp()
+    for lead, wall in inbox.arrived_wall.items():
+        if lead in at:
+            at[lead]["received"] = wall
+    phases: dict[str, Any] = {}
+    for phase in sorted({p for p, _ in posted.values()} - {"warm"}):
+        leads = [lead for lead, (p, _) in posted.items() if p == phase]
+        phases[phase] = {
+            name: quantiles(
+                [at[lead][b] - at[lead][a] for lead in leads if a in at[lead] and b in at[lead]]
+            )
+            for name, a, b in STAGES
+        }
+    return phases
 
 
 def lane_runs(lane_log: str) -> dict[str, int]:
