@@ -19,7 +19,7 @@ posted one by one, until it ends (speed to lead on a busy host).
 Each phase also says where the time goes, per lead, from the ledger's wall-clock times:
 post -> captured (the capture write), captured -> enriched (lane pickup and enrichment),
 enriched -> mql (scoring), mql -> routed (routing, including any wait for the routing
-lock), routed -> sent (the outbox send) and sent -> received (SMTP). Prints JSON.
+lock) and routed -> received (the outbox send, SMTP included). Prints JSON.
 
     python bench/speed_to_lead.py --single 200 --burst 1000 --load-leads 100000
 """
