@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -71,7 +72,7 @@ class Hop:
     fetch: Callable[[Connection, pd.DataFrame, Any, datetime], Any] | None = None
     persist: Callable[[Connection, HopResult, Any, set[int]], None] | None = None
     where: Callable[[Any], Any] | None = None
-    batch_size: int | None = None  # default: LEADFLOW_BATCH_SIZE
+    batch_size: int | None = None  # a cap on LEADFLOW_BATCH_SIZE for this hop
 
 
 @dataclass
@@ -122,7 +123,7 @@ def run_batch(
     request = queue.Request(
         hop=hop.name,
         statuses=tuple(s.value for s in hop.inputs),
-        size=batch_size or hop.batch_size or get_settings().batch_size,
+        size=batch_size or min(hop.batch_size or sys.maxsize, get_settings().batch_size),
         strategy=hop.strategy,
         after=after,
         ids=candidates,
