@@ -3,6 +3,10 @@
 Each received input (file or API page) is one batch; re-receiving identical content is a
 no-op. A chunk the gate rejects is quarantined whole and makes the run Failed, after the
 other chunks have been processed. The work itself is in ``tasks/capture/``.
+
+A scheduled run reads a drop folder (``drop_folder=True``, as prefect.yaml's capture
+deployments do): a missing folder, an empty one, or one whose files were all received before
+is a Completed run saying "no new files in <folder>"; a person's missing file stays an error.
 """
 
 from __future__ import annotations
@@ -15,8 +19,8 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
 from leadflow.capture import sources
-from leadflow.capture.rules import load_mapping
-from leadflow.capture.run import empty_summary
+from leadflow.capture.rules import SourceMapping, load_mapping
+from leadflow.capture.run import drop_folder_path, empty_summary, nothing_new
 from leadflow.settings import get_settings
 from tasks import rules_check
 from tasks.capture import CaptureRun, inspect_input, publish_gates
@@ -42,12 +46,18 @@ def capture(
     database_url: str | None = None,
     chunk_size: int | None = None,
     target: str | None = None,
+    drop_folder: bool = False,
 ) -> State:
     """Ingest leads (or, with ``target="events"`` or ``"activities"``, engagement events or
     sales activities) from a CSV/JSON Lines file or folder (local or fsspec URL) or a REST API.
 
     Returns a Completed state whose data is the summary (received, inserted, merged,
     quarantined, batch ids); Failed, with the same data, if any chunk was rejected.
+
+    ``drop_folder``: ``path`` is a drop folder read on a schedule (relative: under
+    ``LEADFLOW_HOME``). Missing, empty, or holding only files received before (which open no
+    batch) is a Completed run whose message is "no new files in <folder>"; otherwise a
+    missing ``path`` fails the run (InputError).
     """
     started = time.monotonic()
     settings = get_settings()
@@ -68,14 +78,16 @@ def capture(
     if mapping.api is not None:
         run.capture_api(path, mapping)
     else:
-        # Check every input before writing anything: a missing column stops the run here.
-        inputs = [inspect_input(uri, mapping) for uri in sources.list_inputs(path)]
-        for info in inputs:
-            # Big inputs are prepared in a worker process, overlapping with the writes.
-            workers = settings.prepare_workers if info.size > PARALLEL_FROM_BYTES else 0
-            run.capture_file(
-                info, mapping, chunk_size=chunk_size or settings.batch_size, workers=workers
-            )
+        folder = drop_folder_path(path, settings.home) if drop_folder else path
+        if drop_folder and not sources.input_exists(folder):
+            return quiet_tick(run, folder, started, missing=True)
+        uris = sources.list_inputs(folder)
+        found = run.new_files(uris, mapping.target) if drop_folder else [(u, None) for u in uris]
+        if not found:
+            return quiet_tick(run, folder, started, missing=False)
+        capture_files(
+            run, found, mapping, chunk_size or settings.batch_size, settings.prepare_workers
+        )
 
     summary = run.summary
     if len(summary["batch_ids"]) == 1:
@@ -85,3 +97,32 @@ def capture(
     if not run.accepted:
         return Failed(message=run.rejection(), data=summary)
     return Completed(message=run.describe(), data=summary)
+
+
+def capture_files(
+    run: CaptureRun,
+    found: list[tuple[str, tuple[str, int] | None]],
+    mapping: SourceMapping,
+    chunk_size: int,
+    prepare_workers: int,
+) -> None:
+    """Each input (with its SHA-256 and size when known) as one batch."""
+    # Check every input before writing anything: a missing column stops the run here.
+    inputs = [inspect_input(uri, mapping, digest) for uri, digest in found]
+    for info in inputs:
+        # Big inputs are prepared in a worker process, overlapping with the writes.
+        workers = prepare_workers if info.size > PARALLEL_FROM_BYTES else 0
+        run.capture_file(info, mapping, chunk_size=chunk_size, workers=workers)
+
+
+def quiet_tick(run: CaptureRun, folder: str, started: float, *, missing: bool) -> State:
+    """Nothing to capture in ``folder``: a Completed run that says so (no batch opened)."""
+    summary = run.summary
+    summary["message"] = nothing_new(
+        folder,
+        missing=missing,
+        seen=len(summary.get("seen_before", [])),
+        rejected=summary.get("seen_rejected"),
+    )
+    summary["seconds"] = round(time.monotonic() - started, 3)
+    return Completed(message=summary["message"], data=summary)

@@ -93,9 +93,12 @@ def log_outcome(outcome: ChunkOutcome) -> None:
 
 
 @task(name="inspect-input", cache_policy=NO_CACHE, task_run_name="inspect-{uri}")
-def inspect_input(uri: str, mapping: SourceMapping) -> InputInfo:
-    """Hash the input and check its header against the mapping (nothing is written)."""
-    return run_impl.inspect_input(uri, mapping)
+def inspect_input(
+    uri: str, mapping: SourceMapping, digest: tuple[str, int] | None = None
+) -> InputInfo:
+    """Hash the input (unless ``digest`` is known) and check its header against the
+    mapping (nothing is written)."""
+    return run_impl.inspect_input(uri, mapping, digest)
 
 
 @task(name="api-token", cache_policy=NO_CACHE)
@@ -183,6 +186,27 @@ class CaptureRun:
         if opened.resumed:
             self.summary.setdefault("resumed", []).append(opened.batch_id)
         return opened
+
+    def new_files(self, uris: list[str], target: str) -> list[tuple[str, tuple[str, int]]]:
+        """A drop folder's files not received before, each with its (SHA-256, size): a file
+        still lying in the folder from an earlier tick is not a new delivery, so it opens no
+        batch (not even a duplicate). The others' batches go under ``seen_before`` (and
+        ``seen_rejected`` for those the gate rejected)."""
+        fresh = []
+        seen = self.summary.setdefault("seen_before", [])
+        for uri in uris:
+            digest = sources.content_hash(uri)
+            with store.get_engine(self.database_url).connect() as conn:
+                earlier = run_impl.received_before(
+                    conn, source=self.source, target=target, content_hash=digest[0]
+                )
+            if earlier is None:
+                fresh.append((uri, digest))
+                continue
+            seen.append(earlier[0])
+            if earlier[1] == "failed":
+                self.summary.setdefault("seen_rejected", []).append(earlier[0])
+        return fresh
 
     def lock(self, target: str, content_hash: str) -> Any:
         """The input's lock, held from opening its batch to closing it."""

@@ -20,6 +20,8 @@ from app.cli.common import (
 
 
 def _human_ingest(data: dict[str, Any]) -> str:
+    if data.get("message") and not data.get("batch_ids"):
+        return str(data["message"])  # nothing to capture: "no new files in <folder> (...)"
     lines = [
         f"received {data.get('received', 0)}: inserted {data.get('inserted', 0)}, "
         f"merged {data.get('merged', 0)}, quarantined {data.get('quarantined', 0)}"

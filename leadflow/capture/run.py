@@ -9,9 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.engine import Connection
+
 from leadflow import quality
+from leadflow import tables as t
 from leadflow.capture import activities, events, sources
 from leadflow.capture.rules import SourceMapping
 from leadflow.capture.sources import RecordChunk
@@ -120,10 +125,13 @@ def describe_rejection(gate: quality.GateResult) -> str:
     return text
 
 
-def inspect_input(uri: str, mapping: SourceMapping) -> InputInfo:
-    """Hash the input and check its header against the mapping (nothing is written)."""
+def inspect_input(
+    uri: str, mapping: SourceMapping, digest: tuple[str, int] | None = None
+) -> InputInfo:
+    """Hash the input (unless ``digest``, its SHA-256 and size, is known) and check its
+    header against the mapping (nothing is written)."""
     header, mapping = check_header(uri, mapping)
-    digest, size = sources.content_hash(uri)
+    digest, size = digest or sources.content_hash(uri)
     problem = None
     if (offset := sources.undecodable_at(uri, mapping.encoding)) is not None:
         problem = (
@@ -139,3 +147,59 @@ def inspect_input(uri: str, mapping: SourceMapping) -> InputInfo:
         mapping=mapping,
         encoding_problem=problem,
     )
+
+
+# ------------------------------------------------------------------ drop folders
+# A scheduled capture reads a drop folder (``var/inbox/<kind>``): a folder that is missing or
+# holds nothing new is a quiet tick, not a failure, and a file still lying there from an
+# earlier tick is not delivered again.
+
+
+def drop_folder_path(path: str, home: Path) -> str:
+    """A drop folder as a deployment names it: a relative local path is under the data
+    folder (``LEADFLOW_HOME``), wherever the worker runs; a URL or absolute path as is."""
+    if "://" in path or Path(path).is_absolute():
+        return path
+    return str(home / path)
+
+
+def received_before(
+    conn: Connection, *, source: str, target: str, content_hash: str
+) -> tuple[int, str] | None:
+    """The batch that took this content in already, and its status: ``complete``, or
+    ``failed`` (the gate rejected it; its records wait in the quarantine). A batch left
+    ``running`` by a dead run is not one: the next run finishes it."""
+    b = t.capture_batches
+    row = conn.execute(
+        select(b.c.id, b.c.status)
+        .where(
+            b.c.source == source,
+            b.c.target == target,
+            b.c.content_hash == content_hash,
+            b.c.status.in_(("complete", "failed")),
+        )
+        .order_by(b.c.id)
+        .limit(1)
+    ).first()
+    return (int(row.id), str(row.status)) if row is not None else None
+
+
+def nothing_new(
+    folder: str, *, missing: bool, seen: int = 0, rejected: list[int] | None = None
+) -> str:
+    """The one line a run that found nothing to capture in ``folder`` ends with."""
+    if missing:
+        return (
+            f"no new files in {folder}: the folder does not exist yet "
+            "(`leadflow setup` creates the drop folders)"
+        )
+    if not seen:
+        return f"no new files in {folder} (it is empty)"
+    line = f"no new files in {folder} ({seen} file(s) there were captured before"
+    if rejected:
+        batches = ",".join(str(b) for b in rejected)
+        line += (
+            f"; batch(es) {batches} rejected by the gate: `leadflow quarantine list --batch "
+            f"{rejected[0]}`"
+        )
+    return line + ")"

@@ -78,6 +78,12 @@ class ApiPage:
 # --------------------------------------------------------------------------- files
 
 
+def input_exists(path: str) -> bool:
+    """Whether ``path`` (a file or folder, local or an fsspec URL) is there."""
+    fs, root = fsspec.core.url_to_fs(path)
+    return bool(fs.exists(root))
+
+
 def list_inputs(path: str) -> list[str]:
     """The files to ingest at ``path``: the file itself, or the data files in a folder."""
     fs, root = fsspec.core.url_to_fs(path)
