@@ -518,7 +518,12 @@ def create_app(
         lead, token = request.query_params.get("lead"), request.query_params.get("t")
         if lead is None or token is None or not _LEAD.fullmatch(lead):
             return page("Link not valid", "<p>This unsubscribe link is not complete.</p>", 400)
-        if not _TOKEN.fullmatch(token) or not unsubscribe.valid(int(lead), token):
+        try:
+            honoured = _TOKEN.fullmatch(token) is not None and unsubscribe.valid(int(lead), token)
+        except ConfigError as exc:  # no Public Site block, or its Prefect API is down
+            log.error("unsubscribe: links cannot be checked: %s", exc)
+            return page("Try again later", "<p>Unsubscribing is unavailable right now.</p>", 503)
+        if not honoured:
             gate.failed(address)
             return page("Link not valid", "<p>This unsubscribe link is not valid.</p>", 403)
         return int(lead)

@@ -16,7 +16,8 @@ from pydantic import Field, SecretStr, model_validator
 class SmtpNotifier(Block):
     """An SMTP server (plain ``smtplib``: works from sync flows, unlike prefect-email's async
     task). ``starttls`` upgrades a plain connection; ``ssl`` connects with TLS from the start
-    (port 465); never both."""
+    (port 465); never both. ``ca_file`` is a PEM file of certificates to trust instead of the
+    system's (a private CA, or a test server's self-signed certificate)."""
 
     _block_type_name: ClassVar[str] = "Leadflow SMTP Notifier"
     _description: ClassVar[str] = "Sends leadflow's email messages through an SMTP server."
@@ -28,6 +29,7 @@ class SmtpNotifier(Block):
     from_address: str = Field(pattern=r"^[^@\s]+@[^@\s]+$")
     starttls: bool = True
     ssl: bool = False
+    ca_file: str | None = None
     timeout_seconds: float = Field(default=20.0, gt=0)
 
     @model_validator(mode="after")

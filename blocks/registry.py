@@ -12,7 +12,10 @@ Leadflow Database                     leadflow                   LEADFLOW_DATABA
 Secret (capture token)                leadflow-capture-token     LEADFLOW_CAPTURE_TOKEN
 Leadflow SMTP Notifier                leadflow-smtp              LEADFLOW_SMTP_HOST, _PORT,
                                                                  _USERNAME, _PASSWORD, _FROM,
-                                                                 _STARTTLS
+                                                                 _STARTTLS, _SSL, _CA_FILE
+Leadflow Public Site                  leadflow-site              LEADFLOW_PUBLIC_URL,
+                                                                 LEADFLOW_UNSUBSCRIBE_SECRET
+                                                                 (random when unset)
 Leadflow Webhook Notifier             leadflow-webhook           LEADFLOW_WEBHOOK_URL, _TOKEN
 Leadflow HTTP Firmographics           leadflow-firmographics     LEADFLOW_FIRMOGRAPHICS_URL, _KEY
 Leadflow Rules Location               leadflow-rules             LEADFLOW_RULES_DIR
@@ -29,6 +32,9 @@ from blocks.database import LeadflowDatabase
 from blocks.firmographics import FileFirmographics, HttpFirmographics
 from blocks.notifier import MaildirNotifier, SmtpNotifier, WebhookNotifier
 from blocks.rules import RulesLocation, ScoringRulesBlock
+from blocks.site import MIN_SECRET_LENGTH, LeadflowSite
+from leadflow import links
+from leadflow.config import ConfigError
 
 TYPES = (
     LeadflowDatabase,
@@ -39,6 +45,7 @@ TYPES = (
     MaildirNotifier,
     ScoringRulesBlock,
     RulesLocation,
+    LeadflowSite,
 )
 CAPTURE_TOKEN = "leadflow-capture-token"
 TOKEN_ENV = "LEADFLOW_CAPTURE_TOKEN"
@@ -67,18 +74,55 @@ def _env(name: str) -> str | None:
     return value if value not in (None, "") else None
 
 
+def _flag(name: str, default: bool) -> bool:
+    raw = _env(name)
+    if raw is None:
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"environment variable {name}={raw!r}: use true or false")
+
+
 def _smtp() -> SmtpNotifier | None:
+    """From LEADFLOW_SMTP_*: STARTTLS on 587 by default; LEADFLOW_SMTP_SSL=true is TLS from
+    the start (port 465 by default); LEADFLOW_SMTP_CA_FILE trusts a private CA."""
     host = _env("LEADFLOW_SMTP_HOST")
     if host is None:
         return None
+    ssl = _flag("LEADFLOW_SMTP_SSL", False)
+    starttls = _flag("LEADFLOW_SMTP_STARTTLS", not ssl)
+    if ssl and starttls:
+        raise ConfigError(
+            "LEADFLOW_SMTP_SSL=true and LEADFLOW_SMTP_STARTTLS=true: choose one "
+            "(SSL: TLS from the start, port 465; STARTTLS: port 587)"
+        )
+    port = _env("LEADFLOW_SMTP_PORT")
+    if port is not None and not port.isdigit():
+        raise ConfigError(f"environment variable LEADFLOW_SMTP_PORT={port!r} is not a port")
     return SmtpNotifier(
         host=host,
-        port=int(_env("LEADFLOW_SMTP_PORT") or 587),
+        port=int(port or (465 if ssl else 587)),
         username=_env("LEADFLOW_SMTP_USERNAME"),
         password=_env("LEADFLOW_SMTP_PASSWORD"),
         from_address=_env("LEADFLOW_SMTP_FROM") or f"leadflow@{host}",
-        starttls=(_env("LEADFLOW_SMTP_STARTTLS") or "true").lower() in ("1", "true", "yes"),
+        starttls=starttls,
+        ssl=ssl,
+        ca_file=_env("LEADFLOW_SMTP_CA_FILE"),
     )
+
+
+def _site() -> LeadflowSite | None:
+    """From LEADFLOW_PUBLIC_URL, signing with LEADFLOW_UNSUBSCRIBE_SECRET or a new random
+    secret (kept: init does not overwrite a block that exists)."""
+    url = _env(links.URL_ENV)
+    if url is None:
+        return None
+    secret = _env(links.SECRET_ENV) or links.new_secret()
+    if len(secret) < MIN_SECRET_LENGTH:
+        raise ConfigError(f"{links.SECRET_ENV}: at least {MIN_SECRET_LENGTH} characters")
+    return LeadflowSite(public_url=links.check_public_url(url, links.URL_ENV), secret=secret)
 
 
 def _token() -> Any:
@@ -115,6 +159,7 @@ PLANS: dict[str, tuple[str, Callable[[], Any]]] = {
             api_key=_env("LEADFLOW_FIRMOGRAPHICS_KEY"),
         ),
     ),
+    links.SITE_BLOCK: (links.URL_ENV, _site),
     "leadflow-rules": (
         "LEADFLOW_RULES_DIR",
         lambda: _maybe(RulesLocation, directory=_env("LEADFLOW_RULES_DIR")),

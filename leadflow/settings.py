@@ -130,6 +130,39 @@ def _block_field(name: str, slug: str, key: str) -> str:
     return value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
 
 
+def configured_prefect_api() -> str | None:
+    """The Prefect server this host is set up for: ``PREFECT_API_URL`` in the environment or
+    in the active Prefect profile. Unlike ``prefect_api_url``, a server set only for this
+    process (Prefect's test harness, ``temporary_settings``) does not count, so the demo and
+    the flow tests need no Public Site block (``leadflow/links.py``)."""
+    if env := os.environ.get("PREFECT_API_URL"):
+        return env
+    from prefect.settings import PREFECT_API_URL
+    from prefect.settings.profiles import load_current_profile
+
+    try:
+        return load_current_profile().settings.get(PREFECT_API_URL) or None
+    except Exception:  # an unreadable profiles file: no server configured there
+        return None
+
+
+def read_block(name: str, slug: str) -> dict | None:
+    """The fields of the block ``name`` of type ``slug`` with its secrets in clear (None when
+    there is no such block), read through the Prefect API each call (callers cache). A
+    Prefect API that does not answer raises."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            document = client.read_block_document_by_name(
+                name, block_type_slug=slug, include_secrets=True
+            )
+        except ObjectNotFound:
+            return None
+    return dict(document.data)
+
+
 def _block_url() -> str | None:
     """The URL in the Prefect block named by ``LEADFLOW_DATABASE_BLOCK``, if any."""
     name = os.environ.get("LEADFLOW_DATABASE_BLOCK")

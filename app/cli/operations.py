@@ -158,6 +158,10 @@ def cmd_blocks(args: argparse.Namespace) -> int:
 
     if args.action == "register":
         data = {"registered": registry.register()}
+    elif args.action == "rotate-secret":
+        from blocks.site import rotate
+
+        data = rotate(keep_days=args.keep_days)
     else:
         data = registry.init(overwrite=args.overwrite)
     emit(args, data, lambda d: "\n".join(f"{k}: {v}" for k, v in d.items()))
@@ -165,7 +169,14 @@ def cmd_blocks(args: argparse.Namespace) -> int:
 
 
 def _blocks_arguments(command: argparse.ArgumentParser) -> None:
-    command.add_argument("action", choices=["register", "init"])
+    command.add_argument("action", choices=["register", "init", "rotate-secret"])
+    command.add_argument(
+        "--keep-days",
+        type=float,
+        default=30.0,
+        help="rotate-secret: days the old link-signing secret still verifies (default 30; "
+        "0 retires it at once). The block: LEADFLOW_SITE_BLOCK, default leadflow-site",
+    )
     command.add_argument("--overwrite", action="store_true", help="replace blocks that exist")
     command.add_argument("--json", action="store_true")
 

@@ -2,60 +2,48 @@
 
 Every nurture email carries ``List-Unsubscribe`` (RFC 2369) and ``List-Unsubscribe-Post``
 (RFC 8058, one click) pointing at ``<public url>/unsubscribe?lead=<id>&t=<token>``; the token
-is an HMAC of the lead id, so nobody can unsubscribe someone else by guessing ids. The secret
-is ``LEADFLOW_UNSUBSCRIBE_SECRET``, else one generated once and kept in
-``var/unsubscribe.key`` (mode 600), so the demo needs no setup. The public URL is
-``LEADFLOW_PUBLIC_URL`` (default the local ``leadflow serve`` address).
+is a signature of the lead id under the purpose ``unsubscribe`` (``leadflow/links.py``), so
+nobody can unsubscribe someone else by guessing ids. The public URL and the secret come from
+``LEADFLOW_PUBLIC_URL`` / ``LEADFLOW_UNSUBSCRIBE_SECRET``, else the Public Site block
+(``leadflow-site``) when a Prefect server is configured, else the demo's defaults
+(``http://127.0.0.1:8080`` and ``var/unsubscribe.key``); see ``leadflow/links.py``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import os
-import secrets
-from functools import cache
-from pathlib import Path
 from urllib.parse import urlencode
 
-from leadflow.settings import get_settings
+from leadflow import links
 
-DEFAULT_PUBLIC_URL = "http://127.0.0.1:8080"
-
-
-@cache
-def _secret_from(path: str) -> bytes:
-    key = Path(path)
-    if not key.exists():
-        key.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(secrets.token_hex(32))
-    return key.read_text().strip().encode()
+DEFAULT_PUBLIC_URL = links.DEFAULT_PUBLIC_URL
+PURPOSE = "unsubscribe"
 
 
 def secret() -> bytes:
-    if env := os.environ.get("LEADFLOW_UNSUBSCRIBE_SECRET"):
-        return env.encode()
-    return _secret_from(str(get_settings().var_dir / "unsubscribe.key"))
+    """The secret new unsubscribe links are signed with."""
+    return links.signing_secret()
 
 
 def token(lead_id: int, key: bytes | None = None) -> str:
-    digest = hmac.new(key or secret(), f"unsubscribe:{int(lead_id)}".encode(), hashlib.sha256)
-    return digest.hexdigest()[:32]
+    return links.sign(PURPOSE, str(int(lead_id)), key)
 
 
 def valid(lead_id: int, candidate: str, key: bytes | None = None) -> bool:
-    return hmac.compare_digest(token(lead_id, key), str(candidate))
+    """Whether ``candidate`` is the lead's token: under ``key`` if given, else under the
+    current secret or a previous one not yet retired."""
+    if key is not None:
+        return hmac.compare_digest(token(lead_id, key), str(candidate))
+    return links.verify(PURPOSE, str(int(lead_id)), candidate)
 
 
 def public_url() -> str:
-    return (os.environ.get("LEADFLOW_PUBLIC_URL") or DEFAULT_PUBLIC_URL).rstrip("/")
+    return links.public_url()
 
 
 def link(lead_id: int, key: bytes | None = None, base: str | None = None) -> str:
     query = urlencode({"lead": int(lead_id), "t": token(lead_id, key)})
-    return f"{base or public_url()}/unsubscribe?{query}"
+    return f"{(base or public_url()).rstrip('/')}/unsubscribe?{query}"
 
 
 def headers(url: str) -> dict[str, str]:

@@ -137,27 +137,68 @@ def build_email(notifier: SmtpNotifier | MaildirNotifier, row: dict[str, Any]) -
     return message
 
 
+def smtp_label(notifier: SmtpNotifier) -> str:
+    """The SMTP server as a message names it: its block (when saved) and address."""
+    name = getattr(notifier, "_block_document_name", None)
+    where = f"{notifier.host}:{notifier.port}"
+    return f"SMTP block {name!r} ({where})" if name else f"SMTP {where}"
+
+
 def _smtp_connect(notifier: SmtpNotifier) -> smtplib.SMTP:
+    """A connected, logged-in client: TLS from the start (``ssl``) or after STARTTLS,
+    trusting ``ca_file`` when set. Any failure is ``Unreachable`` with one line naming the
+    block: its messages go back to the outbox untried."""
+    client: smtplib.SMTP | None = None
     try:
+        context = ssl_module.create_default_context(cafile=notifier.ca_file or None)
         if notifier.ssl:
-            client: smtplib.SMTP = smtplib.SMTP_SSL(
-                notifier.host,
-                notifier.port,
-                timeout=notifier.timeout_seconds,
-                context=ssl_module.create_default_context(),
+            client = smtplib.SMTP_SSL(
+                notifier.host, notifier.port, timeout=notifier.timeout_seconds, context=context
             )
         else:
             client = smtplib.SMTP(notifier.host, notifier.port, timeout=notifier.timeout_seconds)
             if notifier.starttls:
-                client.starttls(context=ssl_module.create_default_context())
+                client.starttls(context=context)
         if notifier.username:
             password = notifier.password.get_secret_value() if notifier.password else ""
             client.login(notifier.username, password)
         return client
+    except smtplib.SMTPAuthenticationError as exc:
+        _close_quietly(client)
+        raise Unreachable(
+            f"{smtp_label(notifier)}: login refused ({exc.smtp_code}); check the block's "
+            "username and password"
+        ) from exc
     except (OSError, smtplib.SMTPException) as exc:
+        _close_quietly(client)
+        detail = " ".join(str(masked(exc)).split())
+        raise Unreachable(f"{smtp_label(notifier)}: {type(exc).__name__}: {detail}") from exc
+
+
+def _close_quietly(client: smtplib.SMTP | None) -> None:
+    if client is not None:
+        with contextlib.suppress(OSError, smtplib.SMTPException):
+            client.close()
+
+
+def smtp_probe(notifier: SmtpNotifier) -> str:
+    """Connect, EHLO, STARTTLS or SSL and log in exactly as a send does, then quit: no mail
+    is sent (``leadflow doctor``). Returns what was done; raises ``Unreachable`` (its
+    ``__cause__`` the ``smtplib``/socket error) when a step fails."""
+    client = _smtp_connect(notifier)
+    try:
+        client.ehlo_or_helo_if_needed()
+        with contextlib.suppress(OSError, smtplib.SMTPException):
+            client.quit()
+    except (OSError, smtplib.SMTPException) as exc:
+        client.close()
         raise Unreachable(
             f"SMTP {notifier.host}:{notifier.port}: {type(exc).__name__}: {masked(exc)}"
         ) from exc
+    steps = ["EHLO"] + (["SSL"] if notifier.ssl else ["STARTTLS"] if notifier.starttls else [])
+    if notifier.username:
+        steps.append("login")
+    return f"{notifier.host}:{notifier.port} answered {' + '.join(steps)} (no mail sent)"
 
 
 def _send_email(client: Any, notifier: SmtpNotifier, row: dict[str, Any]) -> None:
