@@ -12,18 +12,36 @@ from functools import lru_cache
 from pathlib import Path
 
 
-def project_home() -> Path:
-    """The folder that holds ``var/`` (database, Data Docs, sample data).
+def checkout() -> Path | None:
+    """The source checkout this package runs from (an editable install), or None when it is
+    an installed wheel (its parent folder is ``site-packages``, with no ``pyproject.toml``)."""
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / "pyproject.toml").is_file() else None
 
-    ``LEADFLOW_HOME`` wins; otherwise the source checkout this package lives in (an editable
-    install), otherwise the current directory.
+
+def project_home() -> Path:
+    """The data folder: it holds ``var/`` (database, GX results, Data Docs, reports, drop
+    folders, sample data). Code and rules are elsewhere (the package; ``Settings.rules_dir``).
+
+    ``LEADFLOW_HOME`` wins; otherwise, in the source checkout (an editable install), the
+    checkout; otherwise (an installed wheel) the current directory. Deployed flows run in the
+    worker's own ``LEADFLOW_HOME``: prefect.yaml's pull step ``app.deploy_steps.enter_home``
+    changes into it.
     """
     if env := os.environ.get("LEADFLOW_HOME"):
         return Path(env).expanduser().resolve()
-    checkout = Path(__file__).resolve().parents[1]
-    if (checkout / "pyproject.toml").exists():
-        return checkout
-    return Path.cwd()
+    return checkout() or Path.cwd()
+
+
+def bundled(name: str) -> Path:
+    """A folder of defaults leadflow ships (``rules`` or ``suites``): the copy an installed
+    wheel carries under ``leadflow/defaults/`` (setup.py puts it there), else, in the
+    checkout, the checkout's own."""
+    shipped = Path(__file__).resolve().parent / "defaults" / name
+    if shipped.is_dir():
+        return shipped
+    root = checkout()
+    return root / name if root else shipped
 
 
 def _float(name: str, default: float) -> float:
@@ -54,6 +72,8 @@ class Settings:
     max_quarantine_rate: float
     claim_ttl_seconds: int
     prepare_workers: int
+    # Where ``database_url`` came from, said with it to a person (``database_label``).
+    database_source: str = "from LEADFLOW_DATABASE_URL"
     var_dir: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -80,22 +100,44 @@ class Settings:
 
     @property
     def rules_dir(self) -> Path:
-        """Reviewed config (rules, lists, mappings): the checkout's ``rules/`` by default."""
-        if env := os.environ.get("LEADFLOW_RULES_DIR"):
-            return Path(env)
-        if name := os.environ.get("LEADFLOW_RULES_BLOCK"):
-            return Path(_block_field(name, "leadflow-rules-location", "directory"))
-        bundled = Path(__file__).resolve().parents[1] / "rules"
-        return bundled if bundled.exists() else self.home / "rules"
+        """Reviewed config (rules, lists, source mappings, templates): ``rules_folder()``."""
+        return rules_folder()
+
+
+def rules_folder() -> Path:
+    """The rules folder: ``LEADFLOW_RULES_DIR``, else the ``directory`` of the
+    ``leadflow-rules-location`` block named by ``LEADFLOW_RULES_BLOCK``, else the defaults
+    leadflow ships (``bundled("rules")``)."""
+    if env := os.environ.get("LEADFLOW_RULES_DIR"):
+        return Path(env)
+    if name := os.environ.get("LEADFLOW_RULES_BLOCK"):
+        return Path(_block_field(name, "leadflow-rules-location", "directory"))
+    return bundled("rules")
+
+
+def rules_file(path: str | Path) -> Path:
+    """A rules file a person or a deployment parameter named: as given when it exists
+    (absolute, or relative to the working directory); otherwise, when relative, the same name
+    in ``rules_folder()`` (a leading ``rules/`` dropped: ``rules/scoring.yaml`` is
+    ``<rules folder>/scoring.yaml``), so a worker with only the package and its data folder
+    finds what a checkout has under ``rules/``. A name found nowhere comes back as given (the
+    loader's error names it)."""
+    given = Path(path)
+    if given.is_absolute() or given.exists():
+        return given
+    parts = given.parts[1:] if given.parts[:1] == ("rules",) else given.parts
+    candidate = rules_folder().joinpath(*parts) if parts else given
+    return candidate if candidate.exists() else given
 
 
 def get_settings() -> Settings:
     """Read the settings from the environment (cheap; call it where you need it)."""
     home = project_home()
-    default_db = f"sqlite:///{home / 'var' / 'leadflow.db'}"
+    database_url, database_source = _database(home)
     return Settings(
         home=home,
-        database_url=os.environ.get("LEADFLOW_DATABASE_URL") or _block_url() or default_db,
+        database_url=database_url,
+        database_source=database_source,
         batch_size=_int("LEADFLOW_BATCH_SIZE", 100_000),
         max_quarantine_rate=_float("LEADFLOW_MAX_QUARANTINE_RATE", 0.05),
         claim_ttl_seconds=_int("LEADFLOW_CLAIM_TTL_SECONDS", 60),
@@ -163,10 +205,81 @@ def read_block(name: str, slug: str) -> dict | None:
     return dict(document.data)
 
 
-def _block_url() -> str | None:
-    """The URL in the Prefect block named by ``LEADFLOW_DATABASE_BLOCK``, if any."""
-    name = os.environ.get("LEADFLOW_DATABASE_BLOCK")
-    return _block_field(name, "leadflow-database", "url") if name else None
+DEFAULT_DATABASE_BLOCK = "leadflow"  # the name ``leadflow blocks init`` saves it under
+
+
+def _database(home: Path) -> tuple[str, str]:
+    """(database URL, where it came from): the command line finds the database the deployed
+    flows use, in this order:
+
+    1. ``LEADFLOW_DATABASE_URL``;
+    2. the Leadflow Database block named by ``LEADFLOW_DATABASE_BLOCK`` (it must exist);
+    3. when a Prefect API is configured (``PREFECT_API_URL`` in the environment or the
+       active profile), the block named ``leadflow`` if the server has one. A configured API
+       that does not answer is a ``ValueError`` naming its URL (one line, exit 2 on the
+       command line), never a quiet SQLite. A
+       server without that block falls back to the demo SQLite and says so in the source
+       (every command's ``--json`` "database_source"; ``leadflow doctor`` fails it): a demo
+       or a test run beside a server needs no block, and the label keeps it from passing
+       for the deployment's database;
+    4. the demo's SQLite file, ``var/leadflow.db`` under the home folder.
+    """
+    if url := os.environ.get("LEADFLOW_DATABASE_URL"):
+        return url, "from LEADFLOW_DATABASE_URL"
+    if name := os.environ.get("LEADFLOW_DATABASE_BLOCK"):
+        return _block_field(name, "leadflow-database", "url"), f"from block {name!r}"
+    demo = f"sqlite:///{home / 'var' / 'leadflow.db'}"
+    api = configured_prefect_api()
+    if api is None:
+        return demo, "the demo database"
+    url = _default_block_url(api, DEFAULT_DATABASE_BLOCK)
+    if url is None:
+        return demo, (
+            f"the demo database: the Prefect server at {api} has no "
+            f"{DEFAULT_DATABASE_BLOCK!r} database block"
+        )
+    return url, f"from block {DEFAULT_DATABASE_BLOCK!r}"
+
+
+@lru_cache(maxsize=8)
+def _default_block_url(api: str, name: str) -> str | None:
+    """The URL in the ``name`` database block on the server at ``api``, None if it has none.
+    Looked up once per process and server: ``get_settings()`` is called everywhere."""
+    import httpx
+
+    try:
+        data = read_block(name, "leadflow-database")
+    except (httpx.HTTPError, OSError) as exc:
+        raise ValueError(
+            f"PREFECT_API_URL={api}: the Prefect API does not answer ({type(exc).__name__}), "
+            f"so the {name!r} database block cannot be read; start the server, or set "
+            "LEADFLOW_DATABASE_URL to name the database without it"
+        ) from None
+    if data is None:
+        return None
+    value = data["url"]
+    return value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
+
+
+def database_label(url: str | None = None) -> str:
+    """The database fit to show a person: ``postgresql://host:port/db`` (no user, password
+    or options) or the SQLite file's path. Default: the one ``get_settings()`` finds."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url or get_settings().database_url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return parsed.database or ":memory:"
+    host = parsed.host or "localhost"
+    port = f":{parsed.port}" if parsed.port else ""
+    return f"{backend}://{host}{port}/{parsed.database or ''}"
+
+
+def database_description() -> str:
+    """The database ``get_settings()`` finds and where from, for a message: e.g.
+    ``postgresql://db-host/leads (from block 'leadflow')``."""
+    settings = get_settings()
+    return f"{database_label(settings.database_url)} ({settings.database_source})"
 
 
 def _workers() -> int:

@@ -15,13 +15,23 @@ import os
 import sys
 from collections.abc import Sequence
 
-from app.cli import capture, operations, outbox, pipeline, routing, sales, serving, setup
+from app.cli import (
+    capture,
+    doctor,
+    operations,
+    outbox,
+    pipeline,
+    routing,
+    sales,
+    serving,
+    setup,
+)
 from app.cli.common import EXIT_FAILED, EXIT_OK, EXIT_UNDELIVERED, fail, quiet_prefect
 
 __all__ = ["EXIT_UNDELIVERED", "build_parser", "main"]
 
 # The groups, in the order `leadflow --help` lists them.
-GROUPS = (setup, operations, capture, pipeline, routing, sales, outbox, serving)
+GROUPS = (setup, operations, capture, pipeline, routing, sales, outbox, serving, doctor)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -79,7 +79,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         "files": {k: str(v) for k, v in written.items()},
         "seconds": round(time.monotonic() - started, 3),
     }
-    emit(args, data, lambda d: "wrote " + ", ".join(d["files"].values()))
+    emit(args, data, lambda d: "wrote " + ", ".join(d["files"].values()), reads_database=False)
     return EXIT_OK
 
 
@@ -164,7 +164,7 @@ def cmd_blocks(args: argparse.Namespace) -> int:
         data = rotate(keep_days=args.keep_days)
     else:
         data = registry.init(overwrite=args.overwrite)
-    emit(args, data, lambda d: "\n".join(f"{k}: {v}" for k, v in d.items()))
+    emit(args, data, lambda d: "\n".join(f"{k}: {v}" for k, v in d.items()), reads_database=False)
     return EXIT_OK
 
 

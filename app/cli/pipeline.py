@@ -200,7 +200,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
             data["routing"] = explain_routing(conn, lead_id)
     if data is None:
-        return fail(f"no lead with id, email or external id {args.lead_id!r}")
+        from leadflow.quarantine import mask
+        from leadflow.settings import database_description
+
+        return fail(
+            f"no lead with id, email or external id {mask(args.lead_id)!r} "
+            f"in {database_description()}"
+        )
     emit(args, data, _human_explain)
     return EXIT_OK
 

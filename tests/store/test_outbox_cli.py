@@ -33,9 +33,14 @@ def queued(engine, count: int) -> None:
 
 
 def run(capsys, *argv: str) -> tuple[int, dict, str]:
+    """The command's exit code, its JSON (less the database it says it read) and stderr."""
     code = cli.main([*argv, "--json"])
     out, err = capsys.readouterr()
-    return code, (json.loads(out) if out.strip() else {}), err
+    data = json.loads(out) if out.strip() else {}
+    if data:
+        assert data.pop("database_source") == "from LEADFLOW_DATABASE_URL"
+        assert data.pop("database")
+    return code, data, err
 
 
 def test_outbox_commands_list_send_retry_and_requeue(engine, tmp_path, capsys) -> None:
