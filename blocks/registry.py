@@ -19,6 +19,7 @@ Leadflow Public Site                  leadflow-site              LEADFLOW_PUBLIC
 Leadflow Webhook Notifier             leadflow-webhook           LEADFLOW_WEBHOOK_URL, _TOKEN
 Leadflow HTTP Firmographics           leadflow-firmographics     LEADFLOW_FIRMOGRAPHICS_URL, _KEY
 Leadflow Rules Location               leadflow-rules             LEADFLOW_RULES_DIR
+Custom Webhook (ops alerts)           leadflow-ops               LEADFLOW_OPS_WEBHOOK_URL, _TOKEN
 ====================================  =========================  ===============================
 """
 
@@ -31,6 +32,9 @@ from typing import Any
 from blocks.database import LeadflowDatabase
 from blocks.firmographics import FileFirmographics, HttpFirmographics
 from blocks.notifier import MaildirNotifier, SmtpNotifier, WebhookNotifier
+from blocks.ops import OPS_BLOCK
+from blocks.ops import URL_ENV as OPS_URL_ENV
+from blocks.ops import from_env as ops_from_env
 from blocks.rules import RulesLocation, ScoringRulesBlock
 from blocks.site import MIN_SECRET_LENGTH, LeadflowSite
 from leadflow import links
@@ -164,6 +168,7 @@ PLANS: dict[str, tuple[str, Callable[[], Any]]] = {
         "LEADFLOW_RULES_DIR",
         lambda: _maybe(RulesLocation, directory=_env("LEADFLOW_RULES_DIR")),
     ),
+    OPS_BLOCK: (OPS_URL_ENV, ops_from_env),
 }
 
 

@@ -28,6 +28,7 @@ from leadflow.capture.run import (
 )
 from leadflow.capture.sources import RecordChunk
 from leadflow.capture.write import ChunkOutcome, write_capture_chunk
+from tasks.hops import announce_refusals
 
 
 def not_a_gate_failure(task: Any, task_run: Any, state: Any) -> bool:
@@ -384,9 +385,11 @@ class CaptureRun:
 
 
 def publish_gates(gates: list[quality.GateResult], hop: str) -> None:
-    """Data Docs for this run's validations and one table artifact with every chunk's gate."""
+    """Data Docs for this run's validations and one table artifact with every chunk's gate;
+    refusals announced to ops (``tasks.hops.announce_refusals``)."""
     if not gates:
         return
+    announce_refusals(gates)
     quality.publish_docs(gates)
     create_table_artifact(
         key=f"dq-{hop}",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -109,6 +109,7 @@ def drain(
             run.held = queue.held_by_others(conn, [s.value for s in hop.inputs])
         if run.held:
             log.warning("%s: %d waiting leads are held by another claim", hop.name, run.held)
+    announce_refusals(run.gates)
     if publish and run.gates:
         publish_gates(hop.suite, run.gates)
     return run
@@ -126,6 +127,41 @@ def run_name(prefix: str) -> Callable[[], str]:
         return f"{prefix}-{now:%Y-%m-%dT%H:%M}"
 
     return name
+
+
+def announce_refusals(gates: Iterable[quality.GateResult], limit: int = 10) -> int:
+    """One Prefect event ``leadflow.gate.refused`` per hop whose gate refused batches among
+    ``gates`` (an automation tells ops): the hop and suite as the resource, and counts,
+    batch references and the failed checks' names as the payload, never a row's values.
+    Returns the number of events; an unreachable API is logged, never raised."""
+    from prefect.events import emit_event
+
+    refused: dict[tuple[str, str], list[quality.GateResult]] = {}
+    for gate in gates:
+        if not gate.success:  # the hop (capture, enrich, ...) heads its batch reference
+            hop = gate.batch_ref.split(":", 1)[0] if ":" in gate.batch_ref else gate.hop
+            refused.setdefault((hop, gate.suite), []).append(gate)
+    for (hop, suite), results in refused.items():
+        try:
+            emit_event(
+                event="leadflow.gate.refused",
+                resource={
+                    "prefect.resource.id": f"leadflow.gate.{hop}",
+                    "prefect.resource.name": hop,
+                    "leadflow.hop": hop,
+                    "leadflow.suite": suite,
+                },
+                payload={
+                    "refused": len(results),
+                    "batches": [r.batch_ref for r in results[:limit]],
+                    "checks": sorted({name for r in results for name in r.failed_checks}),
+                    "evaluated": sum(r.evaluated for r in results),
+                    "quarantined": sum(r.quarantined for r in results),
+                },
+            )
+        except Exception as exc:  # telling ops must not turn a refusal into a crash
+            log.warning("could not announce the %s gate's refusal: %s", hop, exc)
+    return len(refused)
 
 
 def publish_gates(suite: str, gates: list[quality.GateResult]) -> None:

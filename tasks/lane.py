@@ -38,7 +38,8 @@ from leadflow.scoring import hop as score_hop
 from leadflow.settings import get_settings
 from tasks import routing as routing_tasks
 from tasks import scoring as scoring_tasks
-from tasks.outbox import resolve_notifiers
+from tasks.hops import announce_refusals
+from tasks.outbox import announce_dead_letters, resolve_notifiers
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +99,15 @@ def _only(hop: hops.Hop, ids: list[int]) -> hops.Hop:
     return replace(hop, where=where)
 
 
-def _batches(hop: hops.Hop, context: Any, engine: Any, now: datetime) -> Iterator[Any]:
+def _batches(
+    hop: hops.Hop, context: Any, engine: Any, now: datetime, run_id: str | None
+) -> Iterator[Any]:
     """The hop's batches over the lane's leads until none is left (an id range can cover
-    only part of them, so one claim is not always enough)."""
+    only part of them, so one claim is not always enough); ``run_id`` goes on every row
+    they write, as a flow's run id does."""
     after = 0
     while True:
-        outcome = hops.run_batch(hop, context, engine, now=now, after=after)
+        outcome = hops.run_batch(hop, context, engine, now=now, after=after, flow_run_id=run_id)
         if outcome is None:
             return
         yield outcome
@@ -125,17 +129,19 @@ def _pass(
     engine: Any,
     now: datetime,
     summary: dict[str, Any],
+    run_id: str | None = None,
 ) -> bool:
     """One pass of the hops over ``ids``, added to ``summary``; True when a gate stopped it."""
     for name, hop, hop_context in steps:
         done = summary["hops"].setdefault(name, {"claimed": 0, "moved": {}, "quarantined": 0})
         try:
-            for outcome in _batches(_only(hop, ids), hop_context, engine, now):
+            for outcome in _batches(_only(hop, ids), hop_context, engine, now, run_id):
                 done["claimed"] += outcome.claimed
                 done["quarantined"] += outcome.quarantined
                 for status, count in outcome.moved.items():
                     done["moved"][status] = done["moved"].get(status, 0) + int(count)
         except quality.GateFailed as failure:
+            announce_refusals([failure.result])
             done["failed"] = str(failure)
             summary["stopped_at"] = name
             return True
@@ -175,6 +181,7 @@ def run_lane(
     notifier: str | None = None,
     now: datetime | None = None,
     handed: bool = False,
+    run_id: str | None = None,
 ) -> dict[str, Any]:
     """Enrich, score and route ``lead_ids`` (those still waiting for each hop), then send
     the outbox's due messages. Returns what each hop did; a hop whose gate refuses the
@@ -183,7 +190,8 @@ def run_lane(
     Runs in one process take turns, and a run takes every lead handed to the process so
     far, its own and those of the runs waiting behind it: under a burst the waiting runs
     find their leads done and return at once, so the lane's cost grows with the number of
-    turns, not of leads."""
+    turns, not of leads. ``run_id`` (the lane's task run) is recorded on the rows it writes;
+    ``summary["lead_ids"]`` are the leads this run took (handed to it or to runs behind it)."""
     started = time.monotonic()
     database_url = database_url or get_settings().database_url
     notifier = notifier or os.environ.get("LEADFLOW_NOTIFIER")
@@ -197,6 +205,7 @@ def run_lane(
             ids = sorted(_pending)
             _pending.clear()
         summary["leads"] = len(ids)
+        summary["lead_ids"] = ids
         if not ids:  # an earlier run took them with its own
             summary["seconds"] = round(time.monotonic() - started, 3)
             return summary
@@ -215,7 +224,7 @@ def run_lane(
             ("route", route_hop.HOP, context.route),
         )
         for attempt in range(1, PASSES + 1):
-            stopped = _pass(steps, ids, engine, moment, summary)
+            stopped = _pass(steps, ids, engine, moment, summary, run_id)
             if stopped or not _still_waiting(engine, ids):
                 break
             # A pipeline batch held the id range these leads fall in: it started before they
@@ -224,22 +233,79 @@ def run_lane(
         summary["passes"] = attempt
         if context.notifiers:
             summary["sent"] = send_due(engine, context.notifiers, 500, datetime.now(UTC)).as_dict()
+            announce_dead_letters(summary["sent"])
     summary["seconds"] = round(time.monotonic() - started, 3)
     return summary
 
 
-def _run_name() -> str:
+def _handed_name() -> str:
+    """The name a lane task run starts with: the leads it was handed (it may take others'
+    too, or find its own taken; ``_taken_name`` renames it once it knows)."""
     from prefect.runtime import task_run
 
     ids = (task_run.parameters or {}).get("lead_ids") or []
+    return f"lane-handed-{_span(ids)}"
+
+
+def _span(ids: Sequence[int]) -> str:
+    if not ids:
+        return "no-leads"
     if len(ids) == 1:
-        return f"lane-lead-{ids[0]}"
-    return f"lane-{len(ids)}-leads-from-{min(ids) if ids else 0}"
+        return f"lead-{ids[0]}"
+    return f"{len(ids)}-leads-{min(ids)}-to-{max(ids)}"
+
+
+def _taken_name(summary: dict[str, Any]) -> str:
+    """The name of a lane run that has finished: the leads it took, or that it took none."""
+    taken = summary.get("lead_ids") or []
+    if not taken:
+        return "lane-none-left-taken-by-an-earlier-run"
+    if not any(done.get("claimed") for done in summary["hops"].values()):
+        return f"lane-{_span(taken)}-already-done"  # a retry, or the pipeline got there first
+    return f"lane-{_span(taken)}"
+
+
+def describe(summary: dict[str, Any]) -> str:
+    """One sentence about a lane run, for its log."""
+    handed = summary.get("handed", 0)
+    if not summary.get("leads"):
+        return (
+            f"lane: took no leads in {summary.get('seconds', 0)} s: the {handed} lead(s) handed "
+            "to it were taken by an earlier lane run of this worker"
+        )
+    hops_done = ", ".join(
+        f"{name} {'stopped by its gate' if 'failed' in done else done['claimed']}"
+        + (f" ({', '.join(f'{k} {v}' for k, v in done['moved'].items())})" if done["moved"] else "")
+        for name, done in summary["hops"].items()
+    )
+    line = (
+        f"lane: {summary['leads']} lead(s) ({_span(summary['lead_ids'])}, {handed} handed to "
+        f"this run) in {summary['seconds']} s: claimed by {hops_done or 'no hop'}"
+    )
+    if sent := summary.get("sent"):
+        line += (
+            f"; outbox: sent {sent.get('sent', 0)}, failed {sent.get('failed', 0)}, "
+            f"dead {sent.get('dead', 0)}"
+        )
+    return line
+
+
+def _rename(run: Any, name: str) -> None:
+    """Rename the running task run ``run`` (in the engine, whose final state carries the
+    name, and on the server at once)."""
+    from prefect.client.orchestration import get_client
+
+    run.name = name
+    try:
+        with get_client(sync_client=True) as client:
+            client.set_task_run_name(run.id, name)
+    except Exception as exc:  # a name is not worth failing a lane run for
+        log.warning("could not rename lane task run %s: %s", run.id, type(exc).__name__)
 
 
 @task(
     name="speed-to-lead",
-    task_run_name=_run_name,
+    task_run_name=_handed_name,
     cache_policy=NO_CACHE,
     retries=2,
     retry_delay_seconds=1,
@@ -248,18 +314,17 @@ def _run_name() -> str:
 def speed_to_lead(lead_ids: list[int]) -> dict[str, Any]:
     """The lane over the posted leads ``lead_ids``, in the task worker's process (its
     database and notifier come from its own environment or blocks: a task's parameters are
-    stored by Prefect, so no URL or credential is ever passed as one)."""
+    stored by Prefect, so no URL or credential is ever passed as one). The rows it writes
+    carry its task run's id (a background task has no flow run)."""
+    from prefect.context import TaskRunContext
     from prefect.logging import get_run_logger
 
-    summary = run_lane(lead_ids)
-    get_run_logger().info(
-        "lane: %d lead(s) in %.3f s: %s",
-        summary["leads"],
-        summary["seconds"],
-        ", ".join(f"{k} {v.get('claimed', 'failed')}" for k, v in summary["hops"].items())
-        + (f"; outbox {summary['sent']}" if "sent" in summary else "")
-        or "taken with an earlier run's",
-    )
+    context = TaskRunContext.get()
+    run = context.task_run if context else None
+    summary = run_lane(lead_ids, run_id=str(run.id) if run else None)
+    if run is not None:
+        _rename(run, _taken_name(summary))
+    get_run_logger().info("%s", describe(summary))
     return summary
 
 
@@ -275,4 +340,7 @@ def serve(limit: int = 4) -> None:
     """Serve the lane's task until stopped (``leadflow lane``)."""
     from prefect.task_worker import serve as serve_tasks
 
+    from tasks.ops import sweep_in_background
+
+    sweep_in_background()  # a killed lane's runs, left Running: Crashed (tasks/ops.py)
     serve_tasks(speed_to_lead, limit=limit)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -13,6 +14,8 @@ from blocks.notifier import NOTIFIERS, MaildirNotifier, SmtpNotifier, WebhookNot
 from leadflow import store
 from leadflow.outbox import store as outbox
 from leadflow.outbox.sender import send_due
+
+log = logging.getLogger(__name__)
 
 
 def resolve_notifiers(spec: Any) -> list[SmtpNotifier | WebhookNotifier | MaildirNotifier]:
@@ -56,4 +59,30 @@ def send_outbox(
     report = send_due(
         engine, resolve_notifiers(notifier_spec), limit, now or store.utcnow(), first=first
     )
-    return report.as_dict()
+    sent = report.as_dict()
+    announce_dead_letters(sent)
+    return sent
+
+
+def announce_dead_letters(report: dict[str, Any]) -> bool:
+    """A send that left messages dead (``report``: ``SendReport.as_dict()``) emits the
+    Prefect event ``leadflow.outbox.dead-letters`` (an automation tells ops): counts only,
+    never an address or an error text. An unreachable API is logged, never raised."""
+    from prefect.events import emit_event
+
+    if not report.get("dead"):
+        return False
+    try:
+        emit_event(
+            event="leadflow.outbox.dead-letters",
+            resource={"prefect.resource.id": "leadflow.outbox", "prefect.resource.name": "outbox"},
+            payload={
+                "dead": int(report["dead"]),
+                "bounced": int(report.get("bounced") or 0),
+                "dead_total": int((report.get("backlog") or {}).get("dead", report["dead"])),
+            },
+        )
+    except Exception as exc:  # telling ops must not fail the send that was done
+        log.warning("could not announce %s dead message(s): %s", report["dead"], exc)
+        return False
+    return True

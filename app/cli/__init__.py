@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from app.cli import (
+    automations,
     capture,
     doctor,
     operations,
@@ -26,12 +27,30 @@ from app.cli import (
     serving,
     setup,
 )
-from app.cli.common import EXIT_FAILED, EXIT_OK, EXIT_UNDELIVERED, fail, quiet_prefect
+from app.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_UNDELIVERED,
+    environment_epilog,
+    fail,
+    quiet_prefect,
+)
 
 __all__ = ["EXIT_UNDELIVERED", "build_parser", "main"]
 
 # The groups, in the order `leadflow --help` lists them.
-GROUPS = (setup, operations, capture, pipeline, routing, sales, outbox, serving, doctor)
+GROUPS = (
+    setup,
+    operations,
+    capture,
+    pipeline,
+    routing,
+    sales,
+    outbox,
+    serving,
+    doctor,
+    automations,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for group in GROUPS:
         for command in group.COMMANDS:
-            declared = sub.add_parser(command.name, help=command.help, description=command.help)
+            declared = sub.add_parser(
+                command.name,
+                help=command.help,
+                description=command.help,
+                epilog=environment_epilog(command.environment) if command.environment else None,
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+            )
             declared.set_defaults(handler=command.handler)
             if command.arguments is not None:
                 command.arguments(declared)
@@ -75,9 +100,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
+        if _bad_configuration(exc):
+            return fail(str(exc))
         return fail(
             f"{type(exc).__name__}: {exc} (run with --debug for the traceback)", EXIT_FAILED
         )
+
+
+def _bad_configuration(exc: Exception) -> bool:
+    """A missing block (of any kind), or a setting ``leadflow.settings`` refused (a variable
+    that is not a number, a block it names that does not exist): exit 2, one line."""
+    if type(exc).__name__ == "MissingBlock":
+        return True
+    if not isinstance(exc, ValueError):
+        return False
+    trace = exc.__traceback__
+    while trace is not None and trace.tb_next is not None:
+        trace = trace.tb_next
+    return trace is not None and trace.tb_frame.f_globals.get("__name__") == "leadflow.settings"
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 LONGEST = 80
-SHARED_TASKS = {"hops", "lane", "reports", "rules_check"}  # Prefect helpers every concern uses
+# Prefect helpers every concern uses (ops: runs a killed process left behind, for the lane)
+SHARED_TASKS = {"hops", "lane", "ops", "reports", "rules_check"}
 CODE = ("leadflow", "tasks", "flows", "app", "blocks", "bench", "sql")
 
 
