@@ -17,6 +17,7 @@ from leadflow.sla.check import CheckResult, check, compliance, open_breaches
 from leadflow.sla.escalate import (
     SlaContext,
 )
+from tasks.hops import announce_refusals
 
 
 @task(name="load-sla-rules", cache_policy=NO_CACHE)
@@ -53,6 +54,7 @@ def run_check(database_url: str, context: SlaContext, now: datetime) -> CheckRes
     except quality.GateFailed as failure:
         with engine.begin() as conn:
             quality.record(conn, failure.result, flow_run_id=run_id, at=now)
+        announce_refusals([failure.result])
         raise
 
 

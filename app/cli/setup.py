@@ -115,13 +115,36 @@ def _work_pool(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     )
 
 
-# What `leadflow setup` does, in order. To add a step (e.g. Prefect automations), write a
-# function (args) -> (one line, details) beside the others and add a Step here.
+def _automations(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """The ops automations (app/automations.py). The per-deployment ones need the
+    deployments: before `prefect deploy` they are left for a second run."""
+    from collections import Counter
+
+    from prefect.client.orchestration import get_client
+
+    from app.automations import create_automations
+
+    with get_client(sync_client=True) as client:
+        deployed = len(client.read_deployments())
+        lines = create_automations(client)
+    counts = Counter(line.split(" ", 1)[0] for line in lines)
+    line = ", ".join(f"{n} {verb}" for verb, n in sorted(counts.items())) or "none"
+    if not deployed:
+        line += (
+            "; no deployments yet: after `prefect --no-prompt deploy --all`, run "
+            "`leadflow setup` again for the per-deployment schedule checks"
+        )
+    return line, {"automations": lines}
+
+
+# What `leadflow setup` does, in order. To add a step, write a function
+# (args) -> (one line, details) beside the others and add a Step here.
 STEPS: list[Step] = [
     Step("database", _database),
     Step("drop folders", _drop_folders),
     Step("blocks", _blocks, needs_prefect=True),
     Step("work pool", _work_pool, needs_prefect=True),
+    Step("automations", _automations, needs_prefect=True),
 ]
 
 

@@ -60,6 +60,7 @@ def test_setup_without_a_server_migrates_and_creates_the_drop_folders_idempotent
         f"drop folders: created leads, events, activities in {inbox}",
         f"blocks: {NO_SERVER}",
         f"work pool: {NO_SERVER}",
+        f"automations: {NO_SERVER}",
     ]
     assert sorted(p.name for p in inbox.iterdir()) == ["activities", "events", "leads"]
     (inbox / "leads" / "kept.csv").write_text("email\na@x.com\n")
@@ -105,6 +106,8 @@ def test_setup_with_a_server_creates_blocks_and_the_work_pool_and_keeps_them(tmp
         assert lines["work pool"].startswith("created 'leadflow' (type process)")
         assert "saved leadflow, leadflow-capture-token, leadflow-smtp" in lines["blocks"]
         assert "never-printed" not in first.stdout + first.stderr
+        assert "created" in lines["automations"], lines["automations"]
+        assert "no deployments yet" in lines["automations"]
         with SyncPrefectClient(running.env["PREFECT_API_URL"]) as client:
             pool = client.read_work_pool("leadflow")
             blocks = {b.name: b.id for b in client.read_block_documents() if b.name}
@@ -116,6 +119,8 @@ def test_setup_with_a_server_creates_blocks_and_the_work_pool_and_keeps_them(tmp
         assert steps["work pool"]["created"] is False
         assert steps["work pool"]["result"] == "'leadflow' exists (type process, kept)"
         assert steps["blocks"]["blocks"]["leadflow-smtp"].startswith("exists (kept")
+        made = steps["automations"]["automations"]
+        assert made and all(line.startswith(("kept", "skipped")) for line in made), made
         with SyncPrefectClient(running.env["PREFECT_API_URL"]) as client:
             assert client.read_work_pool("leadflow").id == pool.id
             after = {b.name: b.id for b in client.read_block_documents() if b.name}
