@@ -209,6 +209,32 @@ def public_url(timeout: float) -> Finding:
     return core.public_url(base, getattr(unsubscribe, "DEFAULT_PUBLIC_URL", None), timeout)
 
 
+def automations(timeout: float) -> Finding:
+    """leadflow's ops automations (app/automations.py) are all on the server, and they can
+    notify someone (an ops notification block exists)."""
+    from app.automations import PREFIX, desired
+
+    with _client(timeout) as client:
+        wanted, notes = desired(client)
+        have = {a.name for a in client.read_automations() if a.name.startswith(PREFIX)}
+    missing = [a.name.removeprefix(PREFIX) for a in wanted if a.name not in have]
+    if missing:
+        return failed(
+            "automations",
+            f"{len(missing)} of {len(wanted)} missing: {'; '.join(missing[:3])}"
+            + ("; ..." if len(missing) > 3 else ""),
+            "run `leadflow setup` again (or `leadflow automations apply`) after "
+            "`prefect --no-prompt deploy --all`",
+        )
+    if any("notification" in note for note in notes):
+        return failed(
+            "automations",
+            f"{len(wanted)} present, but nobody is told: {notes[-1]}",
+            "set LEADFLOW_OPS_WEBHOOK_URL, run `leadflow blocks init`, then `leadflow setup`",
+        )
+    return ok("automations", f"{len(wanted)} present" + (f" ({'; '.join(notes)})" if notes else ""))
+
+
 def examine(timeout: float = 5.0, pool: str = POOL) -> list[Finding]:
     """Every check, in order; each within its deadline (``timeout`` seconds a request; a
     check making several, or reading the whole ledger, gets a few times that)."""
@@ -250,6 +276,7 @@ def examine(timeout: float = 5.0, pool: str = POOL) -> list[Finding]:
     now = datetime.now(UTC)
     findings += prefect_side("worker", lambda: worker(pool, timeout, now), timeout * 2)
     findings += prefect_side("lane", lambda: lane(timeout), timeout * 4)
+    findings += prefect_side("automations", lambda: automations(timeout), timeout * 4)
     if settings is None or not database_ok:
         return findings + [skipped(c, "the database check failed") for c in ("claims", "audit")]
     url = settings.database_url

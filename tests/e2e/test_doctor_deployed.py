@@ -108,13 +108,12 @@ def test_doctor_on_a_deployment_then_names_what_broke(tmp_path: Path, public_sit
             "LEADFLOW_SMTP_STARTTLS": "false",
             "LEADFLOW_PUBLIC_URL": public_site,
         }
-        run([leadflow, "blocks", "init"], init)
+        # setup: the database, the drop folders, the blocks, the work pool, the automations
+        # (they need somewhere to notify: any URL; nothing fails here, nothing is sent)
+        run([leadflow, "setup"], init | {"LEADFLOW_OPS_WEBHOOK_URL": "http://127.0.0.1:9/ops"})
         # No LEADFLOW_DATABASE_* from here on: the block is how every process finds it.
         upgraded = run([leadflow, "db", "upgrade"], env).stdout
         assert str(database) in upgraded and database.exists(), upgraded
-        run([bin_path("prefect"), "work-pool", "create", "leadflow", "--type", "process"], env)
-        for kind in ("leads", "events", "activities"):
-            (home / "var" / "inbox" / kind).mkdir(parents=True)
         running.start("worker", [bin_path("prefect"), "worker", "start", "--pool", "leadflow"])
         running.start("lane", [leadflow, "lane"])
         until(lambda: _worker_heartbeat_age(api) is not None, 60, "the worker's heartbeat")
@@ -126,7 +125,7 @@ def test_doctor_on_a_deployment_then_names_what_broke(tmp_path: Path, public_sit
         assert {
             "prefect api", "database", "block leadflow", "block leadflow-capture-token",
             "block leadflow-smtp", "rules", "smtp leadflow-smtp", "public url",
-            "drop folders", "worker leadflow", "lane", "claims", "audit",
+            "drop folders", "worker leadflow", "lane", "automations", "claims", "audit",
         } <= set(by_check)  # fmt: skip
         assert not any(f["skipped"] for f in findings), findings
         assert by_check["database"]["detail"].startswith(f"{database} (from block 'leadflow')")
