@@ -66,3 +66,17 @@ def test_the_environment_file_holds_no_credentials_and_is_documented() -> None:
         assert not any(word in key for word in ("PASSWORD", "TOKEN", "SECRET", "DATABASE_URL"))
         assert "@" not in value, line  # no user:password@host URLs either
         assert f"`{key}`" in documented, f"{key} is not in docs/configuration.md"
+
+
+def test_every_variable_the_code_reads_is_in_the_configuration_reference() -> None:
+    """docs/configuration.md is the one reference of every LEADFLOW_* variable: one the code
+    reads and the reference does not name is a setting nobody can find."""
+    import re
+
+    documented = (ROOT / "docs" / "configuration.md").read_text()
+    read = set()
+    for folder in ("leadflow", "tasks", "flows", "app", "blocks"):
+        for path in (ROOT / folder).rglob("*.py"):
+            read |= set(re.findall(r"\bLEADFLOW_[A-Z_]*[A-Z]\b", path.read_text()))
+    missing = sorted(v for v in read if f"`{v}`" not in documented)
+    assert missing == [], f"not in docs/configuration.md: {missing}"
