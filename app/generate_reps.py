@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 
 from leadflow.routing.rules import Rep, load_rules
+from leadflow.settings import bundled
 
-RULES = Path(__file__).resolve().parents[1] / "rules" / "routing.yaml"
+RULES = bundled("rules") / "routing.yaml"  # the shipped rules, whatever LEADFLOW_RULES_DIR says
 REGION_OF_POOL = {"na-ent": "NA", "na-com": "NA", "emea": "EMEA", "apac": "APAC", "latam": "LATAM"}
 
 

@@ -63,8 +63,14 @@ def parse(model: type[Model], data: Any, origin: str) -> Model:
 
 
 def read_text(path: str | Path) -> str:
+    """A config file's text. A relative name not found in the working directory is looked
+    up in the rules folder (``leadflow.settings.rules_file``: ``rules/scoring.yaml`` on a
+    worker that has only the installed package and its data folder)."""
+    from leadflow.settings import rules_file
+
+    path = rules_file(path)
     try:
-        return Path(path).read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: file not found") from exc
     except UnicodeDecodeError as exc:
@@ -84,6 +90,10 @@ def load_text(model: type[Model], text: str, origin: str) -> Model:
 
 
 def load(model: type[Model], path: str | Path) -> tuple[Model, str]:
-    """Load and validate a YAML file; returns the model and the text's version hash."""
+    """Load and validate a YAML file (found as ``read_text`` finds it); returns the model and
+    the text's version hash."""
+    from leadflow.settings import rules_file
+
+    path = rules_file(path)
     text = read_text(path)
     return load_text(model, text, str(path)), content_version(text)

@@ -27,9 +27,10 @@ from sqlalchemy import Connection
 
 from leadflow import config, store
 from leadflow import tables as t
-from leadflow.settings import get_settings
+from leadflow.settings import bundled, get_settings
 
-SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
+# The gates' suites ship with the package (the checkout's suites/, or the wheel's copy).
+SUITES_DIR = bundled("suites")
 log = logging.getLogger(__name__)
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from app.cli.common import (
+    DATABASE,
     EXIT_OK,
+    RULES,
     Command,
     fail,
 )
@@ -24,6 +25,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from app.web import Capture, create_app
     from blocks import registry
     from leadflow import store
+    from leadflow.settings import get_settings
 
     store.upgrade()
     token, missing = registry.capture_token(args.token_block)
@@ -33,7 +35,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     lane = args.lane or ("worker" if server else "inline")
     capture = Capture(
         token=token,
-        mapping_path=args.mapping,
+        mapping_path=args.mapping or str(get_settings().rules_dir / "sources" / "web_form.yaml"),
         source=args.source,
         hand_off=_hand_off(lane),
         emit_events=bool(server),
@@ -55,8 +57,7 @@ def _serve_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--port", type=int, default=8080)
     command.add_argument(
         "--mapping",
-        default=str(Path(__file__).resolve().parents[2] / "rules" / "sources" / "web_form.yaml"),
-        help="mapping YAML for posted fields (default rules/sources/web_form.yaml)",
+        help="mapping YAML for posted fields (default sources/web_form.yaml in the rules folder)",
     )
     command.add_argument(
         "--source", help="source recorded on posted leads (default: the mapping's)"
@@ -139,11 +140,15 @@ COMMANDS = (
         cmd_serve,
         "HTTP endpoint: POST /leads (speed to lead), unsubscribe links",
         _serve_arguments,
+        DATABASE
+        + RULES
+        + ("LEADFLOW_CAPTURE_TOKEN", "LEADFLOW_NOTIFIER", "LEADFLOW_PUBLIC_URL", "PREFECT_API_URL"),
     ),
     Command(
         "lane",
         cmd_lane,
         "the speed-to-lead lane's task worker (needs a Prefect server)",
         _lane_arguments,
+        DATABASE + RULES + ("LEADFLOW_NOTIFIER", "LEADFLOW_REPS_FILE", "PREFECT_API_URL"),
     ),
 )

@@ -124,11 +124,9 @@ class NurtureInputs:
 def load_context(spec: str | None = None) -> NurtureContext:
     """Cadences from a path (default ``rules/cadences.yaml``), their templates and the
     suppression list (relative to the rules file)."""
-    from pathlib import Path
+    from leadflow.settings import get_settings, rules_file
 
-    from leadflow.settings import get_settings
-
-    path = Path(spec) if spec else get_settings().rules_dir / "cadences.yaml"
+    path = rules_file(spec) if spec else get_settings().rules_dir / "cadences.yaml"
     rules, version, templates = load_rules(path)
     listed = rules.suppression_list
     emails, domains = load_suppression(path.parent / listed if listed else None)

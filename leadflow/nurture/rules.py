@@ -267,7 +267,9 @@ def _check_templates(rules: CadenceRules, templates: Templates, origin: str) -> 
 def load_rules(path: str | Path) -> tuple[CadenceRules, str, Templates]:
     """The cadences, their version (hash of the file and its templates) and the templates
     (from ``templates/`` beside the file)."""
-    path = Path(path)
+    from leadflow.settings import rules_file
+
+    path = rules_file(path)
     text = config.read_text(path)
     try:
         rules = config.load_text(CadenceRules, text, str(path))

@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,9 @@ def test_every_deployment_in_prefect_yaml_deploys():
 
     with get_client(sync_client=True) as client, contextlib.suppress(Exception):
         client.create_work_pool(WorkPoolCreate(name="leadflow", type="process"))
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "LEADFLOW_HOME": str(ROOT)}
+    # No LEADFLOW_HOME: nothing in prefect.yaml is filled in from the deploying host.
+    env = {k: v for k, v in os.environ.items() if k != "LEADFLOW_HOME"}
+    env["PREFECT_API_URL"] = PREFECT_API_URL.value()
     prefect = Path(sys.executable).with_name("prefect")
     done = subprocess.run(
         [str(prefect), "--no-prompt", "deploy", "--all"],
@@ -41,6 +44,14 @@ def test_every_deployment_in_prefect_yaml_deploys():
     assert {"nurture", "recycle"} <= set(deployments)
     assert deployments["nurture"].schedules[0].schedule.cron == "*/15 * * * *"
     assert all(d.enforce_parameter_schema for d in deployments.values())
+    # Where the code is does not matter: module entrypoints (the installed package's), and
+    # the one pull step runs on the worker (its own LEADFLOW_HOME); prefect deploy adds no
+    # set_working_directory of this checkout.
+    for deployment in deployments.values():
+        assert re.fullmatch(r"flows\.\w+\.\w+", deployment.entrypoint), deployment.entrypoint
+        assert deployment.pull_steps == [{"app.deploy_steps.enter_home": {}}], deployment.name
+        assert str(ROOT) not in str(deployment.pull_steps) + str(deployment.path or "")
+    assert deployments["pipeline"].entrypoint == "flows.pipeline.pipeline"
     pipeline = deployments["pipeline"]
     assert pipeline.global_concurrency_limit.limit == 1
     assert pipeline.concurrency_options.collision_strategy.value == "ENQUEUE"

@@ -1,6 +1,11 @@
 """End to end, deployed as the README says: a real ``prefect server start`` on a free
-loopback port, every deployment of prefect.yaml, a process worker, the lane's task worker
-and ``leadflow serve``. (a) a triggered pipeline run completes and leaves its artifacts;
+loopback port, every deployment of prefect.yaml (``prefect deploy --all`` in the checkout), a
+process worker, the lane's task worker and ``leadflow serve``. The worker is another host's:
+it runs the installed wheel (``installed_package``: PYTHONPATH the wheel's folder, started in
+an empty folder, with its own LEADFLOW_HOME and no checkout), sharing only the Prefect API
+and the database with the checkout's processes. (a) a triggered pipeline run completes and
+leaves its artifacts, its data under the worker's LEADFLOW_HOME; (a') ``rescore`` with
+``-p rules=rules/scoring.yaml`` completes on that worker (the rules are the package's);
 (b) a short-interval schedule fires by itself and its run completes; (c) a posted lead is
 routed and its owner emailed through the lane, visible as a Completed task run.
 
@@ -59,7 +64,7 @@ def stack(tmp_path: Path):
     database = f"sqlite:///{tmp_path / 'leadflow.db'}"
     store.upgrade(database)
     env = {
-        "LEADFLOW_HOME": str(ROOT),  # the pull step's working directory: the checkout
+        "LEADFLOW_HOME": str(tmp_path / "home"),  # the checkout host's data (not the checkout)
         "LEADFLOW_DATABASE_URL": database,
         "LEADFLOW_GX_DIR": str(tmp_path / "gx"),
         "LEADFLOW_DATA_DOCS_DIR": str(tmp_path / "docs"),
@@ -80,7 +85,55 @@ def _client(api: str):
     return SyncPrefectClient(api)
 
 
-def test_deployed_pipeline_schedule_and_lane(stack) -> None:
+def finished(client, run_id):
+    """A check for ``until``: the flow run's final state, None while it is not final."""
+
+    def check():
+        state = client.read_flow_run(run_id).state
+        return state if state and state.is_final() else None
+
+    return check
+
+
+def paused(client, deployment_id):
+    """A check for ``until``: pause the deployment; False (try again) when the server
+    answers 503, as its SQLite does when busy (seen on 2 loaded cores)."""
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    def check():
+        try:
+            client.pause_deployment(deployment_id)
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code != 503:
+                raise
+            return False
+        return True
+
+    return check
+
+
+def start_worker(running, installed_package, folder: Path) -> Path:
+    """``prefect worker start`` as a host with only the wheel would run it: the installed
+    package first on the path, an empty working folder, its own data folder; of the
+    checkout host's settings only the database, the notifier and the Prefect API."""
+    home, elsewhere = folder / "worker-home", folder / "worker-cwd"
+    elsewhere.mkdir()
+    shared = ("LEADFLOW_DATABASE_URL", "LEADFLOW_NOTIFIER", "LEADFLOW_CAPTURE_TOKEN")
+    env = installed_package.env(home, running.env, **{k: running.env[k] for k in shared})
+    log = running.folder / "worker.log"
+    worker = subprocess.Popen(
+        [bin_path("prefect"), "worker", "start", "--pool", "leadflow"],
+        env=env,
+        cwd=elsewhere,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # the stack stops it (and its flow runs) with the rest
+    )
+    running.children.append(("worker", worker))
+    return home
+
+
+def test_deployed_pipeline_schedule_and_lane(stack, installed_package) -> None:
     running, database, folder = stack
     env, api = running.env, running.env["PREFECT_API_URL"]
     prefect, leadflow = bin_path("prefect"), bin_path("leadflow")
@@ -110,20 +163,12 @@ def test_deployed_pipeline_schedule_and_lane(stack) -> None:
             client.pause_deployment(deployment.id)
         for flow_run in client.read_flow_runs():
             client.delete_flow_run(flow_run.id)
-    running.start("worker", [prefect, "worker", "start", "--pool", "leadflow"])
+    worker_home = start_worker(running, installed_package, folder)
 
     # (a) A triggered pipeline run completes, with a table artifact per gated hop.
     with _client(api) as client:
         triggered = client.create_flow_run_from_deployment(deployments["pipeline"].id)
-
-        def finished(run_id):
-            def check():
-                state = client.read_flow_run(run_id).state
-                return state if state and state.is_final() else None
-
-            return check
-
-        state = until(finished(triggered.id), 240, "the pipeline run", 1)
+        state = until(finished(client, triggered.id), 240, "the pipeline run", 1)
         assert state.type == StateType.COMPLETED, (state.message, running.log("worker")[-3000:])
         pipeline_run = client.read_flow_run(triggered.id)
         assert pipeline_run.name.startswith("pipeline-")
@@ -140,6 +185,16 @@ def test_deployed_pipeline_schedule_and_lane(stack) -> None:
     with engine.connect() as conn:
         routed = conn.execute(select(t.leads.c.id).where(t.leads.c.status == "routed")).all()
     assert routed, "the deployed pipeline routed nobody"
+    # The pull step ran the flow in the worker's own data folder: the gates' results are there.
+    assert (worker_home / "var" / "gx").is_dir(), running.log("worker")[-3000:]
+
+    # (a') On demand, with a rules name as a checkout has it: found in the package's rules.
+    with _client(api) as client:
+        rescore = client.create_flow_run_from_deployment(
+            deployments["rescore"].id, parameters={"rules": "rules/scoring.yaml", "dry_run": True}
+        )
+        state = until(finished(client, rescore.id), 240, "the rescore run", 1)
+    assert state.type == StateType.COMPLETED, (state.message, running.log("worker")[-3000:])
 
     # (b) A short-interval schedule fires by itself (no one creates the run).
     report = deployments["report"]
@@ -167,7 +222,7 @@ def test_deployed_pipeline_schedule_and_lane(stack) -> None:
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[fired.id]))
         )
         assert "kpi-report" in {a.key for a in report_artifacts}
-        client.pause_deployment(report.id)
+        until(paused(client, report.id), 60, "the report deployment paused", 2)
 
     # (c) A posted lead goes through the lane: routed, its owner emailed, a task run shown.
     running.start("lane", [leadflow, "lane"])
@@ -195,11 +250,15 @@ def test_deployed_pipeline_schedule_and_lane(stack) -> None:
     until(lead_status, 60, f"lead {lead} routed by the lane ({running.log('lane')[-1500:]})")
     until(lambda: mail.exists() and len(list(mail.iterdir())) > before, 30, "the owner's email")
     assert any(f"Lead #{lead} " in p.read_text() for p in mail.iterdir())
-    with _client(api) as client:
-        task_runs = client.read_task_runs(
-            task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=[f"lane-lead-{lead}"]))
-        )
-    assert task_runs and task_runs[0].state.is_completed(), running.log("lane")[-2000:]
+
+    def lane_run_done():  # named after the lead it took once it has finished (tasks/lane.py)
+        with _client(api) as client:
+            found = client.read_task_runs(
+                task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=[f"lane-lead-{lead}"]))
+            )
+        return found if found and found[0].state.is_completed() else None
+
+    until(lane_run_done, 30, f"lane task run lane-lead-{lead} ({running.log('lane')[-2000:]})")
 
     # Automations can react: the capture was announced as an event, with no address in it.
     def captured_events():
