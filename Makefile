@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW := ignore
 
-.PHONY: run test test-fast lint bench clean
+.PHONY: run test test-fast lint bench wheel clean
 
 $(BIN)/leadflow: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "leadflow needs Python 3.11, found " + sys.version'
@@ -34,8 +34,13 @@ lint: $(BIN)/leadflow
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
+# The package a host installs (docs/deploying.md): dist/leadflow-<version>-py3-none-any.whl,
+# carrying the default rules and suites.
+wheel: $(BIN)/leadflow
+	$(BIN)/python -m pip wheel --quiet --no-deps --no-build-isolation -w dist .
+
 bench: $(BIN)/leadflow
 	$(BIN)/python bench/ingest.py --leads 100000
 
 clean:
-	rm -rf var .pytest_cache
+	rm -rf var .pytest_cache dist build
