@@ -46,7 +46,7 @@ def load(name: str, kinds: tuple[type[Block], ...], what: str) -> Any:
 def _missing(name: str, kinds: tuple[type[Block], ...], what: str) -> str:
     slugs = ", ".join(k.get_block_type_slug() for k in kinds)
     return (
-        f"no {what} block named {name!r} (types: {slugs}); create it in the Prefect UI, or "
-        f"with `prefect block register -m blocks.<module>` and then `{kinds[0].__name__}(...)"
-        f".save({name!r})`"
+        f"no {what} block named {name!r} (types: {slugs}); create it with `leadflow blocks "
+        "init` (from LEADFLOW_* environment variables: `leadflow blocks init --help`) or in "
+        "the Prefect UI"
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -25,6 +26,10 @@ from leadflow import tables as t
 # An address, or what is left of a broken one ("ann@", "ann@@x.com"): anything around an @.
 _EMAIL = re.compile(r"([^\s,;:\"'<>()\[\]]*)@+([^\s,;:\"'<>()\[\]@]*)")
 _PHONE = re.compile(r"\+?\d(?:[\s().-]*\d){6,}")
+# An address someone wrote out ("ann at acme.com"), which is no less personal.
+_SPELLED = re.compile(r"([\w.+-]+)\s+(?:at|AT)\s+([\w-]+(?:\.[\w-]+)+)")
+# Fields whose whole value is personal, valid or not ("ann.acme.com" in an email column).
+_PERSONAL_FIELD = re.compile(r"e-?mail|phone|mobile|cell|fax|^tel", re.IGNORECASE)
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -42,8 +47,59 @@ def mask(text: str | None) -> str | None:
     if text is None:
         return None
     text = _EMAIL.sub(lambda m: f"{m.group(1)[:1]}…@{m.group(2)}", text)
+    text = _SPELLED.sub(lambda m: f"{m.group(1)[:1]}… at {m.group(2)}", text)
     text = _PHONE.sub(_mask_phone, text)
     return _CONTROL.sub("?", text)
+
+
+def _mask_field(name: str, value: Any) -> Any:
+    """The value of an email or phone field, valid or not: ``a…@x.com`` or ``a…`` (an
+    address without its @), ``…12`` (any digits in a phone field; "call me" has none)."""
+    if not isinstance(value, str) or not value.strip():
+        return value
+    if "@" in value:
+        return mask(value)
+    if "mail" in name.lower():
+        return f"{value.strip()[:1]}…"
+    digits = re.sub(r"\D", "", value)
+    return f"…{digits[-2:]}" if digits else value
+
+
+def _mask_fields(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {
+            k: _mask_field(str(k), v) if _PERSONAL_FIELD.search(str(k)) else _mask_fields(v)
+            for k, v in data.items()
+        }
+    if isinstance(data, list):
+        return [_mask_fields(v) for v in data]
+    return data
+
+
+def mask_record(text: str | None, header: list[str] | None = None) -> str | None:
+    """A held record fit to show a person: a JSON object or a CSV line (read with its
+    batch's ``header``) with its email and phone fields masked whole, valid or not, and
+    then everything email- or phone-like (``mask``)."""
+    if text is None:
+        return None
+    if text.lstrip().startswith("{"):
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None
+        if isinstance(data, dict):
+            text = json.dumps(_mask_fields(data), ensure_ascii=False)
+    elif header:
+        rows = list(csv.reader([text]))
+        if len(rows) == 1 and len(rows[0]) == len(header):
+            values = [
+                _mask_field(name, v) if _PERSONAL_FIELD.search(name) else v
+                for name, v in zip(header, rows[0], strict=True)
+            ]
+            buffer = io.StringIO()
+            csv.writer(buffer, lineterminator="").writerow(values)
+            text = buffer.getvalue()
+    return mask(text)
 
 
 @dataclass(frozen=True)
@@ -52,6 +108,7 @@ class Selection:
 
     ids: tuple[int, ...] = ()
     batch_id: int | None = None
+    batch_ids: tuple[int, ...] = ()  # any of these batches (``--batch 23,24``)
     hop: str | None = None
     reason: str | None = None  # an expectation name, as listed by ``quarantine list``
 
@@ -62,6 +119,8 @@ class Selection:
             statement = statement.where(q.c.id.in_(self.ids))
         if self.batch_id is not None:
             statement = statement.where(q.c.batch_id == self.batch_id)
+        if self.batch_ids:
+            statement = statement.where(q.c.batch_id.in_(self.batch_ids))
         if self.hop is not None:
             statement = statement.where(q.c.hop == self.hop)
         return statement
@@ -89,6 +148,11 @@ def listing(conn: Connection, selection: Selection, *, limit: int = 200) -> dict
     and the first ``limit`` rows with emails and phones masked."""
     rows = held(conn, selection)
     by_reason = Counter(name for r in rows for name in reason_names(r["reasons"]))
+    b = t.capture_batches
+    batches = {r["batch_id"] for r in rows[:limit] if r["batch_id"] is not None}
+    headers = dict(
+        conn.execute(select(b.c.id, b.c.header).where(b.c.id.in_(batches))).all() if batches else []
+    )
     shown = [
         {
             "id": int(r["id"]),
@@ -97,7 +161,7 @@ def listing(conn: Connection, selection: Selection, *, limit: int = 200) -> dict
             "lead_id": r["lead_id"],
             "record_no": r["record_no"],
             "reasons": [mask(str(x)) for x in r["reasons"] or []],
-            "record": mask(r["record"]),
+            "record": mask_record(r["record"], headers.get(r["batch_id"])),
             "held_since": r["created_at"],
         }
         for r in rows[:limit]

@@ -9,8 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from app.cli.common import (
+    DATABASE,
     EXIT_FAILED,
     EXIT_OK,
+    HOPS,
+    PREFECT,
+    RULES,
     Command,
     emit,
     fail,
@@ -125,18 +129,51 @@ def _human_quarantine(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def batch_list(value: str) -> tuple[int, ...]:
+    """``--batch 23`` or ``--batch 23,24`` (what a gate's message suggests)."""
+    try:
+        batches = tuple(int(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        batches = ()
+    if not batches:
+        raise argparse.ArgumentTypeError(f"not a batch id or a comma list of them: {value!r}")
+    return batches
+
+
+def hop_names(conn: Any) -> list[str]:
+    """The hops a quarantine row can name: capture, every hop declared, any found held."""
+    from sqlalchemy import select
+
+    from leadflow import tables as t
+    from leadflow.nurture.hop import HOP as NURTURE
+    from leadflow.order import hop_names as pipeline_hops
+    from leadflow.recycle.hop import HOP as RECYCLE
+    from leadflow.scoring.hop import RESCORE
+
+    found = conn.execute(select(t.quarantine.c.hop).distinct()).scalars()
+    declared = ["capture", *pipeline_hops(), RESCORE.name, NURTURE.name, RECYCLE.name]
+    return list(dict.fromkeys([*declared, *sorted(found)]))
+
+
 def cmd_quarantine(args: argparse.Namespace) -> int:
     """List, export or release quarantined records."""
     from leadflow import quarantine, store
 
     store.upgrade()
     engine = store.get_engine()
+    batch = args.batch
     selection = quarantine.Selection(
         ids=tuple(getattr(args, "ids", None) or ()),
-        batch_id=args.batch,
+        batch_id=batch if isinstance(batch, int) else None,
+        batch_ids=batch if isinstance(batch, tuple) else (),
         hop=getattr(args, "hop", None),
         reason=getattr(args, "reason", None),
     )
+    if selection.hop is not None:
+        with engine.connect() as conn:
+            hops = hop_names(conn)
+        if selection.hop not in hops:
+            return fail(f"--hop {selection.hop!r}: no such hop; use one of {', '.join(hops)}")
     if args.action == "list":
         with engine.connect() as conn:
             data = quarantine.listing(conn, selection)
@@ -147,7 +184,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
                 "out": args.out,
             }
     else:
-        if not (selection.ids or selection.batch_id is not None or selection.reason):
+        if not (selection.ids or selection.batch_ids or selection.reason):
             return fail("say which records to release: IDs, --batch N or --reason R")
         from leadflow.capture.release import release_capture
         from leadflow.capture.rules import load_mapping
@@ -170,13 +207,13 @@ def _quarantine_arguments(command: argparse.ArgumentParser) -> None:
     listed = actions.add_parser(
         "list", help="held records (emails, phones masked), counts by reason"
     )
-    listed.add_argument("--batch", type=int)
-    listed.add_argument("--hop", help="capture, enriched, scored, ...")
+    listed.add_argument("--batch", type=batch_list, help="a capture batch id, or a comma list")
+    listed.add_argument("--hop", help="capture, enrich, score, route, ... (the hop that held it)")
     listed.add_argument("--reason", help="an expectation name, e.g. email_is_valid")
     listed.add_argument("--json", action="store_true")
     release = actions.add_parser("release", help="feed held capture records through the hop again")
     release.add_argument("ids", nargs="*", type=int, help="quarantine ids (from `list`)")
-    release.add_argument("--batch", type=int)
+    release.add_argument("--batch", type=batch_list, help="a capture batch id, or a comma list")
     release.add_argument("--reason")
     release.add_argument("--mapping", help="the (fixed) mapping to read them with")
     release.add_argument("--max-quarantine-rate", type=float)
@@ -193,11 +230,13 @@ COMMANDS = (
         cmd_ingest,
         "capture leads (or engagement events, or sales activities) from a file, folder or REST API",
         _ingest_arguments,
+        DATABASE + RULES + HOPS + ("LEADFLOW_PREPARE_WORKERS",) + PREFECT,
     ),
     Command(
         "quarantine",
         cmd_quarantine,
         "list, export or release quarantined records",
         _quarantine_arguments,
+        (*DATABASE, "LEADFLOW_MAX_QUARANTINE_RATE"),
     ),
 )

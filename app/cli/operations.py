@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from app.cli.common import (
+    BLOCK_VARIABLES,
+    DATABASE,
     EXIT_FAILED,
     EXIT_OK,
+    HOPS,
+    PREFECT,
+    RULES,
     Command,
+    dumps,
     emit,
     fail,
     run_flow,
@@ -183,9 +188,9 @@ def _blocks_arguments(command: argparse.ArgumentParser) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from flows.report import report
-    from tasks.kpi import markdown
+    from leadflow.kpi.measures import markdown
 
-    return run_flow(args, report, lambda data: markdown(data))
+    return run_flow(args, report, markdown)  # (charts: PNG files, named in --json)
 
 
 def _report_arguments(command: argparse.ArgumentParser) -> None:
@@ -202,7 +207,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     state = demo(leads=args.leads, seed=args.seed, return_state=True)
     data, code, message = state_outcome(state)
     if args.json:
-        print(json.dumps(data, default=str, sort_keys=True))
+        print(dumps(data))
     else:
         from app.demo import describe
 
@@ -262,31 +267,54 @@ def _claims_arguments(command: argparse.ArgumentParser) -> None:
 
 
 COMMANDS = (
-    Command("db", cmd_db, "database migrations", _db_arguments),
+    Command("db", cmd_db, "database migrations", _db_arguments, DATABASE),
     Command(
-        "audit", cmd_audit, "check that every received record is accounted for", _audit_arguments
+        "audit",
+        cmd_audit,
+        "check that every received record is accounted for",
+        _audit_arguments,
+        DATABASE,
     ),
-    Command("generate", cmd_generate, "write realistic synthetic sample data", _generate_arguments),
-    Command("load", cmd_load, "load reference data (reps, accounts) from CSV", _load_arguments),
+    Command(
+        "generate",
+        cmd_generate,
+        "write realistic synthetic sample data",
+        _generate_arguments,
+        ("LEADFLOW_HOME",),
+    ),
+    Command(
+        "load",
+        cmd_load,
+        "load reference data (reps, accounts) from CSV",
+        _load_arguments,
+        DATABASE + RULES,
+    ),
     Command(
         "blocks",
         cmd_blocks,
         "register leadflow's block types; create blocks from env",
         _blocks_arguments,
+        BLOCK_VARIABLES,
     ),
     Command(
         "report",
         cmd_report,
         "KPIs: funnel, speed to lead, sources, waiting work, velocity",
         _report_arguments,
+        DATABASE + RULES + PREFECT,
     ),
     Command(
-        "demo", cmd_demo, "the whole thing on sample data (what `make run` does)", _demo_arguments
+        "demo",
+        cmd_demo,
+        "the whole thing on sample data (what `make run` does)",
+        _demo_arguments,
+        DATABASE + RULES + HOPS + PREFECT,
     ),
     Command(
         "claims",
         cmd_claims,
         "list the claims holding leads; free those of dead runs",
         _claims_arguments,
+        DATABASE,
     ),
 )

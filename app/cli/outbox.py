@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.cli.common import (
+    DATABASE,
     EXIT_BAD_INPUT,
     EXIT_OK,
     Command,
@@ -130,5 +131,6 @@ COMMANDS = (
         cmd_outbox,
         "what waits to be sent: list, retry, requeue-dead, send",
         _outbox_arguments,
+        (*DATABASE, "LEADFLOW_NOTIFIER", "LEADFLOW_PUBLIC_URL", "PREFECT_API_URL"),
     ),
 )

@@ -6,8 +6,12 @@ import argparse
 from typing import Any
 
 from app.cli.common import (
+    DATABASE,
     EXIT_BAD_INPUT,
     EXIT_OK,
+    HOPS,
+    PREFECT,
+    RULES,
     Command,
     emit,
     fail,
@@ -285,27 +289,47 @@ def _human_explain(data: dict[str, Any]) -> str:
 
 
 COMMANDS = (
-    Command("run", cmd_run, "run the pipeline's hops on whatever is waiting", _run_arguments),
     Command(
-        "enrich", cmd_enrich, "run the enrichment hop alone on captured leads", _enrich_arguments
+        "run",
+        cmd_run,
+        "run the pipeline's hops on whatever is waiting",
+        _run_arguments,
+        DATABASE + RULES + HOPS + ("LEADFLOW_NOTIFIER", "LEADFLOW_REPS_FILE") + PREFECT,
     ),
     Command(
-        "score", cmd_score, "score enriched leads (and leads with new engagement)", _score_arguments
+        "enrich",
+        cmd_enrich,
+        "run the enrichment hop alone on captured leads",
+        _enrich_arguments,
+        DATABASE + RULES + HOPS + PREFECT,
+    ),
+    Command(
+        "score",
+        cmd_score,
+        "score enriched leads (and leads with new engagement)",
+        _score_arguments,
+        DATABASE + RULES + HOPS + PREFECT,
     ),
     Command(
         "rescore",
         cmd_rescore,
         "score leads again after a rules change; show the diff",
         _rescore_arguments,
+        DATABASE + RULES + HOPS + PREFECT,
     ),
     Command(
         "backtest",
         cmd_backtest,
         "score leads with known outcomes and measure the rules",
         _backtest_arguments,
+        DATABASE + RULES + PREFECT,
     ),
     Command(
-        "learn", cmd_learn, "learn a rules file from leads with known outcomes", _learn_arguments
+        "learn",
+        cmd_learn,
+        "learn a rules file from leads with known outcomes",
+        _learn_arguments,
+        DATABASE + RULES + PREFECT,
     ),
-    Command("explain", cmd_explain, "why a lead has its score", _explain_arguments),
+    Command("explain", cmd_explain, "why a lead has its score", _explain_arguments, DATABASE),
 )

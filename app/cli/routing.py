@@ -6,6 +6,10 @@ import argparse
 from typing import Any
 
 from app.cli.common import (
+    DATABASE,
+    HOPS,
+    PREFECT,
+    RULES,
     Command,
     delivery_line,
     fail,
@@ -74,5 +78,6 @@ COMMANDS = (
         cmd_route,
         "route MQLs to reps (or --dry-run a changed rules file)",
         _route_arguments,
+        DATABASE + RULES + HOPS + ("LEADFLOW_NOTIFIER", "LEADFLOW_REPS_FILE") + PREFECT,
     ),
 )

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from app.cli.common import (
+    DATABASE,
+    PREFECT,
+    RULES,
     Command,
     delivery_line,
+    dumps,
     run_flow,
     timestamp,
 )
@@ -16,7 +19,7 @@ from app.cli.common import (
 
 def _human_sla(data: dict[str, Any]) -> str:
     if "gate" in data:
-        return "SLA gate failed; nothing was recorded: " + json.dumps(data["gate"], default=str)
+        return "SLA gate failed; nothing was recorded: " + dumps(data["gate"])
     lines = [
         f"SLA check at {data['now']}: {data['timers_started']} timers started, "
         f"{data['timers_met']} met, {data['warnings']} warnings, {data['level_1']} breaches, "
@@ -138,17 +141,20 @@ COMMANDS = (
         cmd_sla,
         "check SLA timers: warn, record breaches, escalate, reassign",
         _sla_arguments,
+        DATABASE + RULES + ("LEADFLOW_NOTIFIER", "LEADFLOW_REPS_FILE") + PREFECT,
     ),
     Command(
         "nurture",
         cmd_nurture,
         "one nurture tick: enrol, send due touches, exit, finish",
         _nurture_arguments,
+        DATABASE + RULES + ("LEADFLOW_NOTIFIER", "LEADFLOW_PUBLIC_URL") + PREFECT,
     ),
     Command(
         "recycle",
         cmd_recycle,
         "send stalled leads back to nurture; report leakage",
         _recycle_arguments,
+        DATABASE + RULES + PREFECT,
     ),
 )

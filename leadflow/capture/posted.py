@@ -96,6 +96,10 @@ def capture_records(
             chunk = prepare.prepare_chunk(
                 sources.page_chunk(page), mapping, source, now, batch_id, max_quarantine_rate=1.0
             )
+            # A group whose every record failed is rejected as a chunk too; that says
+            # nothing about a record, so each is held (and counted) under its own reasons.
+            held = chunk.quarantined
+            chunk.quarantined = held.assign(reasons=[_own(list(r)) for r in held["reasons"]])
             landed = write.write_capture_chunk(engine, chunk=chunk, mapping=mapping, now=now).landed
         except quality.GateFailed:
             status = "failed"  # every record of the group failed its row checks: all held

@@ -207,13 +207,43 @@ def _first_touch_line(speed: dict[str, Any]) -> str:
         return ""
     whole = speed["capture_to_first_touch"]
     return (
-        f" Routed -> first touch (reps): median {touch['median_s']} s, p90 {touch['p90_s']} s "
-        f"over {touch['leads']} leads; capture -> first touch: median {whole['median_s']} s."
+        f" Routed -> first touch (reps): median {_shown(touch['median_s'], ' s')}, p90 "
+        f"{_shown(touch['p90_s'], ' s')} over {touch['leads']} leads; capture -> first touch: "
+        f"median {_shown(whole['median_s'], ' s')}."
     )
 
 
 def _percent(value: float | None) -> str:
-    return "" if value is None else f"{value:.1%}"
+    return "n/a" if _missing(value) else f"{value:.1%}"
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
+def _shown(value: Any, unit: str = "") -> str:
+    """A figure for a person: ``n/a`` where there is none (no leads, no closed deals)."""
+    return "n/a" if _missing(value) else f"{value}{unit}"
+
+
+def _velocity_line(velocity: dict[str, Any]) -> str:
+    line = f"{velocity['open_opportunities']} open opportunities"
+    if _missing(velocity["velocity_per_day"]):
+        missing = [
+            what
+            for what, key in (
+                ("no closed deals for a win rate", "win_rate"),
+                ("no won deal with a budget", "average_deal_value"),
+                ("no won deal's cycle", "cycle_days"),
+            )
+            if _missing(velocity[key]) or not velocity[key]
+        ]
+        return f"{line}; velocity n/a ({', '.join(missing) or 'no data'})."
+    return (
+        f"{line} x win rate {velocity['win_rate']} x average deal "
+        f"{velocity['average_deal_value']} / {velocity['cycle_days']} days = "
+        f"**{velocity['velocity_per_day']} per day**."
+    )
 
 
 def markdown(report: dict[str, Any], charts: dict[str, str] | None = None) -> str:
@@ -233,15 +263,16 @@ def markdown(report: dict[str, Any], charts: dict[str, str] | None = None) -> st
         ],
         "",
         "## Speed to lead",
-        f"Capture -> routed (leadflow): median {system['median_s']} s, p90 {system['p90_s']} s "
-        f"over {system['leads']} leads. Routed -> accepted (reps): median {rep['median_s']} s, "
-        f"p90 {rep['p90_s']} s over {rep['leads']} leads." + _first_touch_line(speed),
+        f"Capture -> routed (leadflow): median {_shown(system['median_s'], ' s')}, p90 "
+        f"{_shown(system['p90_s'], ' s')} over {system['leads']} leads. Routed -> accepted "
+        f"(reps): median {_shown(rep['median_s'], ' s')}, p90 {_shown(rep['p90_s'], ' s')} "
+        f"over {rep['leads']} leads." + _first_touch_line(speed),
         "",
         "## SLA compliance",
         "| policy | rep | timers | met in time | late | unmet | open | breached | compliance |",
         "|---|---|---|---|---|---|---|---|---|",
         *[
-            f"| {r['policy']} | {r['rep']} | {r['timers']} | {r['met_on_time']} | "
+            f"| {r['policy']} | {r['rep'] or '-'} | {r['timers']} | {r['met_on_time']} | "
             f"{r['met_late']} | {r['closed_unmet']} | {r['still_open']} | {r['breached']} | "
             f"{_percent(r['compliance'])} |"
             for r in report["sla_compliance"]
@@ -269,14 +300,12 @@ def markdown(report: dict[str, Any], charts: dict[str, str] | None = None) -> st
         "|---|---|---|---|---|",
         *[
             f"| {r['status']} | {r['leads']} | {r['without_owner']} | {r['claimed']} | "
-            f"{r.get('oldest_days', '')} |"
+            f"{_shown(r.get('oldest_days'))} |"
             for r in report["waiting"]
         ],
         "",
         "## Sales velocity",
-        f"{velocity['open_opportunities']} open opportunities x win rate {velocity['win_rate']} "
-        f"x average deal {velocity['average_deal_value']} / {velocity['cycle_days']} days = "
-        f"**{velocity['velocity_per_day']} per day**.",
+        _velocity_line(velocity),
     ]
     if report.get("leakage"):
         from leadflow.kpi.leakage import markdown as leakage_markdown

@@ -6,7 +6,8 @@ an empty folder, with its own LEADFLOW_HOME and no checkout), sharing only the P
 and the database with the checkout's processes. (a) a triggered pipeline run completes and
 leaves its artifacts, its data under the worker's LEADFLOW_HOME; (a') ``rescore`` with
 ``-p rules=rules/scoring.yaml`` completes on that worker (the rules are the package's);
-(b) a short-interval schedule fires by itself and its run completes; (c) a posted lead is
+(b) on the empty system, every scheduled deployment fires by itself and its run completes
+(the drop-folder captures say "no new files"); (c) a posted lead is
 routed and its owner emailed through the lane, visible as a Completed task run.
 
 Slow (about a minute and a half): it starts real processes. CI runs it with the rest.
@@ -133,14 +134,56 @@ def start_worker(running, installed_package, folder: Path) -> Path:
     return home
 
 
+def every_schedule_fires_and_completes(client, deployments: dict, running) -> None:
+    """Give every scheduled deployment a 5-second schedule besides its own, resume them all,
+    wait until each has an auto-scheduled run that Completed, and pause them again. A run
+    that ends otherwise fails the test with its message."""
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.client.schemas.schedules import IntervalSchedule
+
+    scheduled = {d.id: d.name for d in deployments.values() if d.schedules}
+    assert len(scheduled) >= 9, sorted(scheduled.values())
+    for deployment_id in scheduled:
+        client.create_deployment_schedules(
+            deployment_id, [(IntervalSchedule(interval=timedelta(seconds=5)), True)]
+        )
+        client.resume_deployment(deployment_id)
+    seen: dict = {}
+
+    def all_completed():
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=list(scheduled)))
+        )
+        done = set()
+        for r in runs:
+            name = scheduled[r.deployment_id]
+            if r.state and r.state.is_final() and not r.state.is_completed():
+                raise AssertionError(f"{name}: {r.state_name}: {r.state.message}")
+            if r.auto_scheduled and r.state and r.state.is_completed():
+                done.add(name)
+            seen[name] = r.state_name
+        return done == set(scheduled.values())
+
+    try:
+        until(all_completed, 300, "a Completed scheduled run of every deployment", 2)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {seen}\n{running.log('worker')[-3000:]}") from None
+    for deployment_id in scheduled:
+        until(paused(client, deployment_id), 60, f"{scheduled[deployment_id]} paused", 2)
+
+
+def _messages(api: str) -> list[str]:
+    with _client(api) as client:
+        return [r.state.message or "" for r in client.read_flow_runs() if r.state]
+
+
 def test_deployed_pipeline_schedule_and_lane(stack, installed_package) -> None:
     running, database, folder = stack
     env, api = running.env, running.env["PREFECT_API_URL"]
     prefect, leadflow = bin_path("prefect"), bin_path("leadflow")
-    sample = folder / "sample"
-    run([leadflow, "generate", "--leads", "300", "--out", str(sample)], env)
-    run([leadflow, "ingest", str(sample / "leads.csv"), "--source", "e2e"], env)
-    run([prefect, "work-pool", "create", "leadflow", "--type", "process"], env)
+    port = free_port()  # leadflow serve's, below: the public URL of the links
+    # Set up as docs/deploying.md says: blocks (with the public site), pool, automations.
+    run([leadflow, "setup"], env | {"LEADFLOW_PUBLIC_URL": f"http://127.0.0.1:{port}"})
     run([prefect, "--no-prompt", "deploy", "--all"], env)
 
     from prefect.client.schemas.filters import (
@@ -152,7 +195,6 @@ def test_deployed_pipeline_schedule_and_lane(stack, installed_package) -> None:
         TaskRunFilterName,
     )
     from prefect.client.schemas.objects import StateType
-    from prefect.client.schemas.schedules import IntervalSchedule
 
     with _client(api) as client:
         deployments = {d.name: d for d in client.read_deployments()}
@@ -164,6 +206,28 @@ def test_deployed_pipeline_schedule_and_lane(stack, installed_package) -> None:
         for flow_run in client.read_flow_runs():
             client.delete_flow_run(flow_run.id)
     worker_home = start_worker(running, installed_package, folder)
+
+    # (b) On an empty system, every scheduled deployment fires by itself (no one creates
+    # the runs) and ends Completed: drop folders missing on the worker's host included.
+    with _client(api) as client:
+        every_schedule_fires_and_completes(client, deployments, running)
+    notes = {m for m in _messages(api) if "no new files" in m}
+    assert len(notes) >= 3, notes  # the three capture deployments said why they were green
+    with _client(api) as client:
+        report_runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(
+                id=DeploymentFilterId(any_=[deployments["report"].id])
+            )
+        )
+        fired = [r.id for r in report_runs if r.auto_scheduled and r.state.is_completed()]
+        report_artifacts = client.read_artifacts(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=fired))
+        )
+    assert "kpi-report" in {a.key for a in report_artifacts}
+
+    sample = folder / "sample"
+    run([leadflow, "generate", "--leads", "300", "--out", str(sample)], env)
+    run([leadflow, "ingest", str(sample / "leads.csv"), "--source", "e2e"], env)
 
     # (a) A triggered pipeline run completes, with a table artifact per gated hop.
     with _client(api) as client:
@@ -196,37 +260,8 @@ def test_deployed_pipeline_schedule_and_lane(stack, installed_package) -> None:
         state = until(finished(client, rescore.id), 240, "the rescore run", 1)
     assert state.type == StateType.COMPLETED, (state.message, running.log("worker")[-3000:])
 
-    # (b) A short-interval schedule fires by itself (no one creates the run).
-    report = deployments["report"]
-    with _client(api) as client:
-        client.create_deployment_schedules(
-            report.id, [(IntervalSchedule(interval=timedelta(seconds=5)), True)]
-        )
-        client.resume_deployment(report.id)
-
-        seen: dict = {}
-
-        def scheduled_run_completed():
-            runs = client.read_flow_runs(
-                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[report.id]))
-            )
-            seen.update({r.name: (r.state_name, r.state and r.state.message) for r in runs})
-            return next((r for r in runs if r.state and r.state.is_completed()), None)
-
-        try:
-            fired = until(scheduled_run_completed, 150, "a scheduled report run", 1)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}: {seen}\n{running.log('worker')[-3000:]}") from None
-        assert fired.auto_scheduled
-        report_artifacts = client.read_artifacts(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[fired.id]))
-        )
-        assert "kpi-report" in {a.key for a in report_artifacts}
-        until(paused(client, report.id), 60, "the report deployment paused", 2)
-
     # (c) A posted lead goes through the lane: routed, its owner emailed, a task run shown.
     running.start("lane", [leadflow, "lane"])
-    port = free_port()
     log = running.start("serve", [leadflow, "serve", "--port", str(port), "--lane", "worker"])
     # 180 s: on 2 cores after a full run, starting beside the worker and the lane is slow
     # (once over 60 s in CI); a timeout dumps serve's stacks into the error.
