@@ -1,6 +1,8 @@
 """A block that does not exist, of every kind a command reads, as a person meets it: the
-``leadflow`` command as a process on Prefect's temporary API (no server), answering one
-line naming the block and ``leadflow blocks init``, exit 2, before any flow runs."""
+``leadflow`` command as a process answering one line naming the block and ``leadflow
+blocks init``, exit 2, before any flow runs. Against the session's Prefect server (as on a
+deployed host), and once on Prefect's temporary API (no server: the demo's setting), which
+costs a server start per command."""
 
 from __future__ import annotations
 
@@ -15,11 +17,6 @@ from app.devstack import free_port
 from helpers import ROOT
 
 LEADFLOW = str(ROOT / ".venv" / "bin" / "leadflow")
-
-
-@pytest.fixture(autouse=True)
-def _prefect_server(no_prefect_api: None) -> None:
-    """Overrides e2e/conftest.py's: these commands start their own temporary API."""
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +35,17 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("kind", list(CASES))
-def test_a_missing_block_is_one_line_naming_it_and_blocks_init(kind, tmp_path, prefect_home):
+@pytest.mark.parametrize(
+    ("kind", "server"), [(kind, True) for kind in CASES] + [("notifier", False)]
+)
+def test_a_missing_block_is_one_line_naming_it_and_blocks_init(
+    kind, server, tmp_path, prefect_home
+):
+    from prefect.settings import PREFECT_API_URL
+
     argv, extra, names = CASES[kind]
+    if server:  # the session's server (e2e/conftest.py): no temporary API to start
+        extra = {**extra, "PREFECT_API_URL": PREFECT_API_URL.value()}
     if argv[0] == "serve":
         argv = [*argv, "--port", str(free_port())]
     env = {
