@@ -44,9 +44,10 @@ def report(now: datetime | None = None, database_url: str | None = None) -> Stat
     create_markdown_artifact(
         key="kpi-report", markdown=kpi.markdown(figures, paths), description="leadflow KPIs"
     )
-    speed = figures["speed_to_lead"]["capture_to_routed"]
+    median = figures["speed_to_lead"]["capture_to_routed"]["median_s"]
+    speed = "n/a (nothing routed yet)" if median is None or median != median else f"{median} s"
     return Completed(
-        message=f"KPIs as of {now:%Y-%m-%d %H:%M}: capture -> routed median {speed['median_s']} s, "
+        message=f"KPIs as of {now:%Y-%m-%d %H:%M}: capture -> routed median {speed}, "
         f"leakage {figures['leakage']['total']} leads",
         data=figures,
     )

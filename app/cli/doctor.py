@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from app.cli.common import DATABASE, EXIT_FAILED, EXIT_OK, RULES, Command
+from app.cli.common import DATABASE, EXIT_FAILED, EXIT_OK, RULES, Command, dumps
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -15,7 +14,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     findings = examine(timeout=args.timeout, pool=args.pool)
     if args.json:
-        print(json.dumps([f.as_dict() for f in findings], sort_keys=True))
+        print(dumps([f.as_dict() for f in findings]))
     else:
         print("\n".join(f.line() for f in findings))
     return EXIT_FAILED if any(not f.ok for f in findings) else EXIT_OK

@@ -11,13 +11,12 @@ again changes nothing that is there (``--overwrite`` replaces the blocks).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from app.cli.common import EXIT_BAD_INPUT, EXIT_OK, Command, emit, fail
+from app.cli.common import EXIT_BAD_INPUT, EXIT_OK, Command, dumps, emit, fail
 
 POOL = "leadflow"  # the work pool prefect.yaml's deployments name
 NO_SERVER = "skipped (no Prefect server: PREFECT_API_URL is not set)"
@@ -191,7 +190,7 @@ def _print(
     if error is not None:
         data["error"] = error
         if args.json:
-            print(json.dumps(data, default=str, sort_keys=True))
+            print(dumps(data))
         else:
             for step in done:
                 print(f"{step['step']}: {step['result']}")

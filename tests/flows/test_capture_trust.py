@@ -254,4 +254,6 @@ def test_explain_finds_a_lead_by_email_or_external_id_and_shows_what_merges_chan
         assert code == 0, (key, err)
         assert "merge: merged (changed: company)" in out, out
     code, _, err = run_cli(capsys, "explain", "nobody@x.com")
-    assert code == 2 and "nobody@x.com" in err
+    # A miss names what it searched (masked: messages never print an address) and where.
+    assert code == 2 and "no lead" in err and "@x.com" in err, err
+    assert "nobody@x.com" not in err and "leadflow.db" in err, err
