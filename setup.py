@@ -1,7 +1,8 @@
 """Build hook (the rest of the build is in pyproject.toml): the wheel carries the reviewed
 config that the checkout keeps at its top level, ``rules/`` (rules, lists, source mappings,
-nurture templates) and ``suites/`` (the gates' expectation suites), as package data under
-``leadflow/defaults/``, so an installed wheel runs every flow with no checkout beside it.
+nurture templates), ``suites/`` (the gates' expectation suites) and ``prefect.yaml`` (the
+deployments), as package data under ``leadflow/defaults/``, so an installed wheel runs and
+deploys every flow with no checkout beside it.
 
 An editable install (``make``) copies nothing: it reads the checkout's folders in place
 (``leadflow.settings.bundled``)."""
@@ -15,6 +16,7 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 DEFAULTS = ("rules", "suites")
+FILES = ("prefect.yaml",)  # the deployments: `leadflow setup` deploys them from the package
 
 
 class BuildWithDefaults(build_py):
@@ -29,6 +31,9 @@ class BuildWithDefaults(build_py):
             target = Path(self.build_lib) / "leadflow" / "defaults" / name
             shutil.rmtree(target, ignore_errors=True)  # nothing stale from an earlier build
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", ".*"))
+        for name in FILES:
+            target = Path(self.build_lib) / "leadflow" / "defaults" / name
+            shutil.copyfile(Path(__file__).resolve().parent / name, target)
 
 
 setup(cmdclass={"build_py": BuildWithDefaults})

@@ -82,11 +82,18 @@ def capture(
         if drop_folder and not sources.input_exists(folder):
             return quiet_tick(run, folder, started, missing=True)
         uris = sources.list_inputs(folder)
+        if drop_folder:
+            uris = [u for u in uris if not sources.in_rejected(u, folder)]
         found = run.new_files(uris, mapping.target) if drop_folder else [(u, None) for u in uris]
         if not found:
             return quiet_tick(run, folder, started, missing=False)
         capture_files(
-            run, found, mapping, chunk_size or settings.batch_size, settings.prepare_workers
+            run,
+            found,
+            mapping,
+            chunk_size or settings.batch_size,
+            settings.prepare_workers,
+            set_aside_in=folder if drop_folder else None,
         )
 
     summary = run.summary
@@ -96,6 +103,13 @@ def capture(
     publish_gates(run.gates, "capture")
     if not run.accepted:
         return Failed(message=run.rejection(), data=summary)
+    if set_aside := summary.get("set_aside"):
+        first = set_aside[0]
+        return Failed(
+            message=f"{len(set_aside)} file(s) set aside in {first['to'].rsplit('/', 1)[0]} "
+            f"(the others captured: {run.describe()}): {first['reason']}",
+            data=summary,
+        )
     return Completed(message=run.describe(), data=summary)
 
 
@@ -105,10 +119,25 @@ def capture_files(
     mapping: SourceMapping,
     chunk_size: int,
     prepare_workers: int,
+    set_aside_in: str | None = None,
 ) -> None:
-    """Each input (with its SHA-256 and size when known) as one batch."""
-    # Check every input before writing anything: a missing column stops the run here.
-    inputs = [inspect_input(uri, mapping, digest) for uri, digest in found]
+    """Each input (with its SHA-256 and size when known) as one batch.
+
+    Every input is checked before anything is written. A person's file that fails the check
+    stops the run there (one line, exit 2). In a drop folder (``set_aside_in``) such a file
+    is moved to its ``rejected/`` subfolder with the reason beside it, the run goes on with
+    the others and ends Failed naming it: red once, not at every tick."""
+    inputs = []
+    for uri, digest in found:
+        try:
+            inputs.append(inspect_input(uri, mapping, digest))
+        except sources.InputError as exc:
+            if set_aside_in is None:
+                raise
+            moved = sources.set_aside(uri, set_aside_in, str(exc))
+            run.summary.setdefault("set_aside", []).append(
+                {"file": uri, "to": moved, "reason": str(exc)}
+            )
     for info in inputs:
         # Big inputs are prepared in a worker process, overlapping with the writes.
         workers = prepare_workers if info.size > PARALLEL_FROM_BYTES else 0

@@ -34,11 +34,11 @@ def project_home() -> Path:
 
 
 def bundled(name: str) -> Path:
-    """A folder of defaults leadflow ships (``rules`` or ``suites``): the copy an installed
-    wheel carries under ``leadflow/defaults/`` (setup.py puts it there), else, in the
-    checkout, the checkout's own."""
+    """Defaults leadflow ships (the folders ``rules`` and ``suites``, the file
+    ``prefect.yaml``): the copy an installed wheel carries under ``leadflow/defaults/``
+    (setup.py puts it there), else, in the checkout, the checkout's own."""
     shipped = Path(__file__).resolve().parent / "defaults" / name
-    if shipped.is_dir():
+    if shipped.exists():
         return shipped
     root = checkout()
     return root / name if root else shipped

@@ -2,7 +2,9 @@
 
 Each step in ``STEPS`` makes sure of one thing and says, in one line, what it found or did:
 the database migrated to head, the drop folders the capture deployments read, leadflow's
-blocks created from ``LEADFLOW_*`` variables, the ``leadflow`` process work pool. Steps that
+blocks created from ``LEADFLOW_*`` variables, the ``leadflow`` process work pool, the
+deployments of prefect.yaml (the package's own copy unless ``--prefect-file``) and the ops
+automations (which need the deployments for their schedule checks). Steps that
 need a Prefect server are skipped, and say so, when ``PREFECT_API_URL`` is not set (rather
 than writing blocks into a temporary API that is gone when the command ends). Running it
 again changes nothing that is there (``--overwrite`` replaces the blocks).
@@ -114,6 +116,45 @@ def _work_pool(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     )
 
 
+def _deployments(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """``prefect --no-prompt deploy --all`` of ``--prefect-file`` (default: the prefect.yaml
+    the package ships), run from the data folder: an installed wheel deploys with no
+    checkout. Entrypoints are module paths, so nothing depends on where this runs."""
+    import subprocess
+    from pathlib import Path
+
+    from leadflow.settings import bundled, get_settings
+
+    if args.no_deploy:
+        return "skipped (--no-deploy)", {"deployed": []}
+    source = Path(args.prefect_file) if args.prefect_file else bundled("prefect.yaml")
+    if not source.is_file():
+        raise FileNotFoundError(f"--prefect-file {source}: no such file")
+    prefect = Path(sys.executable).with_name("prefect")
+    home = get_settings().home
+    home.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        [str(prefect), "--no-prompt", "deploy", "--all", "--prefect-file", str(source.resolve())],
+        cwd=home,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"prefect deploy of {source} failed: {tail[0]}")
+    import yaml
+    from prefect.client.orchestration import get_client
+
+    wanted = {d["name"] for d in yaml.safe_load(source.read_text())["deployments"]}
+    with get_client(sync_client=True) as client:
+        there = {d.name for d in client.read_deployments()}
+    if missing := sorted(wanted - there):
+        raise RuntimeError(f"prefect deploy of {source} left out {', '.join(missing)}")
+    names = sorted(wanted)
+    return f"deployed {len(names)} from {source}", {"deployed": names, "prefect_file": str(source)}
+
+
 def _automations(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     """The ops automations (app/automations.py). The per-deployment ones need the
     deployments: before `prefect deploy` they are left for a second run."""
@@ -143,6 +184,7 @@ STEPS: list[Step] = [
     Step("drop folders", _drop_folders),
     Step("blocks", _blocks, needs_prefect=True),
     Step("work pool", _work_pool, needs_prefect=True),
+    Step("deployments", _deployments, needs_prefect=True),
     Step("automations", _automations, needs_prefect=True),
 ]
 
@@ -221,6 +263,8 @@ blocks created when their variables are set (an existing block is kept; --overwr
   leadflow-ops             LEADFLOW_OPS_WEBHOOK_URL, _TOKEN
 
 work pool: 'leadflow' (type process), created when missing.
+deployments: every deployment of prefect.yaml (the package's, or --prefect-file), updated.
+automations: leadflow's ops automations (app/automations.py), created or updated in place.
 """
 
 
@@ -230,6 +274,14 @@ def _setup_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--overwrite", action="store_true", help="replace blocks that exist (default: keep)"
     )
+    command.add_argument(
+        "--prefect-file",
+        help="the deployments to deploy (default: the prefect.yaml leadflow ships; copy it, "
+        "edit schedules, and pass it here)",
+    )
+    command.add_argument(
+        "--no-deploy", action="store_true", help="leave the deployments as they are"
+    )
     command.add_argument("--json", action="store_true")
 
 
@@ -237,7 +289,7 @@ COMMANDS = (
     Command(
         "setup",
         cmd_setup,
-        "ready this host: migrate the database, create the drop folders, blocks and work pool",
+        "ready this host: database, drop folders, blocks, work pool, deployments, automations",
         _setup_arguments,
     ),
 )

@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
@@ -82,6 +83,35 @@ def input_exists(path: str) -> bool:
     """Whether ``path`` (a file or folder, local or an fsspec URL) is there."""
     fs, root = fsspec.core.url_to_fs(path)
     return bool(fs.exists(root))
+
+
+REJECTED_FOLDER = "rejected"  # inside a drop folder: files set aside, never read again
+
+
+def set_aside(uri: str, folder: str, reason: str) -> str:
+    """Move a drop folder's file that cannot be read (a header the mapping refuses) into
+    ``<folder>/rejected/``, beside a ``<name>.reason.txt`` saying why, so the next tick does
+    not fail on it again and nothing is lost. Returns where it went."""
+    fs, root = fsspec.core.url_to_fs(folder)
+    _, source = fsspec.core.url_to_fs(uri)
+    target_dir = f"{root.rstrip('/')}/{REJECTED_FOLDER}"
+    fs.makedirs(target_dir, exist_ok=True)
+    name = source.rsplit("/", 1)[-1]
+    target = f"{target_dir}/{name}"
+    if fs.exists(target):  # the same name set aside before: keep both
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+        target = f"{target_dir}/{stamp}-{name}"
+    fs.mv(source, target)
+    with fs.open(f"{target}.reason.txt", "w") as handle:
+        handle.write(reason + "\n")
+    return fs.unstrip_protocol(target) if "://" in folder else target
+
+
+def in_rejected(uri: str, folder: str) -> bool:
+    """Whether ``uri`` lies in ``folder``'s ``rejected/`` subfolder."""
+    _, root = fsspec.core.url_to_fs(folder)
+    _, path = fsspec.core.url_to_fs(uri)
+    return path.startswith(f"{root.rstrip('/')}/{REJECTED_FOLDER}/")
 
 
 def list_inputs(path: str) -> list[str]:

@@ -135,18 +135,25 @@ def start_worker(running, installed_package, folder: Path) -> Path:
 
 
 def every_schedule_fires_and_completes(client, deployments: dict, running) -> None:
-    """Give every scheduled deployment a 5-second schedule besides its own, resume them all,
-    wait until each has an auto-scheduled run that Completed, and pause them again. A run
-    that ends otherwise fails the test with its message."""
+    """Swap every scheduled deployment's schedules for one daily schedule anchored a few
+    seconds from now (one due run each, by the scheduler, not by us), resume them all, wait
+    until each run Completed, and pause them again. A run that ends otherwise fails the
+    test with its message."""
+    from datetime import UTC, datetime
+
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
     from prefect.client.schemas.schedules import IntervalSchedule
 
     scheduled = {d.id: d.name for d in deployments.values() if d.schedules}
     assert len(scheduled) >= 9, sorted(scheduled.values())
     for deployment_id in scheduled:
-        client.create_deployment_schedules(
-            deployment_id, [(IntervalSchedule(interval=timedelta(seconds=5)), True)]
-        )
+        for schedule in client.read_deployment_schedules(deployment_id):
+            client.update_deployment_schedule(deployment_id, schedule.id, active=False)
+        # Far enough ahead that the scheduler's next pass (every 2 s here, slower on a busy
+        # server) still sees it in the future: a passed anchor's first run is tomorrow's.
+        soon = datetime.now(UTC) + timedelta(seconds=20)
+        once = IntervalSchedule(interval=timedelta(days=1), anchor_date=soon)
+        client.create_deployment_schedules(deployment_id, [(once, True)])
         client.resume_deployment(deployment_id)
     seen: dict = {}
 
@@ -180,11 +187,11 @@ def _messages(api: str) -> list[str]:
 def test_deployed_pipeline_schedule_and_lane(stack, installed_package) -> None:
     running, database, folder = stack
     env, api = running.env, running.env["PREFECT_API_URL"]
-    prefect, leadflow = bin_path("prefect"), bin_path("leadflow")
+    leadflow = bin_path("leadflow")
     port = free_port()  # leadflow serve's, below: the public URL of the links
-    # Set up as docs/deploying.md says: blocks (with the public site), pool, automations.
+    # Set up as docs/deploying.md says: blocks (with the public site), the pool, every
+    # deployment (of the prefect.yaml the package ships) and the automations.
     run([leadflow, "setup"], env | {"LEADFLOW_PUBLIC_URL": f"http://127.0.0.1:{port}"})
-    run([prefect, "--no-prompt", "deploy", "--all"], env)
 
     from prefect.client.schemas.filters import (
         DeploymentFilter,

@@ -60,6 +60,7 @@ def test_setup_without_a_server_migrates_and_creates_the_drop_folders_idempotent
         f"drop folders: created leads, events, activities in {inbox}",
         f"blocks: {NO_SERVER}",
         f"work pool: {NO_SERVER}",
+        f"deployments: {NO_SERVER}",
         f"automations: {NO_SERVER}",
     ]
     assert sorted(p.name for p in inbox.iterdir()) == ["activities", "events", "leads"]
@@ -106,8 +107,9 @@ def test_setup_with_a_server_creates_blocks_and_the_work_pool_and_keeps_them(tmp
         assert lines["work pool"].startswith("created 'leadflow' (type process)")
         assert "saved leadflow, leadflow-capture-token, leadflow-smtp" in lines["blocks"]
         assert "never-printed" not in first.stdout + first.stderr
+        assert lines["deployments"].startswith("deployed 13 from "), lines["deployments"]
         assert "created" in lines["automations"], lines["automations"]
-        assert "no deployments yet" in lines["automations"]
+        assert "no deployments yet" not in lines["automations"]
         with SyncPrefectClient(running.env["PREFECT_API_URL"]) as client:
             pool = client.read_work_pool("leadflow")
             blocks = {b.name: b.id for b in client.read_block_documents() if b.name}
@@ -119,6 +121,9 @@ def test_setup_with_a_server_creates_blocks_and_the_work_pool_and_keeps_them(tmp
         assert steps["work pool"]["created"] is False
         assert steps["work pool"]["result"] == "'leadflow' exists (type process, kept)"
         assert steps["blocks"]["blocks"]["leadflow-smtp"].startswith("exists (kept")
+        assert len(steps["deployments"]["deployed"]) == 13  # deployed again: updated in place
+        with SyncPrefectClient(running.env["PREFECT_API_URL"]) as client:
+            assert len(client.read_deployments()) == 13
         made = steps["automations"]["automations"]
         assert made and all(line.startswith(("kept", "skipped")) for line in made), made
         with SyncPrefectClient(running.env["PREFECT_API_URL"]) as client:

@@ -80,7 +80,7 @@ def test_an_empty_folder_and_one_of_files_seen_before_say_no_new_files(database_
     assert batches(database_url).status.tolist() == ["complete", "complete"]
 
 
-def test_real_failures_stay_red_once_and_a_rejected_file_is_not_quarantined_again(
+def test_real_failures_are_red_once_and_a_rejected_file_is_not_quarantined_again(
     database_url, home
 ):
     inbox = home / "var" / "inbox" / "leads"
@@ -98,11 +98,20 @@ def test_real_failures_stay_red_once_and_a_rejected_file_is_not_quarantined_agai
         f"{rejected} rejected by the gate: `leadflow quarantine list --batch {rejected}`)"
     )
     assert len(table(database_url, "quarantine")) == held
-    # A file that cannot be read at all is a real failure on every tick.
+    # A file that cannot be read at all is set aside with its reason, the good one beside it
+    # is captured, the run is red once, and the next tick is green: nothing is lost.
     bad.unlink()
     write(inbox / "typo.csv", "mail,name\na@x.com,A\n")
+    write(inbox / "good.csv", HEADER + "good@x.com,G,,,,,,,,\n")
+    state, data = ingest(str(inbox), source="inbox", drop_folder=True)
+    assert state.is_failed() and "typo.csv" in state.message, state.message
+    assert "1 file(s) set aside in" in state.message and "inserted 1" in state.message
+    aside = inbox / "rejected"
+    assert (aside / "typo.csv").read_text() == "mail,name\na@x.com,A\n"
+    assert "email" in (aside / "typo.csv.reason.txt").read_text()
+    assert not (inbox / "typo.csv").exists()
     state, _ = ingest(str(inbox), source="inbox", drop_folder=True)
-    assert state.is_failed() and "typo.csv" in state.message
+    assert state.is_completed() and state.message.startswith("no new files"), state.message
 
 
 def test_a_missing_path_without_drop_folder_still_fails(database_url, tmp_path):
