@@ -191,11 +191,24 @@ def lane(timeout: float) -> Finding:
 
 
 def rules() -> Finding:
+    from leadflow.config import ConfigError
     from leadflow.settings import get_settings
     from tasks import rules_check
 
-    rules_check.demo()  # every file the pipeline, SLA, nurture and recycling load
-    return ok("rules", f"every rules file loads ({get_settings().rules_dir})")
+    try:
+        folder = get_settings().rules_dir
+    except ValueError as exc:  # the rules block LEADFLOW_RULES_BLOCK names is not there
+        return failed(
+            "rules",
+            core.one_line(exc),
+            "`LEADFLOW_RULES_DIR=/path/to/rules leadflow blocks init` creates the block; or "
+            "unset LEADFLOW_RULES_BLOCK to use the rules the package ships",
+        )
+    try:
+        rules_check.demo()  # every file the pipeline, SLA, nurture and recycling load
+    except (ConfigError, ValueError, OSError) as exc:
+        return failed("rules", core.one_line(exc), f"correct the file it names (in {folder})")
+    return ok("rules", f"every rules file loads ({folder})")
 
 
 def public_url(timeout: float) -> Finding:
