@@ -116,7 +116,10 @@ def _batches(
         after = outcome.next_after
 
 
-PASSES = 3
+# How long the lane keeps coming back for leads whose id range a pipeline batch holds: the
+# holder's transaction ends (a hop batch of 100k leads holds it some 10 s here), and then the
+# lead is the lane's. Giving up sooner leaves a posted lead for the next pipeline tick.
+PATIENCE_SECONDS = 60.0
 _one_lane = threading.Lock()  # lane runs of one worker take turns (id-range claims skip, not wait)
 _pending: set[int] = set()  # leads handed to this process's lane that no run has taken yet
 _pending_lock = threading.Lock()
@@ -223,13 +226,15 @@ def run_lane(
             ("score", score_hop.SCORE_NEW, score_context),
             ("route", route_hop.HOP, context.route),
         )
-        for attempt in range(1, PASSES + 1):
+        deadline, attempt = time.monotonic() + PATIENCE_SECONDS, 0
+        while True:
+            attempt += 1
             stopped = _pass(steps, ids, engine, moment, summary, run_id)
-            if stopped or not _still_waiting(engine, ids):
+            if stopped or not _still_waiting(engine, ids) or time.monotonic() > deadline:
                 break
-            # A pipeline batch held the id range these leads fall in: it started before they
+            # A pipeline batch holds the id range these leads fall in: it started before they
             # were captured, so it does not have them. Try again once it has committed.
-            time.sleep(0.3 * attempt)
+            time.sleep(min(0.25 * attempt, 1.0))
         summary["passes"] = attempt
         if context.notifiers:
             summary["sent"] = send_due(engine, context.notifiers, 500, datetime.now(UTC)).as_dict()

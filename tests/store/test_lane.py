@@ -148,3 +148,49 @@ def test_a_group_a_killed_server_left_running_is_closed_at_restart(database_url,
         ).one()
         assert run_audit(conn).problems == []
     assert row.status == "failed" and "none of its posts was answered 202" in row.message
+
+
+def test_the_lane_waits_out_a_pipeline_batch_holding_its_leads_id_range(database_url, engine):
+    """A pipeline batch that claimed the id range a posted lead falls in (it started before
+    the lead was captured, so it does not have it) holds the range for its transaction; the
+    lane comes back until it is free instead of leaving the lead to the next tick (found by
+    bench/speed_to_lead.py under a 100k-lead pipeline run: a lead left 'enriched')."""
+    import time
+
+    import pytest
+    from sqlalchemy import func
+
+    from leadflow.scoring import hop as scoring
+    from leadflow.settings import get_settings
+
+    if engine.dialect.name != "postgresql":
+        pytest.skip("range claims are advisory locks on PostgreSQL; SQLite has one writer")
+    client = app_for(database_url)
+    lead = client.post("/leads", json={"email": "held@range.com", **HOT}, headers=AUTH).json()[
+        "lead_id"
+    ]
+    hop = scoring.SCORE_NEW  # an id-range hop: the enriched lead waits for its range
+    size = min(hop.batch_size or 10**12, get_settings().batch_size)
+    held, release = threading.Event(), threading.Event()
+    run_lane([], database_url)  # rules and contexts built outside the timing
+
+    def pipeline_batch() -> None:  # the lock a pipeline's score batch takes for its range
+        with engine.begin() as conn:
+            key = func.hashtext(f"leadflow.{hop.name}")
+            conn.execute(select(func.pg_advisory_xact_lock(key, lead // size)))
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=pipeline_batch)
+    holder.start()
+    held.wait(10)
+    threading.Timer(2.0, release.set).start()
+    started = time.monotonic()
+    summary = run_lane([lead], database_url)
+    holder.join()
+    assert time.monotonic() - started >= 2.0
+    assert summary["passes"] > 1
+    assert summary["hops"]["score"]["moved"] == {"mql": 1}, summary
+    with engine.connect() as conn:
+        status = conn.execute(select(t.leads.c.status).where(t.leads.c.id == lead)).scalar_one()
+    assert status == "routed", summary
