@@ -120,6 +120,7 @@ def _batches(
 # holder's transaction ends (a hop batch of 100k leads holds it some 10 s here), and then the
 # lead is the lane's. Giving up sooner leaves a posted lead for the next pipeline tick.
 PATIENCE_SECONDS = 60.0
+SEND_OTHERS = 50  # due messages of other leads a lane run sends after its own
 _one_lane = threading.Lock()  # lane runs of one worker take turns (id-range claims skip, not wait)
 _pending: set[int] = set()  # leads handed to this process's lane that no run has taken yet
 _pending_lock = threading.Lock()
@@ -237,7 +238,17 @@ def run_lane(
             time.sleep(min(0.25 * attempt, 1.0))
         summary["passes"] = attempt
         if context.notifiers:
-            summary["sent"] = send_due(engine, context.notifiers, 500, datetime.now(UTC)).as_dict()
+            # Its own leads' messages first; then a few others (urgent first), no more: a
+            # pipeline's backlog is its own senders' work, and the next posted lead waits
+            # for this run's turn to end.
+            summary["sent"] = send_due(
+                engine,
+                context.notifiers,
+                SEND_OTHERS,
+                datetime.now(UTC),
+                first=None,
+                leads_first=ids,
+            ).as_dict()
             announce_dead_letters(summary["sent"])
     summary["seconds"] = round(time.monotonic() - started, 3)
     return summary

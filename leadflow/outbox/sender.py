@@ -395,10 +395,15 @@ class _Run:
         if self.unmarked is not None:
             self.step(lambda conn: None, "nothing else")
 
-    def drain(self, kinds: Sequence[str] | None, limit: int | None) -> None:
-        """Claim and send until nothing (of ``kinds``) is due on a channel that works, or
-        ``limit`` messages were claimed. Channels without a notifier are left alone: their
-        messages stay queued for a sender that has one."""
+    def drain(
+        self,
+        kinds: Sequence[str] | None,
+        limit: int | None,
+        lead_ids: Sequence[int] | None = None,
+    ) -> None:
+        """Claim and send until nothing (of ``kinds``, about ``lead_ids``) is due on a
+        channel that works, or ``limit`` messages were claimed. Channels without a notifier
+        are left alone: their messages stay queued for a sender that has one."""
         taken = 0
         while limit is None or taken < limit:
             channels = [name for name, channel in self.channels.items() if not channel.open]
@@ -414,6 +419,7 @@ class _Run:
                     token=self.token,
                     kinds=kinds,
                     channels=channels,
+                    lead_ids=lead_ids,
                     lease=self.lease,
                     clock=self.clock(),
                 ),
@@ -524,12 +530,15 @@ def send_due(
     now: datetime,
     *,
     first: Sequence[str] | None = outbox.URGENT,
+    leads_first: Sequence[int] | None = None,
     clock: Callable[[], datetime] | None = None,
     rng: random.Random | None = None,
     lease: timedelta | None = None,
 ) -> SendReport:
-    """Deliver every due message of the ``first`` kinds (default: owner notices and SLA
-    escalations), then up to ``limit`` more due messages of any kind, urgent first. Each is
+    """Deliver every due message about ``leads_first`` (the lane's own leads: their owners
+    hear at once, not behind a pipeline's backlog), then every due message of the ``first``
+    kinds (default: owner notices and SLA escalations), then up to ``limit`` more due
+    messages of any kind, urgent first. Each is
     marked sent (at the time of sending), failed (due again after backoff), dead (permanent
     error or budget spent) or put back untried (server unreachable or failing, no notifier
     for its channel). Never raises for a delivery problem; a database that stays gone
@@ -540,6 +549,8 @@ def send_due(
         engine, notifiers, now, clock or (lambda: datetime.now(UTC)), rng or random.Random(), lease
     )
     try:
+        if leads_first:
+            run.drain(None, None, leads_first)
         if first:
             run.drain(first, None)
         run.drain(None, limit)

@@ -185,12 +185,14 @@ def claim_due(
     token: str | None = None,
     kinds: Sequence[str] | None = None,
     channels: Sequence[str] | None = None,
+    lead_ids: Sequence[int] | None = None,
     lease: timedelta = LEASE,
     clock: datetime | None = None,
 ) -> pd.DataFrame:
     """Take up to ``limit`` messages due at ``now`` (pending or failed whose time has come,
     or sending whose lease ended by ``clock``, the wall clock), urgent kinds first and oldest
-    due first, optionally only ``kinds`` on ``channels``; mark them ``sending`` under
+    due first, optionally only ``kinds`` on ``channels`` (and only about ``lead_ids``); mark
+    them ``sending`` under
     ``token`` until ``clock + lease``. Concurrent senders never get the same message (SKIP
     LOCKED on PostgreSQL; one writer on SQLite). Returns the claimed rows (all outbox columns)
     in claim order, with the token in ``claim_token``."""
@@ -214,6 +216,8 @@ def claim_due(
         query = query.where(table.c.kind.in_(list(kinds)))
     if channels is not None:
         query = query.where(table.c.channel.in_(list(channels)))
+    if lead_ids is not None:
+        query = query.where(table.c.lead_id.in_([int(i) for i in lead_ids]))
     order = (_priority(), table.c.next_attempt_at, table.c.id)
     with engine.begin() as conn:
         query = query.order_by(*order).limit(limit)
