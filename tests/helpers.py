@@ -73,6 +73,19 @@ def assert_ledger_ok(url: str) -> dict:
     return report.as_dict()
 
 
+def until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
+    """Poll ``check`` until it returns something true (returned), or fail naming ``what``:
+    for tests that wait on real processes (a deployed stack, a server, a worker)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
 def run_cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
     """The command line in this process: its exit code, stdout and stderr."""
     from app import cli

@@ -25,7 +25,7 @@ from pytest_httpserver import HTTPServer
 from app.devstack import bin_path, prefect_server
 from leadflow import store
 
-from helpers import HEADER, write
+from helpers import HEADER, until, write
 
 HEARTBEAT = 30  # PREFECT_FLOWS_HEARTBEAT_FREQUENCY's minimum
 MISSED = 1.5  # the window: 45 s of silence (3 periods in production)
@@ -34,16 +34,6 @@ MISSED = 1.5  # the window: 45 s of silence (3 periods in production)
 @pytest.fixture(autouse=True)
 def _prefect_server() -> None:
     """Overrides e2e/conftest.py's: everything here talks to the stack's own server."""
-
-
-def until(check, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def run(argv: list[str], env: dict[str, str]) -> str:

@@ -29,7 +29,7 @@ from app.devstack import bin_path, free_port, prefect_server, wait_for
 from leadflow import store
 from leadflow import tables as t
 
-from helpers import ROOT
+from helpers import ROOT, until
 
 TOKEN = "e2e-capture-token"
 HOT = {
@@ -48,16 +48,6 @@ def run(argv: list[str], env: dict[str, str], cwd: Path = ROOT) -> str:
     done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"{argv}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
     return done.stdout
-
-
-def until(check, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @pytest.fixture

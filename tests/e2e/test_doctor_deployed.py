@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,7 +22,7 @@ import pytest
 from app.devstack import MailSink, bin_path, prefect_server
 from leadflow import store
 
-from helpers import ROOT, mqls
+from helpers import ROOT, mqls, until
 
 TOKEN = "doctor-e2e-token"
 
@@ -57,15 +56,6 @@ def run(argv: list[str], env: dict[str, str], code: int = 0) -> subprocess.Compl
     done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == code, f"{argv}: {done.returncode}\n{done.stdout}{done.stderr}"
     return done
-
-
-def until(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def _client(api: str):
