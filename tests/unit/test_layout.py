@@ -83,3 +83,12 @@ def test_the_docs_name_only_files_that_exist() -> None:
                 if not (ROOT / path).exists():
                     missing.append(f"{doc.relative_to(ROOT)}:{number}: {name}")
     assert not missing, "the docs name files that do not exist:\n" + "\n".join(missing)
+
+
+def test_test_modules_have_unique_names_across_tiers() -> None:
+    """pytest imports test modules by basename (the tiers are not packages): two tiers with
+    one name stop the whole run at collection."""
+    from collections import Counter
+
+    names = Counter(p.name for p in (ROOT / "tests").rglob("test_*.py"))
+    assert [name for name, n in names.items() if n > 1] == []
