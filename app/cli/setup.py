@@ -276,8 +276,8 @@ def _setup_arguments(command: argparse.ArgumentParser) -> None:
     )
     command.add_argument(
         "--prefect-file",
-        help="the deployments to deploy (default: the prefect.yaml leadflow ships; copy it, "
-        "edit schedules, and pass it here)",
+        help="the deployments to deploy (default: the prefect.yaml shipped in the package; "
+        "copy it, edit schedules, and pass it here)",
     )
     command.add_argument(
         "--no-deploy", action="store_true", help="leave the deployments as they are"

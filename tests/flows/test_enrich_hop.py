@@ -186,9 +186,10 @@ def test_provider_down_leaves_leads_pending_then_a_later_run_retries(
     state, data = run_enrich(provider="block:firmo-test")
     assert state.is_completed() and state.name == "Completed with pending"
     assert "provider unavailable" in state.message
-    # Two failed calls open the circuit: nothing is called after that, so at most the
-    # calls already in flight (concurrency 4) ever went out.
-    assert sum(provider.calls.values()) <= 4
+    # Two failed calls open the circuit: nothing is called after that. Before it opens, the
+    # first failure's retry may already go out while the other calls (concurrency 4) are
+    # in flight, so at most 4 + 1 calls ever went out (5 seen under load in CI).
+    assert sum(provider.calls.values()) <= 5
     assert data["lookups"]["circuit_open"] is True
     leads = table(database_url, "leads").set_index("email")
     business = [
