@@ -43,7 +43,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from leadflow.config import ConfigError
-from leadflow.settings import configured_prefect_api, get_settings, read_block
+from leadflow.settings import configured_prefect_api, get_settings, in_clear, read_block
 
 DEFAULT_PUBLIC_URL = "http://127.0.0.1:8080"
 SITE_BLOCK = "leadflow-site"  # the block's default name
@@ -157,10 +157,6 @@ def _site(name: str, max_age: float | None = None) -> dict[str, Any]:
     return data
 
 
-def _plain(value: Any) -> str:
-    return value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
-
-
 def _moment(value: Any) -> datetime:
     moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
@@ -169,10 +165,10 @@ def _moment(value: Any) -> datetime:
 def _block_secrets(name: str, max_age: float | None = None) -> Secrets:
     data = _site(name, max_age)
     previous = tuple(
-        (_plain(entry["secret"]).encode(), _moment(entry["retire_after"]))
+        (in_clear(entry["secret"]).encode(), _moment(entry["retire_after"]))
         for entry in data.get("previous_secrets") or []
     )
-    return Secrets(_plain(data["secret"]).encode(), previous, f"block {name!r}")
+    return Secrets(in_clear(data["secret"]).encode(), previous, f"block {name!r}")
 
 
 # --------------------------------------------------------------------------- the two values

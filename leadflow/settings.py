@@ -153,29 +153,27 @@ _BLOCK_ENV = {
 
 @lru_cache(maxsize=8)
 def _block_field(name: str, slug: str, key: str) -> str:
-    """A field of the block ``name`` of type ``slug``, read through the Prefect API (the core
-    does not import the block classes). A missing block names itself and how to create it."""
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
+    """A field of the block ``name`` of type ``slug`` (``read_block``), cached per process. A
+    missing block names itself and how to create it."""
+    data = read_block(name, slug)
+    if data is None:
+        raise ValueError(
+            f"{_BLOCK_ENV[slug]}={name!r}: no {slug} block of that name; create it with "
+            "`leadflow blocks init` (from LEADFLOW_* environment variables) or in the Prefect UI"
+        )
+    return in_clear(data[key])
 
-    with get_client(sync_client=True) as client:
-        try:
-            document = client.read_block_document_by_name(
-                name, block_type_slug=slug, include_secrets=True
-            )
-        except ObjectNotFound as exc:
-            raise ValueError(
-                f"{_BLOCK_ENV[slug]}={name!r}: no {slug} block of that name; create it with "
-                "`leadflow blocks init` (from LEADFLOW_* environment variables) or in the Prefect UI"
-            ) from exc
-    value = document.data[key]
-    return value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
+
+def in_clear(value: object) -> str:
+    """A block field as text, a secret's value in clear."""
+    reveal = getattr(value, "get_secret_value", None)
+    return reveal() if reveal is not None else str(value)
 
 
 def configured_prefect_api() -> str | None:
     """The Prefect server this host is set up for: ``PREFECT_API_URL`` in the environment or
-    in the active Prefect profile. Unlike ``prefect_api_url``, a server set only for this
-    process (Prefect's test harness, ``temporary_settings``) does not count, so the demo and
+    in the active Prefect profile. A server set only for this process (Prefect's test
+    harness, ``temporary_settings``) does not count, so the demo and
     the flow tests need no Public Site block (``leadflow/links.py``)."""
     if env := os.environ.get("PREFECT_API_URL"):
         return env
@@ -255,10 +253,7 @@ def _default_block_url(api: str, name: str) -> str | None:
             f"so the {name!r} database block cannot be read; start the server, or set "
             "LEADFLOW_DATABASE_URL to name the database without it"
         ) from None
-    if data is None:
-        return None
-    value = data["url"]
-    return value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
+    return None if data is None else in_clear(data["url"])
 
 
 def database_label(url: str | None = None) -> str:
