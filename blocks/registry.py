@@ -20,6 +20,12 @@ Leadflow Webhook Notifier             leadflow-webhook           LEADFLOW_WEBHOO
 Leadflow HTTP Firmographics           leadflow-firmographics     LEADFLOW_FIRMOGRAPHICS_URL, _KEY
 Leadflow Rules Location               leadflow-rules             LEADFLOW_RULES_DIR
 Custom Webhook (ops alerts)           leadflow-ops               LEADFLOW_OPS_WEBHOOK_URL, _TOKEN
+Leadflow HubSpot                      leadflow-hubspot           LEADFLOW_HUBSPOT_TOKEN, _URL,
+                                                                 _CALLS_PER_10S
+Leadflow Salesforce                   leadflow-salesforce        LEADFLOW_SALESFORCE_CLIENT_ID,
+                                                                 _CLIENT_SECRET, _LOGIN_URL,
+                                                                 _USERNAME, _PASSWORD, _CA_FILE,
+                                                                 _API_VERSION
 ====================================  =========================  ===============================
 """
 
@@ -29,6 +35,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from blocks.crm import HubSpotCrm, SalesforceCrm, hubspot_from_env, salesforce_from_env
 from blocks.database import LeadflowDatabase
 from blocks.firmographics import FileFirmographics, HttpFirmographics
 from blocks.notifier import MaildirNotifier, SmtpNotifier, WebhookNotifier
@@ -50,6 +57,8 @@ TYPES = (
     ScoringRulesBlock,
     RulesLocation,
     LeadflowSite,
+    HubSpotCrm,
+    SalesforceCrm,
 )
 CAPTURE_TOKEN = "leadflow-capture-token"
 TOKEN_ENV = "LEADFLOW_CAPTURE_TOKEN"
@@ -169,6 +178,8 @@ PLANS: dict[str, tuple[str, Callable[[], Any]]] = {
         lambda: _maybe(RulesLocation, directory=_env("LEADFLOW_RULES_DIR")),
     ),
     OPS_BLOCK: (OPS_URL_ENV, ops_from_env),
+    "leadflow-hubspot": ("LEADFLOW_HUBSPOT_TOKEN", hubspot_from_env),
+    "leadflow-salesforce": ("LEADFLOW_SALESFORCE_CLIENT_ID", salesforce_from_env),
 }
 
 

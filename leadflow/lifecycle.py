@@ -17,6 +17,7 @@ from sqlalchemy import Connection, and_, case, insert, literal, select, update
 
 from leadflow import store
 from leadflow import tables as t
+from leadflow.crm import store as crm
 
 
 class Status(StrEnum):
@@ -240,6 +241,10 @@ def apply(
             f"read{' or no longer claimed by ' + claimed_by if claimed_by else ''}; nothing written"
         )
     moved = changes[changes["from_status"] != changes["to_status"]]
+    # The CRMs hear of it in this same transaction (leadflow/crm/store.py).
+    changed = set(field_columns) - {"id"} | ({"status"} if not moved.empty else set())
+    when = at if isinstance(at, datetime) else None
+    crm.note(conn, changes["id"], changed=changed, actor=actor, now=when, flow_run_id=flow_run_id)
     if moved.empty:
         return 0
     reasons = moved["reason"] if "reason" in moved.columns else reason

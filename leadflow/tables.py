@@ -362,6 +362,21 @@ lead_scores = Table(
     Index("ix_lead_scores_lead_id", "lead_id"),
 )
 
+crm_records = Table(
+    # One row per lead per CRM it was written to (migration 0012): the CRM's id for it and
+    # what leadflow wrote last, property by property: a CRM value that differs from it was
+    # set by a person, which the mapping's conflict policy then weighs (leadflow/crm/).
+    "crm_records",
+    metadata,
+    Column("crm", Text, primary_key=True),  # hubspot | salesforce
+    Column("lead_id", ID, primary_key=True),
+    Column("crm_id", Text),
+    Column("pushed", JSON, nullable=False),  # {property: value} as last written
+    Column("pushed_at", UTC, nullable=False),
+    Column("pulled", JSON),  # {property: value} as last read back by the pull
+    Column("pulled_at", UTC),
+)
+
 source_cursors = Table(
     "source_cursors",
     metadata,
@@ -432,10 +447,9 @@ outbox = Table(
     metadata,
     _id(),
     Column("idempotency_key", Text, nullable=False),
-    Column(
-        "kind", Text, nullable=False
-    ),  # owner_notification | sla_escalation | nurture_touch | webhook
-    Column("channel", Text, nullable=False),  # email | webhook
+    # owner_notification | sla_escalation | nurture_touch | webhook | crm_sync
+    Column("kind", Text, nullable=False),
+    Column("channel", Text, nullable=False),  # email | webhook | crm
     Column("lead_id", ID),
     Column("recipient", Text, nullable=False),
     Column("subject", Text),

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from app.cli import (
     automations,
     capture,
+    crm,
     doctor,
     operations,
     outbox,
@@ -47,6 +48,7 @@ GROUPS = (
     routing,
     sales,
     outbox,
+    crm,
     serving,
     doctor,
     automations,

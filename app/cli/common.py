@@ -85,6 +85,16 @@ BLOCK_VARIABLES = {
     "LEADFLOW_RULES_DIR": "block leadflow-rules (Leadflow Rules Location): rules folder",
     "LEADFLOW_OPS_WEBHOOK_URL": "block leadflow-ops (Custom Webhook): where ops alerts go",
     "LEADFLOW_OPS_WEBHOOK_TOKEN": "  leadflow-ops: bearer token",
+    "LEADFLOW_HUBSPOT_TOKEN": "block leadflow-hubspot (Leadflow HubSpot): private app token",
+    "LEADFLOW_HUBSPOT_URL": "  leadflow-hubspot: API base URL (default https://api.hubapi.com)",
+    "LEADFLOW_HUBSPOT_CALLS_PER_10S": "  leadflow-hubspot: the account's limit (default 100)",
+    "LEADFLOW_SALESFORCE_CLIENT_ID": "block leadflow-salesforce (Leadflow Salesforce): app id",
+    "LEADFLOW_SALESFORCE_CLIENT_SECRET": "  leadflow-salesforce: connected app secret",
+    "LEADFLOW_SALESFORCE_LOGIN_URL": "  leadflow-salesforce: login URL (login.salesforce.com)",
+    "LEADFLOW_SALESFORCE_USERNAME": "  leadflow-salesforce: user (username-password flow)",
+    "LEADFLOW_SALESFORCE_PASSWORD": "  leadflow-salesforce: that user's password",
+    "LEADFLOW_SALESFORCE_CA_FILE": "  leadflow-salesforce: CA file to trust (a private CA)",
+    "LEADFLOW_SALESFORCE_API_VERSION": "  leadflow-salesforce: REST API version (default 60.0)",
 }
 
 

@@ -261,6 +261,9 @@ blocks created when their variables are set (an existing block is kept; --overwr
   leadflow-firmographics   LEADFLOW_FIRMOGRAPHICS_URL, _KEY
   leadflow-rules           LEADFLOW_RULES_DIR
   leadflow-ops             LEADFLOW_OPS_WEBHOOK_URL, _TOKEN
+  leadflow-hubspot         LEADFLOW_HUBSPOT_TOKEN, _URL, _CALLS_PER_10S
+  leadflow-salesforce      LEADFLOW_SALESFORCE_CLIENT_ID, _CLIENT_SECRET, _LOGIN_URL,
+                           _USERNAME, _PASSWORD, _CA_FILE, _API_VERSION
 
 work pool: 'leadflow' (type process), created when missing.
 deployments: every deployment of prefect.yaml (the package's, or --prefect-file), updated.

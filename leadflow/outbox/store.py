@@ -51,8 +51,9 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from leadflow import store
 from leadflow import tables as t
 
-KINDS = ("owner_notification", "sla_escalation", "nurture_touch", "webhook")
-CHANNELS = ("email", "webhook")
+KINDS = ("owner_notification", "sla_escalation", "nurture_touch", "webhook", "crm_sync")
+# crm: a lead's record in a CRM (recipient: hubspot | salesforce), sent by leadflow/crm/sync.py
+CHANNELS = ("email", "webhook", "crm")
 # Columns ``enqueue`` takes; the first four are required.
 MESSAGE_COLUMNS = (
     "idempotency_key",
@@ -67,7 +68,13 @@ MESSAGE_COLUMNS = (
     "next_attempt_at",  # default: now (send at once); later for scheduled touches
 )
 # Claim order: what a person waits on goes first, always.
-PRIORITY = {"owner_notification": 0, "sla_escalation": 0, "webhook": 1, "nurture_touch": 2}
+PRIORITY = {
+    "owner_notification": 0,
+    "sla_escalation": 0,
+    "webhook": 1,
+    "crm_sync": 1,
+    "nurture_touch": 2,
+}
 URGENT = tuple(kind for kind, rank in PRIORITY.items() if rank == 0)
 # How long temporary failures may go on before a message is given up (then: dead).
 BUDGET = {
@@ -75,6 +82,7 @@ BUDGET = {
     "sla_escalation": timedelta(hours=6),
     "webhook": timedelta(hours=24),
     "nurture_touch": timedelta(hours=24),
+    "crm_sync": timedelta(hours=24),
 }
 LEASE = timedelta(minutes=2)  # a sender's hold, renewed before each send (a send takes seconds)
 BACKOFF_BASE = timedelta(minutes=1)
@@ -186,12 +194,14 @@ def claim_due(
     kinds: Sequence[str] | None = None,
     channels: Sequence[str] | None = None,
     lead_ids: Sequence[int] | None = None,
+    recipients: Sequence[str] | None = None,
     lease: timedelta = LEASE,
     clock: datetime | None = None,
 ) -> pd.DataFrame:
     """Take up to ``limit`` messages due at ``now`` (pending or failed whose time has come,
     or sending whose lease ended by ``clock``, the wall clock), urgent kinds first and oldest
-    due first, optionally only ``kinds`` on ``channels`` (and only about ``lead_ids``); mark
+    due first, optionally only ``kinds`` on ``channels`` (and only about ``lead_ids``, only to
+    ``recipients``); mark
     them ``sending`` under
     ``token`` until ``clock + lease``. Concurrent senders never get the same message (SKIP
     LOCKED on PostgreSQL; one writer on SQLite). Returns the claimed rows (all outbox columns)
@@ -218,6 +228,8 @@ def claim_due(
         query = query.where(table.c.channel.in_(list(channels)))
     if lead_ids is not None:
         query = query.where(table.c.lead_id.in_([int(i) for i in lead_ids]))
+    if recipients is not None:
+        query = query.where(table.c.recipient.in_(list(recipients)))
     order = (_priority(), table.c.next_attempt_at, table.c.id)
     with engine.begin() as conn:
         query = query.order_by(*order).limit(limit)

@@ -37,6 +37,7 @@ from sqlalchemy import Connection, and_, case, func, literal, or_, select, union
 from leadflow import quality, store
 from leadflow import tables as t
 from leadflow.business_time import WorkingCalendar, calendar_of
+from leadflow.crm import store as crm
 from leadflow.outbox import store as outbox
 from leadflow.routing.reassign import TURN as ROUTE_TURN
 from leadflow.routing.rules import Rep
@@ -348,6 +349,15 @@ def check(
     if len(breaches):
         store.bulk_insert(
             conn, t.sla_breaches, breaches.drop(columns=["new_rep_held_before"], errors="ignore")
+        )
+        # A breach flag in the CRM, in the same transaction (leadflow/crm/store.py).
+        crm.note(
+            conn,
+            breaches["lead_id"],
+            changed={"sla"},
+            actor="sla",
+            now=now,
+            flow_run_id=flow_run_id,
         )
     messages = [m for m in (warnings, notices, escalations) if len(m)]
     if messages:

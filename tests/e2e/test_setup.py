@@ -121,9 +121,9 @@ def test_setup_with_a_server_creates_blocks_and_the_work_pool_and_keeps_them(tmp
         assert steps["work pool"]["created"] is False
         assert steps["work pool"]["result"] == "'leadflow' exists (type process, kept)"
         assert steps["blocks"]["blocks"]["leadflow-smtp"].startswith("exists (kept")
-        assert len(steps["deployments"]["deployed"]) == 13  # deployed again: updated in place
+        assert len(steps["deployments"]["deployed"]) == 15  # deployed again: updated in place
         with SyncPrefectClient(running.env["PREFECT_API_URL"]) as client:
-            assert len(client.read_deployments()) == 13
+            assert len(client.read_deployments()) == 15
         made = steps["automations"]["automations"]
         assert made and all(line.startswith(("kept", "skipped")) for line in made), made
         with SyncPrefectClient(running.env["PREFECT_API_URL"]) as client:

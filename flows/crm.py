@@ -1,0 +1,76 @@
+"""CRM sync flows: ``crm-sync`` sends leadflow's decisions to the CRMs (every minute, one at
+a time), ``crm-pull`` reads back what people changed there (see ``leadflow/crm/``).
+
+With no CRM enabled (``rules/crm/*.yaml`` ``enabled: false`` and ``LEADFLOW_CRM`` unset) both
+are a Completed run saying so: a schedule left on is green, not red.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from prefect import flow
+from prefect.states import Completed, Failed, State
+
+from leadflow.config import ConfigError
+from leadflow.settings import get_settings
+from tasks import crm as crm_tasks
+from tasks import hops as hop_tasks
+
+
+def _targets(crm: str | None) -> tuple[list[str], State | None]:
+    try:
+        return [m.crm for m in crm_tasks.enabled(crm)], None
+    except ConfigError as exc:
+        return [], Failed(message=str(exc).splitlines()[0], data={"error": str(exc)})
+
+
+@flow(name="crm-sync", flow_run_name=hop_tasks.run_name("crm-sync"))
+def crm_sync(
+    crm: str | None = None,
+    now: datetime | None = None,
+    database_url: str | None = None,
+    limit: int | None = None,
+) -> State:
+    """Send every due ``crm_sync`` message of ``crm`` (default: every enabled CRM): each
+    lead's latest values, upserted in the CRM's batches. Failed when a CRM refused the
+    credentials, left dead letters, or could not be reached."""
+    started = time.monotonic()
+    targets, refused = _targets(crm)
+    if refused:
+        return refused
+    if not targets:
+        return Completed(message="no CRM enabled (rules/crm/*.yaml, LEADFLOW_CRM)", data={})
+    database_url = database_url or get_settings().database_url
+    now = now or datetime.now(UTC)
+    reports = {
+        name: crm_tasks.sync_crm(database_url, name, now=now, limit=limit) for name in targets
+    }
+    message = "; ".join(r["message"] for r in reports.values())
+    data = {"crms": reports, "seconds": round(time.monotonic() - started, 3)}
+    if any(r["error"] or r["dead"] for r in reports.values()):
+        return Failed(message=message, data=data)
+    return Completed(message=message, data=data)
+
+
+@flow(name="crm-pull", flow_run_name=hop_tasks.run_name("crm-pull"))
+def crm_pull(
+    crm: str | None = None,
+    now: datetime | None = None,
+    database_url: str | None = None,
+) -> State:
+    """Read status and owner changes people made in ``crm`` (default: every enabled CRM)
+    since the last pull, as sales activities and reassignments."""
+    started = time.monotonic()
+    targets, refused = _targets(crm)
+    if refused:
+        return refused
+    if not targets:
+        return Completed(message="no CRM enabled (rules/crm/*.yaml, LEADFLOW_CRM)", data={})
+    database_url = database_url or get_settings().database_url
+    reports = {name: crm_tasks.pull_crm(database_url, name, now=now) for name in targets}
+    message = "; ".join(r["message"] for r in reports.values())
+    return Completed(
+        message=message, data={"crms": reports, "seconds": round(time.monotonic() - started, 3)}
+    )
