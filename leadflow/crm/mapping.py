@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -226,7 +227,10 @@ def leadflow_values(mapping: CrmMapping, lead: MappingType[str, Any]) -> dict[st
             value = lead.get("owner_id")
         else:
             value = lead.get(name)
-        value = _plain(value)
+        if isinstance(value, bool | np.bool_) and mapping.crm == "salesforce":
+            value = bool(value)  # a checkbox field takes JSON true/false
+        else:
+            value = _plain(value)
         if value is not None and rule.values is not None:
             value = rule.values.get(str(value))
         if value is None or value == "":

@@ -68,6 +68,7 @@ LEAD_FIELDS: dict[str, tuple[str, list[str] | None]] = {
     "Leadflow_Temperature__c": ("string", None),
     "Leadflow_Routing_Reason__c": ("string", None),
     "Leadflow_Status__c": ("string", None),
+    "Leadflow_Recycle_Reason__c": ("string", None),
     "Leadflow_SLA_Breached__c": ("boolean", None),
     "CreatedDate": ("datetime", None),
     "LastModifiedDate": ("datetime", None),

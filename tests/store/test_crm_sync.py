@@ -1,0 +1,196 @@
+"""The CRM sync end to end on the database: decisions queue crm_sync messages in their own
+transaction, the sync coalesces them per lead and upserts the latest values into the loopback
+Salesforce org (real HTTPS, the documented shapes), and every failure stays in the outbox with
+its reason while the other leads go on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+import pytest
+from loopback.salesforce_api import SalesforceApi
+from sqlalchemy import func, select, update
+
+from leadflow import lifecycle
+from leadflow import tables as t
+from leadflow.crm import mapping as crm_mapping
+from leadflow.crm import sync as crm_sync
+from leadflow.crm.salesforce import SalesforceAdapter
+
+from helpers import NOW, mqls
+
+REPS = ("ann@reps.example", "bob@reps.example")
+
+
+@pytest.fixture
+def org(monkeypatch: pytest.MonkeyPatch) -> Iterator[SalesforceApi]:
+    monkeypatch.setenv(crm_mapping.ENV, "salesforce")
+    with SalesforceApi() as api:
+        yield api
+
+
+def adapter(api: SalesforceApi) -> SalesforceAdapter:
+    return SalesforceAdapter(
+        login_url=api.url, client_id="cid", client_secret="secret", ca_file=api.ca_file
+    )
+
+
+def mapping() -> crm_mapping.CrmMapping:
+    return crm_mapping.load_mapping("salesforce")[0]
+
+
+def add_reps(engine) -> dict[str, int]:
+    with engine.begin() as conn:
+        for i, email in enumerate(REPS):
+            conn.execute(
+                t.reps.insert().values(email=email, name=f"Rep {i}", code=email[:3], created_at=NOW)
+            )
+        rows = conn.execute(select(t.reps.c.email, t.reps.c.id)).all()
+    return {email: int(rep_id) for email, rep_id in rows}
+
+
+def route(engine, ids: list[int], rep_id: int) -> None:
+    with engine.begin() as conn:
+        for lead in ids:
+            conn.execute(
+                t.assignments.insert().values(
+                    lead_id=lead,
+                    rep_id=rep_id,
+                    rep_code="x",
+                    step="rule",
+                    version="v",
+                    reason="rule north-america: pool na, round robin",
+                    assigned_at=NOW,
+                )
+            )
+        lifecycle.apply(
+            conn,
+            pd.DataFrame(
+                {"id": ids, "from_status": "mql", "to_status": "routed", "owner_rep_id": rep_id}
+            ),
+            actor="route",
+            at=NOW,
+        )
+
+
+def outbox_rows(engine) -> pd.DataFrame:
+    with engine.connect() as conn:
+        rows = conn.execute(select(t.outbox).where(t.outbox.c.kind == "crm_sync")).all()
+    return pd.DataFrame([dict(r._mapping) for r in rows])
+
+
+def test_decisions_reach_salesforce_once_each_with_their_latest_values(engine, org) -> None:
+    reps = add_reps(engine)
+    ann = org.add_user("ANN@reps.example")  # Salesforce matches users by email, any case
+    ids = mqls(engine, ["US"] * 3)
+    route(engine, ids, reps["ann@reps.example"])
+    queued = outbox_rows(engine)
+    # enriched, mql (with score) and routed: three decisions, three messages per lead
+    assert len(queued) == 9 and set(queued["recipient"]) == {"salesforce"}
+    report = crm_sync.sync(engine, adapter(org), mapping())
+    assert (report.claimed, report.leads, report.written, report.created) == (9, 3, 3, 3)
+    assert len(org.leads) == 3
+    lead = org.leads[str(ids[0])]
+    assert lead["OwnerId"] == ann and lead["Status"] == "Open - Not Contacted"
+    assert lead["Leadflow_Score__c"] == 80.0 and lead["Company"] == f"Buyer {ids[0]}"
+    assert lead["Leadflow_Routing_Reason__c"].startswith("rule north-america")
+    assert lead["LastName"] == "[not provided]"  # required on create, leadflow had none
+    assert set(outbox_rows(engine)["status"]) == {"sent"}
+    # A rerun has nothing to send; a new decision is one more upsert, not a second record.
+    assert crm_sync.sync(engine, adapter(org), mapping()).claimed == 0
+    with engine.begin() as conn:
+        lifecycle.apply(
+            conn,
+            pd.DataFrame({"id": [ids[0]], "from_status": "routed", "to_status": "accepted"}),
+            actor="activities",
+            at=NOW,
+        )
+    again = crm_sync.sync(engine, adapter(org), mapping())
+    assert (again.written, again.created) == (1, 0) and len(org.leads) == 3
+    assert org.leads[str(ids[0])]["Status"] == "Working - Contacted"
+
+
+def test_a_person_in_salesforce_wins_where_the_policy_says(engine, org) -> None:
+    reps = add_reps(engine)
+    org.add_user("ann@reps.example")
+    bob = org.add_user("bob@reps.example")
+    [lead] = mqls(engine, ["US"])
+    route(engine, [lead], reps["ann@reps.example"])
+    crm_sync.sync(engine, adapter(org), mapping())
+    # In Salesforce a person renames the company and gives the lead to Bob.
+    org.human_edit(str(lead), Company="Buyer Holdings", OwnerId=bob)
+    with engine.begin() as conn:
+        lifecycle.apply(
+            conn,
+            pd.DataFrame({"id": [lead], "from_status": "routed", "to_status": "accepted"}),
+            actor="activities",
+            at=NOW,
+        )
+    plan = crm_sync.dry_run(engine, adapter(org), mapping())
+    assert plan["fields"]["status"]["changes"] == 1
+    assert set(plan["kept"]) == {"company", "owner"}
+    assert org.leads[str(lead)]["Status"] == "Open - Not Contacted"  # the dry run wrote nothing
+    report = crm_sync.sync(engine, adapter(org), mapping())
+    assert report.written == 1 and report.kept == 2
+    record = org.leads[str(lead)]
+    assert (record["Company"], record["OwnerId"]) == ("Buyer Holdings", bob)
+    assert record["Status"] == "Working - Contacted"
+    drift = crm_sync.diff(engine, adapter(org), mapping())
+    assert drift["fields"]["owner"]["drifted"] == 1 and drift["fields"]["company"]["drifted"] == 1
+
+
+def test_refusals_stay_in_the_outbox_with_the_reason_and_the_others_go(engine, org) -> None:
+    reps = add_reps(engine)
+    org.add_user("ann@reps.example")  # bob is not a Salesforce user
+    ids = mqls(engine, ["US"] * 4)
+    route(engine, ids[:2], reps["ann@reps.example"])
+    route(engine, ids[2:3], reps["bob@reps.example"])
+    with engine.begin() as conn:  # a value Salesforce's restricted picklist refuses
+        conn.execute(update(t.leads).where(t.leads.c.id == ids[3]).values(status="won"))
+        lifecycle.apply(
+            conn,
+            pd.DataFrame({"id": [ids[3]], "from_status": "won", "to_status": "won", "score": 12.0}),
+            actor="test",
+            at=NOW,
+        )
+    bad = mapping().model_copy(deep=True)
+    bad.fields["status"].values["won"] = "Closed - Won Big"  # type: ignore[index]
+    report = crm_sync.sync(engine, adapter(org), bad)
+    assert (report.leads, report.written, report.dead) == (4, 2, 2)
+    assert set(org.leads) == {str(ids[0]), str(ids[1])}
+    rows = outbox_rows(engine)
+    dead = rows[rows["status"] == "dead"]
+    errors = set(dead["last_error"])
+    assert any("b…@reps.example" in e and "not a Salesforce user" in e for e in errors)
+    assert any(
+        "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST" in e and "fields.status" in e for e in errors
+    )
+    assert not any("bob@reps.example" in e for e in errors)
+
+
+def test_expired_credentials_and_limits_put_messages_back_untried(engine, org) -> None:
+    reps = add_reps(engine)
+    org.add_user("ann@reps.example")
+    ids = mqls(engine, ["US"] * 2)
+    route(engine, ids, reps["ann@reps.example"])
+    wrong = SalesforceAdapter(
+        login_url=org.url, client_id="cid", client_secret="rotated", ca_file=org.ca_file
+    )
+    report = crm_sync.sync(engine, wrong, mapping())
+    assert report.written == 0 and report.deferred == 6 and "invalid" in report.error.lower()
+    rows = outbox_rows(engine)
+    assert set(rows["status"]) == {"pending"} and rows["attempts"].max() == 0
+    assert not org.leads
+    # Fixed: the next run, once the messages are due again, sends everything.
+    later = datetime.now(UTC) + timedelta(minutes=10)
+    assert crm_sync.sync(engine, adapter(org), mapping(), now=later).written == 2
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(t.crm_records)).scalar() == 2
+
+
+def test_no_crm_enabled_queues_nothing(engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(crm_mapping.ENV, "none")
+    mqls(engine, ["US"] * 2)
+    assert outbox_rows(engine).empty
