@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -14,9 +15,52 @@ from blocks.crm import load_adapter
 from leadflow import store
 from leadflow.crm import mapping as crm_mapping
 from leadflow.crm import sync as crm_sync
+from leadflow.outbox.store import masked
 from tasks.outbox import announce_dead_letters
 
 log = logging.getLogger(__name__)
+LANE_LOCK_WAIT = 5.0  # a crm-sync run holds the CRM: it will send these leads' messages too
+ADAPTER_SECONDS = 300.0  # a long-lived process (the lane) reuses a CRM session this long
+_adapters: dict[str, tuple[float, Any]] = {}
+
+
+def adapter_for(crm: str, *, reuse: bool = False) -> Any:
+    """The adapter of ``crm`` from its block; with ``reuse``, the same one for a while (the
+    lane syncs a few leads a turn: a Salesforce login per turn would double its calls)."""
+    if reuse and (held := _adapters.get(crm)) and time.monotonic() - held[0] < ADAPTER_SECONDS:
+        return held[1]
+    adapter = load_adapter(crm)
+    if reuse:
+        _adapters[crm] = (time.monotonic(), adapter)
+    return adapter
+
+
+def sync_leads(database_url: str, lead_ids: Sequence[int]) -> dict[str, str]:
+    """The lane's part: these leads' sync messages to every enabled CRM, now (so a form's
+    lead is in the CRM, owned, within seconds). Never raises: a CRM problem leaves the
+    messages queued for the crm-sync deployment, and the line says why."""
+    out: dict[str, str] = {}
+    try:
+        targets = crm_mapping.enabled()
+    except Exception as exc:  # a broken mapping: the crm-sync deployment fails loudly
+        return {"error": str(exc).splitlines()[0]}
+    engine = store.get_engine(database_url)
+    for mapping in targets:
+        try:
+            report = crm_sync.sync(
+                engine,
+                adapter_for(mapping.crm, reuse=True),
+                mapping,
+                lead_ids=lead_ids,
+                lock_wait=LANE_LOCK_WAIT,
+            )
+            out[mapping.crm] = report.describe()
+            if report.error:
+                _adapters.pop(mapping.crm, None)  # a fresh session next time
+        except Exception as exc:
+            _adapters.pop(mapping.crm, None)
+            out[mapping.crm] = f"not synced now ({type(exc).__name__}: {masked(str(exc))})"
+    return out
 
 
 def enabled(crm: str | None) -> list[crm_mapping.CrmMapping]:

@@ -36,6 +36,7 @@ from leadflow.outbox.sender import send_due
 from leadflow.routing import hop as route_hop
 from leadflow.scoring import hop as score_hop
 from leadflow.settings import get_settings
+from tasks import crm as crm_tasks
 from tasks import routing as routing_tasks
 from tasks import scoring as scoring_tasks
 from tasks.hops import announce_refusals
@@ -250,6 +251,8 @@ def run_lane(
                 leads_first=ids,
             ).as_dict()
             announce_dead_letters(summary["sent"])
+        if crm := crm_tasks.sync_leads(database_url, ids):
+            summary["crm"] = crm
     summary["seconds"] = round(time.monotonic() - started, 3)
     return summary
 

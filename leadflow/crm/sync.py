@@ -386,7 +386,10 @@ def sync(
     run = _Run(
         engine, adapter, mapping, moment if moment.tzinfo else moment.replace(tzinfo=UTC), lease
     )
-    size = claim_size or max(adapter.batch_size * 5, 500)
+    # Messages a claim takes: several upsert calls' worth (a lead has a message per decision),
+    # and past the bulk threshold where the adapter has one (one Bulk API job beats many
+    # collection calls).
+    size = claim_size or max(adapter.batch_size * 10, getattr(adapter, "bulk_threshold", 0) * 5)
     with sync_lock(engine, mapping.crm, lock_wait) as locked:
         if not locked:
             run.report.error = "another sync of this CRM is running (its messages wait for it)"
