@@ -248,6 +248,66 @@ def automations(timeout: float) -> Finding:
     return ok("automations", f"{len(wanted)} present" + (f" ({'; '.join(notes)})" if notes else ""))
 
 
+def crm(database_url: str | None) -> list[Finding]:
+    """Each enabled CRM: its mapping loads, its credentials are there and work, every
+    property the mapping writes exists there, every active rep is a user there; and how many
+    of its sync messages are dead or waiting."""
+    from sqlalchemy import func, select
+
+    from blocks.crm import load_adapter
+    from leadflow import store
+    from leadflow import tables as t
+    from leadflow.config import ConfigError
+    from leadflow.crm import mapping as crm_mapping
+    from leadflow.crm.check import check
+
+    try:
+        targets = crm_mapping.enabled()
+    except ConfigError as exc:
+        return [failed("crm", core.one_line(exc), "correct the file or variable it names")]
+    if not targets:
+        return [skipped("crm", "no CRM enabled (rules/crm/*.yaml enabled:, LEADFLOW_CRM)")]
+    emails: list[str] = []
+    backlog: dict[tuple[str, str], int] = {}
+    if database_url:
+        with store.get_engine(database_url).connect() as conn:
+            emails = list(conn.execute(select(t.reps.c.email).where(t.reps.c.active)).scalars())
+            rows = conn.execute(
+                select(t.outbox.c.recipient, t.outbox.c.status, func.count())
+                .where(t.outbox.c.kind == "crm_sync", t.outbox.c.status != "sent")
+                .group_by(t.outbox.c.recipient, t.outbox.c.status)
+            ).all()
+            backlog = {(crm_, status): int(n) for crm_, status, n in rows}
+    out: list[Finding] = []
+    for mapping in targets:
+        name = f"crm {mapping.crm}"
+        try:
+            adapter = load_adapter(mapping.crm)
+        except Exception as exc:
+            out.append(
+                failed(name, core.one_line(exc), "`leadflow blocks init` with the CRM's variables")
+            )
+            continue
+        for finding in check(adapter, mapping, emails):
+            fix = {
+                "reach": "renew the credentials in the block (`leadflow blocks init --overwrite`)",
+                "properties": "create the property in the CRM, or correct the mapping file",
+                "owners": "add the reps as CRM users, or map them under owners:",
+            }[finding.what]
+            out.append(ok(name, finding.line) if finding.ok else failed(name, finding.line, fix))
+        dead = backlog.get((mapping.crm, "dead"), 0)
+        if dead:
+            out.append(
+                failed(
+                    name,
+                    f"{dead} sync message(s) dead",
+                    "`leadflow outbox list --status dead --kind crm_sync` shows why; fix, then "
+                    "`leadflow outbox requeue-dead --kind crm_sync`",
+                )
+            )
+    return out
+
+
 def examine(timeout: float = 5.0, pool: str = POOL) -> list[Finding]:
     """Every check, in order; each within its deadline (``timeout`` seconds a request; a
     check making several, or reading the whole ledger, gets a few times that)."""
@@ -290,6 +350,8 @@ def examine(timeout: float = 5.0, pool: str = POOL) -> list[Finding]:
     findings += prefect_side("worker", lambda: worker(pool, timeout, now), timeout * 2)
     findings += prefect_side("lane", lambda: lane(timeout), timeout * 4)
     findings += prefect_side("automations", lambda: automations(timeout), timeout * 4)
+    crm_database = settings.database_url if settings is not None and database_ok else None
+    findings += core.guarded("crm", lambda: crm(crm_database), timeout * 6)
     if settings is None or not database_ok:
         return findings + [skipped(c, "the database check failed") for c in ("claims", "audit")]
     url = settings.database_url

@@ -142,9 +142,9 @@ def _distance(a: str, b: str) -> int:
 
 
 def mapping_path(crm: str) -> Path:
-    from leadflow.settings import rules_file
+    from leadflow.settings import rules_folder
 
-    return rules_file(f"rules/crm/{crm}.yaml")
+    return rules_folder() / "crm" / f"{crm}.yaml"
 
 
 def load_mapping(crm: str, path: str | Path | None = None) -> tuple[CrmMapping, str]:
