@@ -194,3 +194,32 @@ def test_no_crm_enabled_queues_nothing(engine, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv(crm_mapping.ENV, "none")
     mqls(engine, ["US"] * 2)
     assert outbox_rows(engine).empty
+
+
+@pytest.mark.parametrize("policy", ["recreate", "dead_letter"])
+def test_a_record_deleted_in_salesforce_is_recreated_or_dead_per_policy(
+    engine, org, policy
+) -> None:
+    reps = add_reps(engine)
+    org.add_user("ann@reps.example")
+    [lead] = mqls(engine, ["US"])
+    route(engine, [lead], reps["ann@reps.example"])
+    crm_sync.sync(engine, adapter(org), mapping())
+    org.delete(str(lead))
+    with engine.begin() as conn:
+        lifecycle.apply(
+            conn,
+            pd.DataFrame({"id": [lead], "from_status": "routed", "to_status": "accepted"}),
+            actor="activities",
+            at=NOW,
+        )
+    chosen = mapping().model_copy(update={"on_deleted": policy})
+    report = crm_sync.sync(engine, adapter(org), chosen)
+    if policy == "recreate":
+        assert (report.written, report.created) == (1, 1)
+        assert org.leads[str(lead)]["Status"] == "Working - Contacted"
+        assert org.leads[str(lead)]["LastName"] == "[not provided]"  # a create again
+    else:
+        assert report.dead == 1 and str(lead) not in org.leads
+        dead = outbox_rows(engine).query("status == 'dead'")
+        assert "deleted (on_deleted: dead_letter" in dead["last_error"].iloc[0]
