@@ -368,56 +368,83 @@ class _Pull:
             before = pulled.get(lead_id, {})
             wrote = pushed.get(lead_id, {})
             values = {p: _text(record.get(p)) for p in (self.status_prop, self.owner_prop) if p}
-            changed = False
             at = _moment(record.get("modified_at"), self.now)
             owner_value = values.get(self.owner_prop) if self.owner_prop else None
-            owner_now = lead.owner_rep_id
-            if self.owner_prop and owner_value is not None:
-                prop = self.owner_prop
-                if not _same(owner_value, wrote.get(prop)) and not _same(
-                    owner_value, before.get(prop)
-                ):
-                    rep = self._rep_of(owner_value, reps)
-                    if rep is None:
-                        report.ignore(NOT_A_REP)
-                        changed = True
-                    elif rep.id != (owners[lead_id].rep.id if lead_id in owners else owner_now):
-                        changed = True
-                        if lead.status not in REASSIGNABLE:
-                            report.ignore(NOT_OWNED)
-                        else:
-                            report.owner_changes += 1
-                            owners[lead_id] = _OwnerChange(lead_id, rep, at)
-            status_value = values.get(self.status_prop) if self.status_prop else None
-            if self.status_prop and status_value is not None:
-                prop = self.status_prop
-                fresh = not _same(status_value, wrote.get(prop)) and not _same(
-                    status_value, before.get(prop)
-                )
-                if fresh and not _same(status_value, self.status_values.get(lead.status)):
-                    changed = True
-                    disposition = self._disposition(status_value)
-                    if disposition is None:
-                        report.ignore(UNMAPPED)
-                    else:
-                        report.status_changes += 1
-                        statuses.append(
-                            _StatusChange(
-                                lead_id,
-                                crm_id,
-                                status_value,
-                                disposition,
-                                str(record.get("modified_at") or at.isoformat()),
-                                at,
-                                owner_value,
-                            )
-                        )
+            changed = self._owner_change(lead, owner_value, (wrote, before), reps, owners, at)
+            status = self._status_change(record, lead, values, (wrote, before), owner_value, at)
+            if status is not None:
+                changed = True
+                if isinstance(status, _StatusChange):
+                    statuses.append(status)
             if not changed:
                 report.unchanged += 1
             # A second read of the lead in this chunk compares with this one.
             pulled[lead_id] = {**before, **values}
             kept[lead_id] = {"lead_id": lead_id, "crm_id": crm_id or None, "pulled": values}
         return statuses, list(owners.values()), list(kept.values())
+
+    def _owner_change(
+        self,
+        lead: Any,
+        owner_value: str | None,
+        last: tuple[dict[str, Any], dict[str, Any]],
+        reps: dict[str, _Rep],
+        owners: dict[int, _OwnerChange],
+        at: datetime,
+    ) -> bool:
+        """Whether the record's owner is a change (then noted in ``owners`` when it can be
+        made); ``last``: what leadflow wrote and what the last pull read."""
+        report, lead_id = self.report, int(lead.id)
+        if not self.owner_prop or owner_value is None:
+            return False
+        if any(_same(owner_value, values.get(self.owner_prop)) for values in last):
+            return False
+        rep = self._rep_of(owner_value, reps)
+        if rep is None:
+            report.ignore(NOT_A_REP)
+            return True
+        current = owners[lead_id].rep.id if lead_id in owners else lead.owner_rep_id
+        if rep.id == current:
+            return False
+        if lead.status not in REASSIGNABLE:
+            report.ignore(NOT_OWNED)
+        else:
+            report.owner_changes += 1
+            owners[lead_id] = _OwnerChange(lead_id, rep, at)
+        return True
+
+    def _status_change(
+        self,
+        record: dict[str, Any],
+        lead: Any,
+        values: dict[str, Any],
+        last: tuple[dict[str, Any], dict[str, Any]],
+        owner_value: str | None,
+        at: datetime,
+    ) -> _StatusChange | bool | None:
+        """The record's status as a change: a ``_StatusChange``, True (a change that maps to
+        no disposition), or None (not a change)."""
+        value = values.get(self.status_prop) if self.status_prop else None
+        if not self.status_prop or value is None:
+            return None
+        if any(_same(value, written.get(self.status_prop)) for written in last):
+            return None
+        if _same(value, self.status_values.get(lead.status)):
+            return None
+        disposition = self._disposition(value)
+        if disposition is None:
+            self.report.ignore(UNMAPPED)
+            return True
+        self.report.status_changes += 1
+        return _StatusChange(
+            int(lead.id),
+            str(record.get("id") or ""),
+            value,
+            disposition,
+            str(record.get("modified_at") or at.isoformat()),
+            at,
+            owner_value,
+        )
 
     def _rep_of(self, owner_id: str, reps: dict[str, _Rep]) -> _Rep | None:
         email = self.owners.email(owner_id)
@@ -456,85 +483,98 @@ class _Pull:
             ]
             if not todo:
                 return
-            a = t.assignments
-            open_rows = conn.execute(
-                select(a.c.id, a.c.lead_id, a.c.rep_code).where(
-                    a.c.lead_id.in_([c.lead_id for c in todo]), a.c.released_at.is_(None)
-                )
-            ).all()
-            was = {int(r.lead_id): r.rep_code for r in open_rows}
-            at = {c.lead_id: c.at for c in todo}
-            if open_rows:
-                store.update_from_frame(
-                    conn,
-                    a,
-                    pd.DataFrame(
-                        {
-                            "id": [int(r.id) for r in open_rows],
-                            "released_at": pd.to_datetime(
-                                [at[int(r.lead_id)] for r in open_rows], utc=True
-                            ),
-                            "released_reason": f"owner changed in {self.label} by a person",
-                        }
-                    ),
-                )
-            frame = pd.DataFrame(
-                {
-                    "lead_id": [c.lead_id for c in todo],
-                    "rep_id": [c.rep.id for c in todo],
-                    "rep_code": [c.rep.code for c in todo],
-                    "step": "crm",
-                    "pool": None,
-                    "rule": None,
-                    "version": f"crm:{self.crm}",
-                    "reason": f"owner set in {self.label}",
-                    "candidates": "{}",
-                    "assigned_at": pd.to_datetime([c.at for c in todo], utc=True),
-                    "flow_run_id": None,
-                    "status": [now_rows[c.lead_id].status for c in todo],
-                }
+            self._write_reassignments(conn, todo, now_rows, actor)
+        self.report.reassigned += len(todo)
+
+    def _write_reassignments(
+        self, conn: Any, todo: list[_OwnerChange], now_rows: dict[int, Any], actor: str
+    ) -> None:
+        """Release the open assignments, write the new ones, the owners and the ledger."""
+        a = t.assignments
+        open_rows = conn.execute(
+            select(a.c.id, a.c.lead_id, a.c.rep_code).where(
+                a.c.lead_id.in_([c.lead_id for c in todo]), a.c.released_at.is_(None)
             )
-            store.bulk_insert(conn, a, frame.drop(columns=["status"]))
-            lifecycle.apply(
+        ).all()
+        was = {int(r.lead_id): r.rep_code for r in open_rows}
+        at = {c.lead_id: c.at for c in todo}
+        if open_rows:
+            store.update_from_frame(
                 conn,
+                a,
                 pd.DataFrame(
                     {
-                        "id": frame["lead_id"],
-                        "from_status": frame["status"],
-                        "to_status": frame["status"],
-                        "owner_rep_id": frame["rep_id"],
+                        "id": [int(r.id) for r in open_rows],
+                        "released_at": pd.to_datetime(
+                            [at[int(r.lead_id)] for r in open_rows], utc=True
+                        ),
+                        "released_reason": f"owner changed in {self.label} by a person",
                     }
                 ),
-                actor=actor,
-                at=frame["assigned_at"],
             )
-            for status, group in frame.groupby("status", sort=True):
-                group = group.reset_index(drop=True)
-                lifecycle.record_reassignments(
-                    conn,
-                    group["lead_id"],
-                    status=str(status),
-                    reasons=pd.Series(
-                        [
-                            f"owner changed in {self.label} by a person: "
-                            f"{was.get(int(i)) or 'nobody'} -> {code}"
-                            for i, code in zip(group["lead_id"], group["rep_code"], strict=True)
-                        ]
-                    ),
-                    details=[
-                        json.dumps({"to": code, "step": "crm", "from": was.get(int(i))})
+        frame = pd.DataFrame(
+            {
+                "lead_id": [c.lead_id for c in todo],
+                "rep_id": [c.rep.id for c in todo],
+                "rep_code": [c.rep.code for c in todo],
+                "step": "crm",
+                "pool": None,
+                "rule": None,
+                "version": f"crm:{self.crm}",
+                "reason": f"owner set in {self.label}",
+                "candidates": "{}",
+                "assigned_at": pd.to_datetime([c.at for c in todo], utc=True),
+                "flow_run_id": None,
+                "status": [now_rows[c.lead_id].status for c in todo],
+            }
+        )
+        store.bulk_insert(conn, a, frame.drop(columns=["status"]))
+        lifecycle.apply(
+            conn,
+            pd.DataFrame(
+                {
+                    "id": frame["lead_id"],
+                    "from_status": frame["status"],
+                    "to_status": frame["status"],
+                    "owner_rep_id": frame["rep_id"],
+                }
+            ),
+            actor=actor,
+            at=frame["assigned_at"],
+        )
+        for status, group in frame.groupby("status", sort=True):
+            group = group.reset_index(drop=True)
+            lifecycle.record_reassignments(
+                conn,
+                group["lead_id"],
+                status=str(status),
+                reasons=pd.Series(
+                    [
+                        f"owner changed in {self.label} by a person: "
+                        f"{was.get(int(i)) or 'nobody'} -> {code}"
                         for i, code in zip(group["lead_id"], group["rep_code"], strict=True)
-                    ],
-                    actor=actor,
-                    at=group["assigned_at"],  # one time per lead
-                )
-        self.report.reassigned += len(todo)
+                    ]
+                ),
+                details=[
+                    json.dumps({"to": code, "step": "crm", "from": was.get(int(i))})
+                    for i, code in zip(group["lead_id"], group["rep_code"], strict=True)
+                ],
+                actor=actor,
+                at=group["assigned_at"],  # one time per lead
+            )
 
     def capture(self, changes: list[_StatusChange], after: str) -> None:
         """The status changes as one capture batch of activities (the activities capture's
         own gate, quarantine and lifecycle moves)."""
         if not changes:
             return
+        pages = self._pages(changes, after)
+        self._write_pages(pages, after, len(changes))
+
+    def _pages(
+        self, changes: list[_StatusChange], after: str
+    ) -> list[tuple[str | None, sources.ApiPage]]:
+        """The activity records, one page per lead namespace (leads known by email: None)."""
         ids = sorted({c.lead_id for c in changes})
         with self.engine.connect() as conn:
             leads = _leads(conn, ids)  # owners as they are after this chunk's reassignments
@@ -570,10 +610,15 @@ class _Pull:
             else:  # the lead is known by its namespaced external id only
                 space, _, own = str(lead.external_id).partition(":")
                 groups.setdefault(space, []).append({"external_id": own, **row})
-        pages = [
+        return [
             (space, sources.ApiPage(uri=self._uri(after), body=_body(records), records=records))
             for space, records in sorted(groups.items(), key=lambda g: g[0] or "")
         ]
+
+    def _write_pages(
+        self, pages: list[tuple[str | None, sources.ApiPage]], after: str, changes: int
+    ) -> None:
+        """The pages as one capture batch (a replay of a batch captured before: nothing)."""
         digest = hashlib.sha256(b"".join(p.body for _, p in pages)).hexdigest()
         engine = self.engine
         with capture.content_lock(
@@ -593,7 +638,7 @@ class _Pull:
             )
             self.report.batches.append(opened.batch_id)
             if opened.earlier is not None:  # this very chunk was captured: a replay
-                self.report.already += len(changes)
+                self.report.already += changes
                 return
             status = "failed" if opened.rejected_before else "complete"
             spaces: dict[int, str | None] = {}
