@@ -159,6 +159,15 @@ def suites(*hop_names: str) -> None:
         quality.load_suite(name)
 
 
+@_one_line_errors
+def crm() -> None:
+    """The CRM mappings (``rules/crm/*.yaml``): every decision reads them to know which CRMs
+    hear of it, so a broken one must stop a run before anything moves."""
+    from leadflow.crm.mapping import enabled
+
+    enabled()
+
+
 # --------------------------------------------------------------------------- whole runs
 
 
@@ -169,6 +178,7 @@ def pipeline() -> None:
     enrichment()
     scoring()
     routing()
+    crm()
     suites(*dict.fromkeys(hop.suite for hop in order.PIPELINE))
 
 

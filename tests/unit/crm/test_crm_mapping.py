@@ -107,3 +107,19 @@ def test_create_fills_required_defaults() -> None:
     assert merged.properties["Company"] == "[not provided]"
     record = m.record(7, mapping, merged.properties, "x@example.com")
     assert record.key == "7" and record.properties["Leadflow_Id__c"] == "7"
+
+
+def test_a_broken_mapping_stops_a_run_before_anything_moves_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tasks import rules_check
+
+    (tmp_path / "crm").mkdir()
+    _write(tmp_path / "crm", BASE + "  scroe: s\n  score: {to: t, policy: x}\n")
+    monkeypatch.setenv("LEADFLOW_RULES_DIR", str(tmp_path))
+    monkeypatch.delenv(m.ENV, raising=False)
+    with pytest.raises(ConfigError) as caught:
+        rules_check.crm()
+    message = str(caught.value)
+    assert "\n" not in message and "hubspot.yaml" in message
+    assert "fields.score.policy" in message and "crm_wins_after_accept" in message
