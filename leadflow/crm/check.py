@@ -28,7 +28,7 @@ def check(adapter: Adapter, mapping: CrmMapping, rep_emails: Sequence[str]) -> l
     try:
         reached = adapter.probe()
     except CrmError as exc:
-        return [Finding(False, "reach", f"{label}: {masked(str(exc))}")]
+        return [Finding(False, "reach", _said(label, exc))]
     out = [Finding(True, "reach", reached)]
     try:
         known = {p.lower() for p in adapter.properties()}
@@ -68,5 +68,11 @@ def check(adapter: Adapter, mapping: CrmMapping, rep_emails: Sequence[str]) -> l
                     Finding(True, "owners", f"all {len(set(rep_emails))} reps are {label} users")
                 )
     except CrmError as exc:
-        out.append(Finding(False, "properties", f"{label}: {masked(str(exc))}"))
+        out.append(Finding(False, "properties", _said(label, exc)))
     return out
+
+
+def _said(label: str, exc: CrmError) -> str:
+    """The CRM's error as a line that names the CRM once."""
+    message = masked(str(exc))
+    return message if message.startswith(label) else f"{label}: {message}"

@@ -89,4 +89,4 @@ def test_a_healthy_org_then_each_problem_named(sqlite_url: str, org, monkeypatch
     # Credentials refused: one line, and the fix.
     org.client_secret = "rotated"
     refused = lines(doctor.crm(sqlite_url))
-    assert refused[0].startswith("FAIL crm salesforce: Salesforce:") and "fix:" in refused[0]
+    assert refused[0].startswith("FAIL crm salesforce: Salesforce login refused") and "fix:" in refused[0]
