@@ -13,17 +13,38 @@ from datetime import UTC, datetime
 from prefect import flow
 from prefect.states import Completed, Failed, State
 
-from leadflow.config import ConfigError
 from leadflow.settings import get_settings
 from tasks import crm as crm_tasks
 from tasks import hops as hop_tasks
+from tasks import rules_check
 
 
 def _targets(crm: str | None) -> tuple[list[str], State | None]:
-    try:
-        return [m.crm for m in crm_tasks.enabled(crm)], None
-    except ConfigError as exc:
-        return [], Failed(message=str(exc).splitlines()[0], data={"error": str(exc)})
+    """The CRMs to work on, or the Failed state of a bad mapping: one line naming the file
+    and the field (``ConfigError: FILE: field: ...``, bad config for the command line)."""
+    mappings, refused = rules_check.loaded(crm_tasks.enabled, crm)
+    if refused is None and mappings:
+        refused = _credentials([m.crm for m in mappings])
+    return [m.crm for m in mappings or []], refused
+
+
+def _credentials(crms: list[str]) -> State | None:
+    """None when every CRM's credentials are there (block or variables), else the Failed
+    state saying which to set, in one line, before any task runs (no traceback logged):
+    ``MissingBlock: ...`` or ``ConfigError: ...``, bad config for the command line."""
+    from blocks.crm import crm_block
+    from blocks.resolve import MissingBlock
+
+    for name in crms:
+        try:
+            crm_block(name)
+        except MissingBlock as exc:
+            return Failed(message=f"MissingBlock: {rules_check.one_line(str(exc))}")
+        except ValueError as exc:  # a variable set wrong (pydantic's error is a ValueError)
+            return Failed(
+                message=f"ConfigError: {name} credentials: {rules_check.one_line(str(exc))}"
+            )
+    return None
 
 
 @flow(name="crm-sync", flow_run_name=hop_tasks.run_name("crm-sync"))

@@ -41,11 +41,17 @@ ENVIRONMENT = {
 
 
 def _mappings(args: argparse.Namespace) -> list[Any]:
+    """The mappings the command works on; a bad one is a ``ConfigError`` of one line naming
+    the file and the field (exit 2)."""
     from leadflow.crm import mapping as crm_mapping
+    from tasks.rules_check import one_line
 
-    if args.crm:
-        return [crm_mapping.load_mapping(args.crm)[0]]
-    chosen = crm_mapping.enabled()
+    try:
+        if args.crm:
+            return [crm_mapping.load_mapping(args.crm)[0]]
+        chosen = crm_mapping.enabled()
+    except crm_mapping.ConfigError as exc:
+        raise crm_mapping.ConfigError(one_line(str(exc))) from exc
     if not chosen:
         raise crm_mapping.ConfigError(
             "no CRM enabled: set enabled: true in rules/crm/hubspot.yaml or salesforce.yaml, "
