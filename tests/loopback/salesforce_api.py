@@ -10,8 +10,9 @@ org answers 403 REQUEST_LIMIT_EXCEEDED. The SOQL parser takes only the query sha
 adapter sends and answers MALFORMED_QUERY to anything else.
 
 Test controls (thread-safe): ``fail_next``, ``expire_sessions``, ``add_user``, ``human_edit``,
-``delete``; state to assert on: ``leads`` (key -> fields), ``users``, ``calls`` ((method,
-path, records)), ``usage``, ``logins``.
+``delete``, ``delay_seconds`` (every request waits that long before its answer); state to
+assert on: ``leads`` (key -> fields), ``users``, ``calls`` ((method, path, records)),
+``usage``, ``logins``.
 
     with SalesforceApi(client_id="cid", client_secret="secret", daily_max=15000) as api:
         adapter = SalesforceAdapter(login_url=api.url, ..., ca_file=api.ca_file)
@@ -28,6 +29,7 @@ import re
 import ssl
 import tempfile
 import threading
+import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -136,8 +138,12 @@ class SalesforceApi:
         username: str = "sync@example.com",
         password: str = "pw",
         page_size: int = 2000,
+        delay_seconds: float = 0.0,
     ) -> None:
         self.client_id, self.client_secret = client_id, client_secret
+        # Every request waits this long before it is answered (a slow org, or one far away);
+        # settable while the org runs.
+        self.delay_seconds = delay_seconds
         self.username, self.password = username, password
         self.daily_max, self.page_size = daily_max, page_size
         self.usage = 0
@@ -604,6 +610,8 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+        if api.delay_seconds > 0:
+            time.sleep(api.delay_seconds)  # outside the lock: other requests are not held up
         with api.lock:
             api.calls.append((method, parts.path, _count(parts.path, body)))
             try:
