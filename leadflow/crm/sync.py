@@ -44,6 +44,7 @@ from leadflow.outbox.store import masked
 LABEL = {"hubspot": "HubSpot", "salesforce": "Salesforce"}
 AUTH_RETRY = timedelta(minutes=5)  # credentials refused: try again after (a person fixes them)
 LOCK_WAIT_SECONDS = 30.0
+MORE_PER_LEAD = 20  # a lead's other waiting messages a claim takes with its first
 PERSONAL = frozenset({"email", "phone", "first_name", "last_name"})
 
 
@@ -244,6 +245,17 @@ class _Run:
         self.report = SyncReport(mapping.crm)
 
     def claim(self, size: int, lead_ids: Sequence[int] | None) -> pd.DataFrame:
+        """Up to ``size`` due messages, then every other due message of the same leads (a
+        lead's messages are far apart in the queue: one per decision), so each lead is
+        written once a run with all its changes, not once per claim it straddles."""
+        first = self._claim(size, lead_ids)
+        if first.empty:
+            return first
+        leads = sorted({int(i) for i in first["lead_id"]})
+        rest = self._claim(MORE_PER_LEAD * len(leads), leads)
+        return pd.concat([first, rest], ignore_index=True) if not rest.empty else first
+
+    def _claim(self, size: int, lead_ids: Sequence[int] | None) -> pd.DataFrame:
         return outbox.claim_due(
             self.engine,
             size,
