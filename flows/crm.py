@@ -69,7 +69,15 @@ def crm_sync(
         name: crm_tasks.sync_crm(database_url, name, now=now, limit=limit) for name in targets
     }
     message = "; ".join(r["message"] for r in reports.values())
-    data = {"crms": reports, "seconds": round(time.monotonic() - started, 3)}
+    data = {
+        "crms": reports,
+        "seconds": round(time.monotonic() - started, 3),
+        # What was left for later, as every sender says it (exit 3 from the command line).
+        "notifications": {
+            key: sum(int(r.get(key) or 0) for r in reports.values())
+            for key in ("failed", "deferred", "dead")
+        },
+    }
     if any(r["error"] or r["dead"] for r in reports.values()):
         return Failed(message=message, data=data)
     return Completed(message=message, data=data)

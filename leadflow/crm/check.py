@@ -65,7 +65,7 @@ def check(adapter: Adapter, mapping: CrmMapping, rep_emails: Sequence[str]) -> l
                 )
             else:
                 out.append(
-                    Finding(True, "owners", f"all {len(set(rep_emails))} reps are {label} users")
+                    Finding(True, "owners", f"all {len(set(rep_emails))} rep(s) are {label} users")
                 )
     except CrmError as exc:
         out.append(Finding(False, "properties", _said(label, exc)))

@@ -61,6 +61,8 @@ class SyncReport:
     dead: int = 0  # leads given up (dead letters, with the CRM's reason)
     deferred: int = 0  # messages put back untried (credentials, rate limit)
     error: str | None = None  # why the run stopped early
+    waiting: int = 0  # messages of this CRM still unsent after the run (pending or failed)
+    next_due: str | None = None  # when the first of them is due (ISO)
     seconds: float = 0.0
     usage: dict[str, Any] = field(default_factory=dict)
 
@@ -80,6 +82,8 @@ class SyncReport:
             line += f", {self.deferred} put back"
         if self.error:
             line += f"; stopped: {self.error}"
+        if self.waiting:
+            line += f"; {self.waiting} message(s) waiting, next due {self.next_due}"
         return line
 
 
@@ -414,6 +418,7 @@ def sync(
             taken += len(claimed)
             if not run.batch(claimed):
                 break
+    run.report.waiting, run.report.next_due = waiting(engine, mapping.crm)
     run.report.seconds = round(time.monotonic() - started, 3)
     usage = adapter.usage
     run.report.usage = {
@@ -427,6 +432,25 @@ def sync(
 
 
 # --------------------------------------------------------------------------- looking
+
+
+def waiting(engine: Engine, crm: str) -> tuple[int, str | None]:
+    """How many ``crm_sync`` messages of ``crm`` wait (pending or failed), and when the first
+    is due (minutes, UTC)."""
+    table = t.outbox
+    with engine.connect() as conn:
+        count, first = conn.execute(
+            select(func.count(), func.min(table.c.next_attempt_at)).where(
+                table.c.kind == crm_store.KIND,
+                table.c.recipient == crm,
+                table.c.status.in_(("pending", "failed")),
+            )
+        ).one()
+    if not count:
+        return 0, None
+    moment = pd.Timestamp(first)
+    moment = moment.tz_localize(UTC) if moment.tzinfo is None else moment.tz_convert(UTC)
+    return int(count), moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
 def due_leads(conn: Connection, crm: str, limit: int | None = None) -> list[int]:
@@ -453,6 +477,8 @@ def shown(name: str, value: Any) -> Any:
     """A value for a person's screen: personal fields masked."""
     if value is None or value == "":
         return "(empty)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if name in PERSONAL:
         text_value = str(value)
         return masked(text_value) if "@" in text_value else text_value[:1] + "…"

@@ -129,7 +129,7 @@ def test_check_says_ok_line_by_line_and_names_what_fails(engine, org, rules, cap
     lines = out.strip().splitlines()
     assert len(lines) == 3 and all(line.startswith("ok   salesforce") for line in lines), out
     assert f"{rules / 'crm' / 'salesforce.yaml'}: all 18 properties exist" in out
-    assert "reps are Salesforce users" in out
+    assert "rep(s) are Salesforce users" in out
     clean(out, err)
 
     # Bob is back, and is no Salesforce user: FAIL naming him masked, exit 1.
