@@ -91,7 +91,49 @@ def sync_crm(
     out = report.as_dict()
     out["message"] = report.describe()
     announce_dead_letters(out)
+    publish_sync(engine, report)
     return out
+
+
+def publish_sync(engine: Any, report: crm_sync.SyncReport) -> None:
+    """The run's counts and the commonest reasons its CRM's messages wait or died (masked),
+    as a ``crm-sync-<crm>`` table artifact in the Prefect UI."""
+    from prefect.artifacts import create_table_artifact
+    from sqlalchemy import func, select
+
+    from leadflow import tables as t
+
+    table = t.outbox
+    with engine.connect() as conn:
+        reasons = conn.execute(
+            select(table.c.status, table.c.last_error, func.count().label("n"))
+            .where(
+                table.c.kind == "crm_sync",
+                table.c.recipient == report.crm,
+                table.c.status.in_(("pending", "failed", "dead")),
+                table.c.last_error.is_not(None),
+            )
+            .group_by(table.c.status, table.c.last_error)
+            .order_by(func.count().desc())
+            .limit(10)
+        ).all()
+    rows = [
+        {"what": name, "count": getattr(report, name)}
+        for name in ("leads", "written", "created", "unchanged", "kept", "failed", "dead")
+    ]
+    rows += [{"what": "api calls", "count": report.usage.get("calls", 0)}]
+    rows += [
+        {"what": f"{status}: {masked(str(error))[:200]}", "count": int(n)}
+        for status, error, n in reasons
+    ]
+    try:
+        create_table_artifact(
+            key=f"crm-sync-{report.crm}",
+            table=rows,
+            description=report.describe(),
+        )
+    except Exception as exc:  # the UI's table must not fail a sync that was done
+        log.warning("could not publish the %s sync's artifact: %s", report.crm, exc)
 
 
 @task(name="crm-pull", cache_policy=NO_CACHE, task_run_name="crm-pull-{crm}")

@@ -336,3 +336,19 @@ def test_a_wrong_client_secret_fails_the_flow_and_the_messages_wait(
     waiting = [line for line in out.splitlines() if " crm_sync " in line and "pending" in line]
     assert waiting and all("invalid client credentials" in line.lower() for line in waiting[1:])
     clean(out, err)
+
+    # The UI shows why they wait: the run's table artifact, with the reason and its count.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    [table] = [a for a in artifacts if a.key == "crm-sync-salesforce"]
+    assert "9 message(s) waiting" in table.description
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    reasons = [r for r in rows if r["what"].startswith("pending: ")]
+    assert reasons and reasons[0]["count"] == 9 and "invalid client" in reasons[0]["what"].lower()
