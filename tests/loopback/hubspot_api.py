@@ -36,7 +36,7 @@ SCOPES = {
     "crm.objects.owners.read",
 }
 STANDARD = ["email", "firstname", "lastname", "phone", "company", "jobtitle", "website"]
-STANDARD += ["country", "city", "lifecyclestage", "hs_lead_status", "hubspot_owner_id"]
+STANDARD += ["country", "city", "industry", "lifecyclestage", "hs_lead_status", "hubspot_owner_id"]
 READ_ONLY = ["hs_object_id", "createdate", "lastmodifieddate"]
 DATES = {"createdate", "lastmodifieddate"}
 WINDOW = 10.0
