@@ -92,7 +92,7 @@ class SyncReport:
 
 @contextlib.contextmanager
 def sync_lock(engine: Engine, crm: str, wait: float = LOCK_WAIT_SECONDS) -> Iterator[bool]:
-    """One sender per CRM (PostgreSQL advisory lock, held for the run); yields False when
+    """One sender per CRM (a PostgreSQL advisory lock per schema, held for the run); yields False when
     another held it for ``wait`` seconds. SQLite has one writer at a time anyway."""
     if engine.dialect.name != "postgresql":
         yield True
@@ -101,7 +101,9 @@ def sync_lock(engine: Engine, crm: str, wait: float = LOCK_WAIT_SECONDS) -> Iter
     with engine.connect() as conn:
         deadline = time.monotonic() + wait
         while True:
-            got = conn.execute(text("SELECT pg_try_advisory_lock(hashtext(:k))"), {"k": key})
+            got = conn.execute(
+                text("SELECT pg_try_advisory_lock(hashtext(current_schema() || :k))"), {"k": key}
+            )
             if got.scalar():
                 break
             conn.rollback()
@@ -113,7 +115,9 @@ def sync_lock(engine: Engine, crm: str, wait: float = LOCK_WAIT_SECONDS) -> Iter
         try:
             yield True
         finally:
-            conn.execute(text("SELECT pg_advisory_unlock(hashtext(:k))"), {"k": key})
+            conn.execute(
+                text("SELECT pg_advisory_unlock(hashtext(current_schema() || :k))"), {"k": key}
+            )
             conn.commit()
 
 

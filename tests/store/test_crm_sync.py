@@ -225,3 +225,29 @@ def test_a_record_deleted_in_salesforce_is_recreated_or_dead_per_policy(
         assert report.dead == 1 and str(lead) not in org.leads
         dead = outbox_rows(engine).query("status == 'dead'")
         assert "deleted (on_deleted: dead_letter" in dead["last_error"].iloc[0]
+
+
+def test_two_syncs_at_once_write_each_lead_once(engine, org) -> None:
+    """Two senders of one CRM (the lane and crm-sync, say) take turns: the second waits for
+    the first's lock, then finds nothing left; no lead is written twice."""
+    import threading
+
+    reps = add_reps(engine)
+    org.add_user("ann@reps.example")
+    ids = mqls(engine, ["US"] * 6)
+    route(engine, ids, reps["ann@reps.example"])
+    org.delay_seconds = 0.2
+    reports: list[crm_sync.SyncReport] = []
+
+    def run() -> None:
+        reports.append(crm_sync.sync(engine, adapter(org), mapping(), claim_size=3))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sum(r.written for r in reports) == 6 and sum(r.created for r in reports) == 6
+    upserts = [n for method, path, n in org.calls if method == "PATCH" and "/composite/" in path]
+    assert sum(upserts) == 6 and len(org.leads) == 6
+    assert set(outbox_rows(engine)["status"]) == {"sent"}
