@@ -92,8 +92,8 @@ class SyncReport:
 
 @contextlib.contextmanager
 def sync_lock(engine: Engine, crm: str, wait: float = LOCK_WAIT_SECONDS) -> Iterator[bool]:
-    """One sender per CRM (a PostgreSQL advisory lock per schema, held for the run); yields False when
-    another held it for ``wait`` seconds. SQLite has one writer at a time anyway."""
+    """One sender per CRM (a PostgreSQL advisory lock per schema, held for the run); yields
+    False when another held it for ``wait`` seconds. SQLite has one writer at a time anyway."""
     if engine.dialect.name != "postgresql":
         yield True
         return
