@@ -28,6 +28,15 @@ def _targets(crm: str | None) -> tuple[list[str], State | None]:
     return [m.crm for m in mappings or []], refused
 
 
+def _start(crm: str | None) -> tuple[list[str], State | None]:
+    """The CRMs to work on, or the state a run ends in at once: Failed (a bad mapping,
+    missing credentials), Completed (no CRM enabled: a schedule left on stays green)."""
+    targets, refused = _targets(crm)
+    if refused is None and not targets:
+        refused = Completed(message="no CRM enabled (rules/crm/*.yaml, LEADFLOW_CRM)", data={})
+    return targets, refused
+
+
 def _credentials(crms: list[str]) -> State | None:
     """None when every CRM's credentials are there (block or variables), else the Failed
     state saying which to set, in one line, before any task runs (no traceback logged):
@@ -58,11 +67,9 @@ def crm_sync(
     lead's latest values, upserted in the CRM's batches. Failed when a CRM refused the
     credentials, left dead letters, or could not be reached."""
     started = time.monotonic()
-    targets, refused = _targets(crm)
-    if refused:
-        return refused
-    if not targets:
-        return Completed(message="no CRM enabled (rules/crm/*.yaml, LEADFLOW_CRM)", data={})
+    targets, early = _start(crm)
+    if early:
+        return early
     database_url = database_url or get_settings().database_url
     now = now or datetime.now(UTC)
     reports = {
@@ -92,11 +99,9 @@ def crm_pull(
     """Read status and owner changes people made in ``crm`` (default: every enabled CRM)
     since the last pull, as sales activities and reassignments."""
     started = time.monotonic()
-    targets, refused = _targets(crm)
-    if refused:
-        return refused
-    if not targets:
-        return Completed(message="no CRM enabled (rules/crm/*.yaml, LEADFLOW_CRM)", data={})
+    targets, early = _start(crm)
+    if early:
+        return early
     database_url = database_url or get_settings().database_url
     reports = {name: crm_tasks.pull_crm(database_url, name, now=now) for name in targets}
     message = "; ".join(r["message"] for r in reports.values())

@@ -581,3 +581,56 @@ def captured_leads(database_url: str, tmp_path: Path) -> str:
     state, data = ingest(path, source="web")
     assert state.is_completed() and data["inserted"] == 24, data
     return database_url
+
+
+# ------------------------------------------------------------------------------ CRM sync
+
+CRM_REPS = ("ann@reps.example", "bob@reps.example")
+
+
+def add_crm_reps(engine) -> dict[str, int]:
+    """Ann and Bob as reps (whether they are CRM users is the test's to say): email -> id."""
+    with engine.begin() as conn:
+        for email in CRM_REPS:
+            name = email.split("@")[0]
+            conn.execute(
+                t.reps.insert().values(email=email, name=name.title(), code=name, created_at=NOW)
+            )
+        rows = conn.execute(select(t.reps.c.email, t.reps.c.id)).all()
+    return {email: int(rep_id) for email, rep_id in rows}
+
+
+def route_to(engine, ids: list[int], rep_id: int) -> None:
+    """MQLs routed to a rep through the lifecycle (an assignment, then mql -> routed): each
+    decision queues its crm_sync messages as routing's would."""
+    with engine.begin() as conn:
+        for lead in ids:
+            conn.execute(
+                t.assignments.insert().values(
+                    lead_id=lead,
+                    rep_id=rep_id,
+                    rep_code="x",
+                    step="rule",
+                    version="v",
+                    reason="rule north-america: pool na, round robin",
+                    assigned_at=NOW,
+                )
+            )
+        lifecycle.apply(
+            conn,
+            pd.DataFrame(
+                {"id": ids, "from_status": "mql", "to_status": "routed", "owner_rep_id": rep_id}
+            ),
+            actor="route",
+            at=NOW,
+        )
+
+
+def salesforce_env(monkeypatch: pytest.MonkeyPatch, api: Any) -> None:
+    """The loopback org's credentials in the variables a host without a Prefect server uses,
+    and the sync turned on (LEADFLOW_CRM)."""
+    monkeypatch.setenv("LEADFLOW_CRM", "salesforce")
+    monkeypatch.setenv("LEADFLOW_SALESFORCE_LOGIN_URL", api.url)
+    monkeypatch.setenv("LEADFLOW_SALESFORCE_CLIENT_ID", api.client_id)
+    monkeypatch.setenv("LEADFLOW_SALESFORCE_CLIENT_SECRET", api.client_secret)
+    monkeypatch.setenv("LEADFLOW_SALESFORCE_CA_FILE", api.ca_file)

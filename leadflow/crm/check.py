@@ -8,10 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from leadflow.crm.base import Adapter, CrmError
-from leadflow.crm.mapping import CrmMapping, mapping_path
+from leadflow.crm.mapping import LABEL, CrmMapping, mapping_path
 from leadflow.outbox.store import masked
-
-LABEL = {"hubspot": "HubSpot", "salesforce": "Salesforce"}
 
 
 @dataclass(frozen=True)

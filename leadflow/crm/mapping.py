@@ -26,6 +26,7 @@ from leadflow.config import ConfigError
 from leadflow.crm.base import Record
 
 CRMS = ("hubspot", "salesforce")
+LABEL = {"hubspot": "HubSpot", "salesforce": "Salesforce"}  # as people write them
 ENV = "LEADFLOW_CRM"  # comma list of CRMs to sync, over the files' `enabled`
 POLICIES = ("leadflow_wins", "crm_wins", "crm_wins_after_accept")
 # Fields that are not lead columns: worked out from the lead's other tables.

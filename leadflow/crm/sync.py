@@ -41,7 +41,7 @@ from leadflow.crm.mapping import CrmMapping
 from leadflow.outbox import store as outbox
 from leadflow.outbox.store import masked
 
-LABEL = {"hubspot": "HubSpot", "salesforce": "Salesforce"}
+LABEL = crm_mapping.LABEL
 AUTH_RETRY = timedelta(minutes=5)  # credentials refused: try again after (a person fixes them)
 LOCK_WAIT_SECONDS = 30.0
 MORE_PER_LEAD = 20  # a lead's other waiting messages a claim takes with its first

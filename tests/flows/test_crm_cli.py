@@ -19,9 +19,8 @@ from sqlalchemy import select
 from leadflow import lifecycle
 from leadflow import tables as t
 
-from helpers import NOW, copy_rules, mqls, run_cli
+from helpers import NOW, add_crm_reps, copy_rules, mqls, route_to, run_cli, salesforce_env
 
-REPS = ("ann@reps.example", "bob@reps.example")
 EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.]+")
 
 
@@ -30,11 +29,7 @@ def org(monkeypatch: pytest.MonkeyPatch) -> Iterator[SalesforceApi]:
     """The loopback org, its credentials in the variables a host without a Prefect server
     uses, and the sync turned on with LEADFLOW_CRM."""
     with SalesforceApi() as api:
-        monkeypatch.setenv("LEADFLOW_CRM", "salesforce")
-        monkeypatch.setenv("LEADFLOW_SALESFORCE_CLIENT_ID", "cid")
-        monkeypatch.setenv("LEADFLOW_SALESFORCE_CLIENT_SECRET", "secret")
-        monkeypatch.setenv("LEADFLOW_SALESFORCE_LOGIN_URL", api.url)
-        monkeypatch.setenv("LEADFLOW_SALESFORCE_CA_FILE", api.ca_file)
+        salesforce_env(monkeypatch, api)
         yield api
 
 
@@ -43,47 +38,12 @@ def rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return copy_rules(tmp_path, monkeypatch)
 
 
-def add_reps(engine) -> dict[str, int]:
-    with engine.begin() as conn:
-        for i, email in enumerate(REPS):
-            conn.execute(
-                t.reps.insert().values(email=email, name=f"Rep {i}", code=f"r{i}", created_at=NOW)
-            )
-        rows = conn.execute(select(t.reps.c.email, t.reps.c.id)).all()
-    return {email: int(rep_id) for email, rep_id in rows}
-
-
-def route(engine, ids: list[int], rep_id: int) -> None:
-    """Leads routed to a rep through the lifecycle (an assignment, then mql -> routed)."""
-    with engine.begin() as conn:
-        for lead in ids:
-            conn.execute(
-                t.assignments.insert().values(
-                    lead_id=lead,
-                    rep_id=rep_id,
-                    rep_code="x",
-                    step="rule",
-                    version="v",
-                    reason="rule north-america: pool na, round robin",
-                    assigned_at=NOW,
-                )
-            )
-        lifecycle.apply(
-            conn,
-            pd.DataFrame(
-                {"id": ids, "from_status": "mql", "to_status": "routed", "owner_rep_id": rep_id}
-            ),
-            actor="route",
-            at=NOW,
-        )
-
-
 def routed(engine, org: SalesforceApi, n: int = 3) -> list[int]:
     """``n`` leads routed to Ann, a Salesforce user (Bob is a rep, not a user)."""
-    reps = add_reps(engine)
+    reps = add_crm_reps(engine)
     org.add_user("ann@reps.example")
     ids = mqls(engine, ["US"] * n)
-    route(engine, ids, reps["ann@reps.example"])
+    route_to(engine, ids, reps["ann@reps.example"])
     return ids
 
 
@@ -116,7 +76,7 @@ def writes(org: SalesforceApi) -> list[tuple[str, str, int]]:
 
 
 def test_check_says_ok_line_by_line_and_names_what_fails(engine, org, rules, capsys) -> None:
-    reps = add_reps(engine)
+    reps = add_crm_reps(engine)
     org.add_user("ann@reps.example")
     with engine.begin() as conn:  # only active reps count: Bob is away for now
         conn.execute(

@@ -19,9 +19,7 @@ from leadflow.crm import mapping as crm_mapping
 from leadflow.crm import sync as crm_sync
 from leadflow.crm.salesforce import SalesforceAdapter
 
-from helpers import NOW, mqls
-
-REPS = ("ann@reps.example", "bob@reps.example")
+from helpers import NOW, add_crm_reps, mqls, route_to
 
 
 @pytest.fixture
@@ -41,40 +39,6 @@ def mapping() -> crm_mapping.CrmMapping:
     return crm_mapping.load_mapping("salesforce")[0]
 
 
-def add_reps(engine) -> dict[str, int]:
-    with engine.begin() as conn:
-        for i, email in enumerate(REPS):
-            conn.execute(
-                t.reps.insert().values(email=email, name=f"Rep {i}", code=email[:3], created_at=NOW)
-            )
-        rows = conn.execute(select(t.reps.c.email, t.reps.c.id)).all()
-    return {email: int(rep_id) for email, rep_id in rows}
-
-
-def route(engine, ids: list[int], rep_id: int) -> None:
-    with engine.begin() as conn:
-        for lead in ids:
-            conn.execute(
-                t.assignments.insert().values(
-                    lead_id=lead,
-                    rep_id=rep_id,
-                    rep_code="x",
-                    step="rule",
-                    version="v",
-                    reason="rule north-america: pool na, round robin",
-                    assigned_at=NOW,
-                )
-            )
-        lifecycle.apply(
-            conn,
-            pd.DataFrame(
-                {"id": ids, "from_status": "mql", "to_status": "routed", "owner_rep_id": rep_id}
-            ),
-            actor="route",
-            at=NOW,
-        )
-
-
 def outbox_rows(engine) -> pd.DataFrame:
     with engine.connect() as conn:
         rows = conn.execute(select(t.outbox).where(t.outbox.c.kind == "crm_sync")).all()
@@ -82,10 +46,10 @@ def outbox_rows(engine) -> pd.DataFrame:
 
 
 def test_decisions_reach_salesforce_once_each_with_their_latest_values(engine, org) -> None:
-    reps = add_reps(engine)
+    reps = add_crm_reps(engine)
     ann = org.add_user("ANN@reps.example")  # Salesforce matches users by email, any case
     ids = mqls(engine, ["US"] * 3)
-    route(engine, ids, reps["ann@reps.example"])
+    route_to(engine, ids, reps["ann@reps.example"])
     queued = outbox_rows(engine)
     # enriched, mql (with score) and routed: three decisions, three messages per lead
     assert len(queued) == 9 and set(queued["recipient"]) == {"salesforce"}
@@ -115,11 +79,11 @@ def test_decisions_reach_salesforce_once_each_with_their_latest_values(engine, o
 
 
 def test_a_person_in_salesforce_wins_where_the_policy_says(engine, org) -> None:
-    reps = add_reps(engine)
+    reps = add_crm_reps(engine)
     org.add_user("ann@reps.example")
     bob = org.add_user("bob@reps.example")
     [lead] = mqls(engine, ["US"])
-    route(engine, [lead], reps["ann@reps.example"])
+    route_to(engine, [lead], reps["ann@reps.example"])
     crm_sync.sync(engine, adapter(org), mapping())
     # In Salesforce a person renames the company and gives the lead to Bob.
     org.human_edit(str(lead), Company="Buyer Holdings", OwnerId=bob)
@@ -144,11 +108,11 @@ def test_a_person_in_salesforce_wins_where_the_policy_says(engine, org) -> None:
 
 
 def test_refusals_stay_in_the_outbox_with_the_reason_and_the_others_go(engine, org) -> None:
-    reps = add_reps(engine)
+    reps = add_crm_reps(engine)
     org.add_user("ann@reps.example")  # bob is not a Salesforce user
     ids = mqls(engine, ["US"] * 4)
-    route(engine, ids[:2], reps["ann@reps.example"])
-    route(engine, ids[2:3], reps["bob@reps.example"])
+    route_to(engine, ids[:2], reps["ann@reps.example"])
+    route_to(engine, ids[2:3], reps["bob@reps.example"])
     with engine.begin() as conn:  # a value Salesforce's restricted picklist refuses
         conn.execute(update(t.leads).where(t.leads.c.id == ids[3]).values(status="won"))
         lifecycle.apply(
@@ -173,10 +137,10 @@ def test_refusals_stay_in_the_outbox_with_the_reason_and_the_others_go(engine, o
 
 
 def test_expired_credentials_and_limits_put_messages_back_untried(engine, org) -> None:
-    reps = add_reps(engine)
+    reps = add_crm_reps(engine)
     org.add_user("ann@reps.example")
     ids = mqls(engine, ["US"] * 2)
-    route(engine, ids, reps["ann@reps.example"])
+    route_to(engine, ids, reps["ann@reps.example"])
     wrong = SalesforceAdapter(
         login_url=org.url, client_id="cid", client_secret="rotated", ca_file=org.ca_file
     )
@@ -202,10 +166,10 @@ def test_no_crm_enabled_queues_nothing(engine, monkeypatch: pytest.MonkeyPatch) 
 def test_a_record_deleted_in_salesforce_is_recreated_or_dead_per_policy(
     engine, org, policy
 ) -> None:
-    reps = add_reps(engine)
+    reps = add_crm_reps(engine)
     org.add_user("ann@reps.example")
     [lead] = mqls(engine, ["US"])
-    route(engine, [lead], reps["ann@reps.example"])
+    route_to(engine, [lead], reps["ann@reps.example"])
     crm_sync.sync(engine, adapter(org), mapping())
     org.delete(str(lead))
     with engine.begin() as conn:
@@ -232,10 +196,10 @@ def test_two_syncs_at_once_write_each_lead_once(engine, org) -> None:
     the first's lock, then finds nothing left; no lead is written twice."""
     import threading
 
-    reps = add_reps(engine)
+    reps = add_crm_reps(engine)
     org.add_user("ann@reps.example")
     ids = mqls(engine, ["US"] * 6)
-    route(engine, ids, reps["ann@reps.example"])
+    route_to(engine, ids, reps["ann@reps.example"])
     org.delay_seconds = 0.2
     reports: list[crm_sync.SyncReport] = []
 

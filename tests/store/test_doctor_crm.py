@@ -14,17 +14,13 @@ from app import doctor
 from leadflow import store
 from leadflow import tables as t
 
-from helpers import NOW
+from helpers import NOW, salesforce_env
 
 
 @pytest.fixture
 def org(monkeypatch: pytest.MonkeyPatch) -> Iterator[SalesforceApi]:
     with SalesforceApi() as api:
-        monkeypatch.setenv("LEADFLOW_CRM", "salesforce")
-        monkeypatch.setenv("LEADFLOW_SALESFORCE_LOGIN_URL", api.url)
-        monkeypatch.setenv("LEADFLOW_SALESFORCE_CLIENT_ID", api.client_id)
-        monkeypatch.setenv("LEADFLOW_SALESFORCE_CLIENT_SECRET", api.client_secret)
-        monkeypatch.setenv("LEADFLOW_SALESFORCE_CA_FILE", api.ca_file)
+        salesforce_env(monkeypatch, api)
         yield api
 
 
@@ -89,4 +85,7 @@ def test_a_healthy_org_then_each_problem_named(sqlite_url: str, org, monkeypatch
     # Credentials refused: one line, and the fix.
     org.client_secret = "rotated"
     refused = lines(doctor.crm(sqlite_url))
-    assert refused[0].startswith("FAIL crm salesforce: Salesforce login refused") and "fix:" in refused[0]
+    assert (
+        refused[0].startswith("FAIL crm salesforce: Salesforce login refused")
+        and "fix:" in refused[0]
+    )

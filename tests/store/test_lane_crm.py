@@ -15,17 +15,13 @@ from leadflow.settings import rules_folder
 from tasks import crm as crm_tasks
 from tasks.lane import run_lane
 
-from helpers import AUTH, HOT, app_for
+from helpers import AUTH, HOT, app_for, salesforce_env
 
 
 @pytest.fixture
 def org(monkeypatch: pytest.MonkeyPatch) -> Iterator[SalesforceApi]:
     with SalesforceApi() as api:
-        monkeypatch.setenv("LEADFLOW_CRM", "salesforce")
-        monkeypatch.setenv("LEADFLOW_SALESFORCE_LOGIN_URL", api.url)
-        monkeypatch.setenv("LEADFLOW_SALESFORCE_CLIENT_ID", api.client_id)
-        monkeypatch.setenv("LEADFLOW_SALESFORCE_CLIENT_SECRET", api.client_secret)
-        monkeypatch.setenv("LEADFLOW_SALESFORCE_CA_FILE", api.ca_file)
+        salesforce_env(monkeypatch, api)
         crm_tasks._adapters.clear()
         yield api
         crm_tasks._adapters.clear()
