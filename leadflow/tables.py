@@ -470,6 +470,18 @@ outbox = Table(
     Column("failing_since", UTC),
     UniqueConstraint("idempotency_key", name="uq_outbox_idempotency_key"),
     Index("ix_outbox_status_due", "status", "next_attempt_at"),
+    # Migration 0012: a CRM sync claims its own kind and CRM in due order, and a lead's
+    # other messages (the lane claims its leads' messages the same way).
+    Index(
+        "ix_outbox_kind_recipient_due",
+        "kind",
+        "recipient",
+        "next_attempt_at",
+        "id",
+        postgresql_where=text("status IN ('pending', 'failed', 'sending')"),
+        sqlite_where=text("status IN ('pending', 'failed', 'sending')"),
+    ),
+    Index("ix_outbox_lead", "lead_id"),
 )
 
 activities = Table(

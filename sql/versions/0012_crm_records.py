@@ -3,7 +3,8 @@
 The outbox gains the ``crm_sync`` kind on the ``crm`` channel (no schema change: kind and
 channel are text); this table keeps, per CRM and lead, the CRM's id for the record and the
 values leadflow wrote last, so a value a person changed in the CRM since can be told apart
-from leadflow's own.
+from leadflow's own; two outbox indexes serve the sync's claims (its kind and CRM in due
+order, a lead's messages).
 
 Revision ID: 0012
 Revises: 0011
@@ -32,7 +33,19 @@ def upgrade() -> None:
         sa.Column("pulled", sa.JSON),
         sa.Column("pulled_at", UTC),
     )
+    # A CRM sync claims its kind and CRM in due order, then its leads' other messages.
+    unsent = sa.text("status IN ('pending', 'failed', 'sending')")
+    op.create_index(
+        "ix_outbox_kind_recipient_due",
+        "outbox",
+        ["kind", "recipient", "next_attempt_at", "id"],
+        postgresql_where=unsent,
+        sqlite_where=unsent,
+    )
+    op.create_index("ix_outbox_lead", "outbox", ["lead_id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_outbox_lead", table_name="outbox")
+    op.drop_index("ix_outbox_kind_recipient_due", table_name="outbox")
     op.drop_table("crm_records")
