@@ -214,11 +214,20 @@ class Crm:
 def make_leads(engine: Engine, count: int, seed: int) -> list[str]:
     """``count`` leads through the lifecycle in bulk (each decision queues its crm_sync
     messages); returns the reps' emails."""
-    from leadflow import lifecycle, store
-    from leadflow import tables as t
 
     rng = np.random.default_rng(seed)
     emails = [f"rep{i}@reps.example" for i in range(REPS)]
+    rep_ids = _reps(engine, emails)
+    ids = _admit(engine, count, rng)
+    _decide(engine, ids, rep_ids, rng)
+    with engine.begin() as conn:
+        conn.execute(text("ANALYZE"))
+    return emails
+
+
+def _reps(engine: Engine, emails: list[str]) -> list[int]:
+    from leadflow import tables as t
+
     with engine.begin() as conn:
         conn.execute(
             t.reps.insert(),
@@ -227,7 +236,14 @@ def make_leads(engine: Engine, count: int, seed: int) -> list[str]:
                 for i, e in enumerate(emails)
             ],
         )
-        rep_ids = [int(r[0]) for r in conn.execute(select(t.reps.c.id).order_by(t.reps.c.id))]
+        return [int(r[0]) for r in conn.execute(select(t.reps.c.id).order_by(t.reps.c.id))]
+
+
+def _admit(engine: Engine, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` captured leads (their admission queues no sync: no CRM watches capture)."""
+    from leadflow import lifecycle, store
+    from leadflow import tables as t
+
     with engine.begin() as conn:
         ids = store.allocate_ids(conn, t.leads, count)
         lifecycle.admit(
@@ -251,6 +267,15 @@ def make_leads(engine: Engine, count: int, seed: int) -> list[str]:
             actor="bench",
             at=NOW,
         )
+    return ids
+
+
+def _decide(engine: Engine, ids: np.ndarray, rep_ids: list[int], rng: np.random.Generator) -> None:
+    """Enriched, MQL (scored), then two in three routed: each decision queues crm_sync."""
+    from leadflow import lifecycle, store
+    from leadflow import tables as t
+
+    count = len(ids)
     steps: list[tuple[str, str, dict[str, Any], np.ndarray]] = [
         (
             "captured",
@@ -298,9 +323,6 @@ def make_leads(engine: Engine, count: int, seed: int) -> list[str]:
             for name, values in columns.items():
                 changes[name] = values
             lifecycle.apply(conn, changes, actor="bench", at=NOW)
-    with engine.begin() as conn:
-        conn.execute(text("ANALYZE"))
-    return emails
 
 
 def messages(engine: Engine, crm: str) -> dict[str, int]:
