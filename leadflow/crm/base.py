@@ -28,7 +28,8 @@ class Record:
 
     lead_id: int
     key: str  # the id property's value: str(lead_id)
-    properties: dict[str, Any]  # CRM property name -> value (owner id included), no None
+    # CRM property name -> value (owner id included); None clears the property in the CRM
+    properties: dict[str, Any]
     email: str | None = None  # HubSpot may match on email when the id property is not set
 
 

@@ -497,6 +497,8 @@ def _next_after(page: Any) -> str | None:
 
 
 def _text(value: Any) -> str:
+    if value is None:
+        return ""  # HubSpot clears a property set to the empty string
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, datetime):

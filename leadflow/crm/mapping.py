@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from leadflow import config
@@ -57,6 +58,7 @@ class FieldRule(_Strict):
     policy: Literal["leadflow_wins", "crm_wins", "crm_wins_after_accept"] = "leadflow_wins"
     values: dict[str, str] | None = None  # leadflow value -> CRM value
     default: str | None = None  # written on create when leadflow has no value (required fields)
+    clear: bool = True  # leadflow's value gone: clear the CRM's (false: a field the CRM requires)
 
 
 class Inbound(_Strict):
@@ -160,7 +162,7 @@ def load_mapping(crm: str, path: str | Path | None = None) -> tuple[CrmMapping, 
     return mapping, config.content_version(text)
 
 
-_CACHE: dict[tuple[str, float], CrmMapping] = {}
+_CACHE: dict[tuple[str, float, bool], CrmMapping | None] = {}
 
 
 def enabled() -> list[CrmMapping]:
@@ -183,13 +185,26 @@ def enabled() -> list[CrmMapping]:
             if chosen is None:
                 continue  # no mapping file: that CRM is simply not in use
             raise ConfigError(f"{ENV} names {name}, but {path} does not exist") from None
-        key = (str(path), stamp)
+        key = (str(path), stamp, chosen is not None)
         if key not in _CACHE:
-            _CACHE[key] = load_mapping(name, path)[0]
+            _CACHE[key] = load_mapping(name, path)[0] if _wanted(path, chosen) else None
         mapping = _CACHE[key]
-        if chosen is not None or mapping.enabled:
+        if mapping is not None and (chosen is not None or mapping.enabled):
             out.append(mapping)
     return out
+
+
+def _wanted(path: Path, chosen: str | None) -> bool:
+    """Whether a mapping file is in use: named in LEADFLOW_CRM, or ``enabled: true``. Only
+    those are validated here: a mistake in a file that is off stops nothing (``leadflow crm
+    check --crm NAME`` still reads it)."""
+    if chosen is not None:
+        return True
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return True  # let the loader say what is wrong with it
+    return not isinstance(data, dict) or data.get("enabled") is not False
 
 
 # --------------------------------------------------------------------------- lead -> record
@@ -217,8 +232,9 @@ def _plain(value: Any) -> Any:
 
 def leadflow_values(mapping: CrmMapping, lead: MappingType[str, Any]) -> dict[str, Any]:
     """Property -> value leadflow holds for one lead (``lead``: the columns
-    ``store.lead_frame`` reads, with ``owner_id`` already resolved). Values a ``values:``
-    table does not list, and empty values, are left out."""
+    ``store.lead_frame`` reads, with ``owner_id`` already resolved). Empty values are left
+    out; a value a ``values:`` table does not list is ``UNLISTED`` (``merge`` leaves the
+    property alone)."""
     out: dict[str, Any] = {}
     attributes = lead.get("attributes") or {}
     for name, rule in mapping.fields.items():
@@ -233,11 +249,14 @@ def leadflow_values(mapping: CrmMapping, lead: MappingType[str, Any]) -> dict[st
         else:
             value = _plain(value)
         if value is not None and rule.values is not None:
-            value = rule.values.get(str(value))
+            value = rule.values.get(str(value), UNLISTED)
         if value is None or value == "":
             continue
         out[rule.to] = value
     return out
+
+
+UNLISTED = "\0unlisted"  # a value the field's ``values:`` table does not list: left alone
 
 
 @dataclass(frozen=True)
@@ -260,35 +279,69 @@ def merge(
     crm_now: dict[str, Any] | None,
     pushed: dict[str, Any] | None,
     status: str,
+    pulled: dict[str, Any] | None = None,
 ) -> Merge:
     """The three-way merge. ``ours``: leadflow's values; ``crm_now``: the CRM's current values
-    (None: not read, or the record does not exist); ``pushed``: what leadflow wrote last
-    (None: never). A property a person changed in the CRM since (its value differs from what
-    leadflow wrote last) keeps the person's value where the field's policy says so. On
-    create, ``default``s fill required properties leadflow has no value for."""
+    (None: the record does not exist); ``pushed``: what leadflow wrote last (None: never);
+    ``pulled``: what the pull read back last. A property whose CRM value differs from what
+    leadflow wrote was set by a person:
+
+    - one the pull has not read yet (it differs from ``pulled`` too) is kept for the
+      ``crm_wins_after_accept`` fields (owner, status), whatever the lead's status: the pull
+      turns it into an activity or a reassignment first, and overwriting it would lose that;
+    - otherwise the field's policy decides (``crm_wins``: the person's; after accept for
+      ``crm_wins_after_accept``; ``leadflow_wins``: leadflow's).
+
+    A value leadflow no longer has (an owner released, a reason gone) is cleared (None) where
+    the CRM still holds what leadflow wrote. On create, ``default``s fill required properties
+    leadflow has no value for."""
     props: dict[str, Any] = {}
     kept: list[str] = []
     creating = crm_now is None
     for name, rule in mapping.fields.items():
         prop = rule.to
         value = ours.get(prop)
+        if value == UNLISTED:
+            continue  # leadflow has a value the CRM has no word for: neither written nor cleared
         if value is None:
-            if creating and rule.default is not None:
-                props[prop] = rule.default
+            if creating:
+                if rule.default is not None:
+                    props[prop] = rule.default
+            elif (
+                rule.clear
+                and rule.default is None  # a required property keeps its placeholder
+                and not _same((pushed or {}).get(prop), None)
+                and _same(crm_now.get(prop), (pushed or {}).get(prop))
+            ):
+                props[prop] = None  # leadflow wrote it, nobody changed it, leadflow dropped it
             continue
-        if not creating:
-            current = crm_now.get(prop)
-            last = (pushed or {}).get(prop)
-            person_changed = not _same(current, last) and not (current is None or current == "")
-            if person_changed and not _same(current, value):
-                wins = rule.policy == "crm_wins" or (
-                    rule.policy == "crm_wins_after_accept" and status in ACCEPTED
-                )
-                if wins:
-                    kept.append(name)
-                    continue
+        if not creating and _person_wins(rule, prop, value, crm_now, pushed, pulled, status):
+            kept.append(name)
+            continue
         props[prop] = value
     return Merge(props, kept)
+
+
+def _person_wins(
+    rule: FieldRule,
+    prop: str,
+    value: Any,
+    crm_now: dict[str, Any],
+    pushed: dict[str, Any] | None,
+    pulled: dict[str, Any] | None,
+    status: str,
+) -> bool:
+    current = crm_now.get(prop)
+    if current is None or current == "" or _same(current, value):
+        return False
+    if _same(current, (pushed or {}).get(prop)):
+        return False  # what leadflow wrote: nobody changed it
+    if rule.policy == "crm_wins":
+        return True
+    if rule.policy == "crm_wins_after_accept":
+        unread = not _same(current, (pulled or {}).get(prop))
+        return unread or status in ACCEPTED
+    return False
 
 
 def record(lead_id: int, mapping: CrmMapping, properties: dict[str, Any], email: Any) -> Record:

@@ -421,6 +421,8 @@ def _said(content: Any) -> tuple[str, str]:
 
 
 def _csv_value(value: Any) -> str:
+    if value is None:
+        return "#N/A"  # Bulk API 2.0 sets a field to null with #N/A
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)

@@ -151,17 +151,27 @@ def _upsert(
 
 
 def pushed(conn: Connection, crm: str, lead_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
-    """lead id -> {"crm_id", "pushed"} for the leads leadflow wrote to ``crm`` before."""
+    """lead id -> {"crm_id", "pushed", "pulled"} for the leads leadflow wrote to (or read
+    back from) ``crm`` before."""
     table = t.crm_records
     out: dict[int, dict[str, Any]] = {}
     ids = [int(i) for i in lead_ids]
     for start in range(0, len(ids), 5000):
         rows = conn.execute(
-            select(table.c.lead_id, table.c.crm_id, table.c.pushed).where(
+            select(table.c.lead_id, table.c.crm_id, table.c.pushed, table.c.pulled).where(
                 and_(table.c.crm == crm, table.c.lead_id.in_(ids[start : start + 5000]))
             )
         ).all()
-        out.update({int(r.lead_id): {"crm_id": r.crm_id, "pushed": r.pushed or {}} for r in rows})
+        out.update(
+            {
+                int(r.lead_id): {
+                    "crm_id": r.crm_id,
+                    "pushed": r.pushed or {},
+                    "pulled": r.pulled or {},
+                }
+                for r in rows
+            }
+        )
     return out
 
 

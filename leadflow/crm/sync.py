@@ -136,6 +136,8 @@ class Planned:
     error: str | None = None  # refused before any call (unknown rep, deleted record)
     crm_now: dict[str, Any] | None = None
     ours: dict[str, Any] = field(default_factory=dict)
+    properties: dict[str, Any] = field(default_factory=dict)  # what the CRM must hold
+    crm_id: str | None = None
 
 
 class Owners:
@@ -174,15 +176,15 @@ def plan(
     *,
     read_all: bool = False,
 ) -> list[Planned]:
-    """What each lead's record must become. Reads the CRM's current values of the leads
-    leadflow wrote before (or of all, ``read_all``: a dry run, which must also find records a
-    person made), and merges."""
+    """What each lead's record must become. Reads the CRM's current values of every lead
+    (a record a person made, or one leadflow wrote before a crash, is merged, not created
+    over), and merges. ``read_all``: for looking (dry run, diff), not writing."""
     label = LABEL.get(mapping.crm, mapping.crm)
     frame = crm_store.lead_frame(conn, lead_ids)
     before = crm_store.pushed(conn, mapping.crm, lead_ids)
     wants_owner = "owner" in mapping.fields
     rows = frame.to_dict("records")
-    keys = [str(int(r["id"])) for r in rows if read_all or int(r["id"]) in before]
+    keys = [str(int(r["id"])) for r in rows]
     props = [rule.to for rule in mapping.fields.values()]
     current = adapter.read(keys, props) if keys else {}
     out: list[Planned] = []
@@ -217,12 +219,15 @@ def plan(
             crm_now,
             previous["pushed"] if previous else None,
             item.status,
+            previous["pulled"] if previous else None,
         )
         item.kept = merged.kept
+        item.properties = merged.properties
         if crm_now is not None and all(
             crm_mapping._same(crm_now.get(p), v) for p, v in merged.properties.items()
         ):
-            item.unchanged = True
+            item.unchanged = True  # the CRM holds these already (a write before a crash, say)
+            item.crm_id = str(crm_now.get("id")) if crm_now.get("id") else None
             continue
         item.record = crm_mapping.record(lead_id, mapping, merged.properties, row.get("email"))
     missing = set(int(i) for i in lead_ids) - {int(r["id"]) for r in rows}
@@ -309,18 +314,9 @@ class _Run:
             return False
         except CrmError as exc:
             why = masked(str(exc))
+            failures = [(m, why, exc.permanent) for ids in messages.values() for m in ids]
             with self.engine.begin() as conn:
-                for ids in messages.values():
-                    for message_id in ids:
-                        outbox.mark_failed(
-                            conn,
-                            message_id,
-                            why,
-                            self.now,
-                            token=self.token,
-                            permanent=exc.permanent,
-                        )
-            self.report.failed += len(messages)
+                self._failures(conn, failures, messages)
             self.report.error = why
             return False
         self.record(planned, {o.lead_id: o for o in outcomes}, messages)
@@ -342,11 +338,15 @@ class _Run:
             self.report.kept += len(item.kept)
             if item.error is not None:
                 failures.extend((i, item.error, True) for i in ids)
-                self.report.dead += 1
                 continue
             if item.unchanged:
                 sent_ids.extend(ids)
                 self.report.unchanged += 1
+                # What the CRM holds is leadflow's: remember it as written, or a write whose
+                # answer was lost (a crash, a failed later batch) would look like a person's.
+                written.append(
+                    {"lead_id": item.lead_id, "crm_id": item.crm_id, "pushed": item.properties}
+                )
                 continue
             outcome = outcomes.get(item.lead_id)
             if outcome is None:
@@ -355,11 +355,7 @@ class _Run:
                 assert item.record is not None
                 sent_ids.extend(ids)
                 written.append(
-                    {
-                        "lead_id": item.lead_id,
-                        "crm_id": outcome.crm_id,
-                        "pushed": item.record.properties,
-                    }
+                    {"lead_id": item.lead_id, "crm_id": outcome.crm_id, "pushed": item.properties}
                 )
                 self.report.written += 1
                 self.report.created += bool(outcome.created)
@@ -368,10 +364,6 @@ class _Run:
                     self.mapping, outcome.error or ""
                 )
                 failures.extend((i, error, outcome.permanent) for i in ids)
-                if outcome.permanent:
-                    self.report.dead += 1
-                else:
-                    self.report.failed += 1
         with self.engine.begin() as conn:
             if written:
                 before = crm_store.pushed(conn, self.mapping.crm, [w["lead_id"] for w in written])
@@ -381,10 +373,26 @@ class _Run:
                     w["crm_id"] = w["crm_id"] or old.get("crm_id")
                 crm_store.save_pushed(conn, self.mapping.crm, written, store.utcnow())
             outbox.mark_sent(conn, sent_ids, store.utcnow(), token=self.token)
-            for message_id, error, permanent in failures:
-                outbox.mark_failed(
-                    conn, message_id, error, self.now, token=self.token, permanent=permanent
-                )
+            self._failures(conn, failures, messages)
+
+    def _failures(
+        self,
+        conn: Connection,
+        failures: list[tuple[int, str, bool]],
+        messages: dict[int, list[int]],
+    ) -> None:
+        """Mark each failed message; count leads as dead (any of its messages died: a
+        permanent refusal, or its budget spent) or to retry."""
+        lead_of = {m: lead for lead, ids in messages.items() for m in ids}
+        dead: set[int] = set()
+        retried: set[int] = set()
+        for message_id, error, permanent in failures:
+            status = outbox.mark_failed(
+                conn, message_id, error, self.now, token=self.token, permanent=permanent
+            )
+            (dead if status == "dead" else retried).add(lead_of.get(message_id, -1))
+        self.report.dead += len(dead)
+        self.report.failed += len(retried - dead)
 
 
 def sync(
@@ -576,7 +584,7 @@ def diff(
                 for name, rule in mapping.fields.items():
                     ours = item.ours.get(rule.to)
                     theirs = item.crm_now.get(rule.to)
-                    if ours is None or crm_mapping._same(ours, theirs):
+                    if ours in (None, crm_mapping.UNLISTED) or crm_mapping._same(ours, theirs):
                         continue
                     entry = fields.setdefault(
                         name, {"property": rule.to, "drifted": 0, "examples": []}

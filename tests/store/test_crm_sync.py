@@ -215,3 +215,66 @@ def test_two_syncs_at_once_write_each_lead_once(engine, org) -> None:
     upserts = [n for method, path, n in org.calls if method == "PATCH" and "/composite/" in path]
     assert sum(upserts) == 6 and len(org.leads) == 6
     assert set(outbox_rows(engine)["status"]) == {"sent"}
+
+
+def test_a_write_whose_answer_was_lost_is_not_taken_for_a_persons_edit(engine, org) -> None:
+    """The CRM took an upsert but the sync died before recording it (SIGKILL, a later batch
+    failing): the rerun finds the CRM already holding leadflow's values, records them as
+    written, and later decisions still reach the CRM."""
+    reps = add_crm_reps(engine)
+    org.add_user("ann@reps.example")
+    [lead] = mqls(engine, ["US"])
+    route_to(engine, [lead], reps["ann@reps.example"])
+    crm_sync.sync(engine, adapter(org), mapping())
+    with engine.begin() as conn:
+        lifecycle.apply(
+            conn,
+            pd.DataFrame({"id": [lead], "from_status": "routed", "to_status": "accepted"}),
+            actor="activities",
+            at=NOW,
+        )
+    # The accepted status reaches Salesforce, and its answer is lost.
+    adapter(org).upsert(
+        [crm_mapping.record(lead, mapping(), {"Status": "Working - Contacted"}, None)]
+    )
+    rerun = crm_sync.sync(engine, adapter(org), mapping())
+    assert (rerun.unchanged, rerun.written, rerun.kept) == (1, 0, 0)
+    for source, target in (("accepted", "qualified"), ("qualified", "lost")):
+        with engine.begin() as conn:
+            lifecycle.apply(
+                conn,
+                pd.DataFrame({"id": [lead], "from_status": source, "to_status": target}),
+                actor="activities",
+                at=NOW,
+            )
+    later = crm_sync.sync(engine, adapter(org), mapping())
+    assert (later.written, later.kept) == (1, 0)
+    assert org.leads[str(lead)]["Status"] == "Closed - Not Converted"
+
+
+def test_an_owner_released_by_leadflow_is_cleared_in_salesforce(engine, org) -> None:
+    reps = add_crm_reps(engine)
+    org.add_user("ann@reps.example")
+    [lead] = mqls(engine, ["US"])
+    route_to(engine, [lead], reps["ann@reps.example"])
+    crm_sync.sync(engine, adapter(org), mapping())
+    assert org.leads[str(lead)]["Leadflow_Routing_Reason__c"]
+    with engine.begin() as conn:  # recycled: the assignment ends with its reason
+        conn.execute(
+            update(t.assignments).where(t.assignments.c.lead_id == lead).values(released_at=NOW)
+        )
+        lifecycle.apply(
+            conn,
+            pd.DataFrame(
+                {
+                    "id": [lead],
+                    "from_status": "routed",
+                    "to_status": "recycled",
+                    "owner_rep_id": [None],
+                }
+            ),
+            actor="recycle",
+            at=NOW,
+        )
+    crm_sync.sync(engine, adapter(org), mapping())
+    assert org.leads[str(lead)].get("Leadflow_Routing_Reason__c") in (None, "")

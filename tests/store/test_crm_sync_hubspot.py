@@ -72,8 +72,9 @@ def test_contacts_carry_owner_status_and_score(engine, portal) -> None:
     contact = portal.contacts[str(ids[0])]
     assert contact["hubspot_owner_id"] == owner and contact["hs_lead_status"] == "NEW"
     assert float(contact["leadflow_score"]) == 80.0 and contact["leadflow_temperature"] == "warm"
-    # A person marks the lead open (worked) in HubSpot, then leadflow rescores it: the score
-    # goes, HubSpot keeps nothing of leadflow's status until the lead is accepted...
+    # A person marks the lead open (worked) in HubSpot, then leadflow rescores it before the
+    # pull has read the change: the score goes, the person's status stays (the pull turns it
+    # into an accept; writing NEW over it first would lose that).
     portal.human_edit(str(ids[0]), hs_lead_status="OPEN")
     with engine.begin() as conn:
         lifecycle.apply(
@@ -85,10 +86,10 @@ def test_contacts_carry_owner_status_and_score(engine, portal) -> None:
             at=NOW,
         )
     again = crm_sync.sync(engine, adapter(portal), mapping)
-    assert again.written == 1 and again.kept == 0
+    assert again.written == 1 and again.kept == 1
     contact = portal.contacts[str(ids[0])]
     assert float(contact["leadflow_score"]) == 91.0
-    assert contact["hs_lead_status"] == "NEW"  # crm_wins_after_accept: routed, leadflow's
+    assert contact["hs_lead_status"] == "OPEN"
     assert len(portal.contacts) == 3
 
 

@@ -80,7 +80,7 @@ def test_values_map_statuses_and_leave_out_what_is_empty_or_unlisted() -> None:
     assert values["hubspot_owner_id"] == "501"
     assert values["leadflow_sla_breached"] == "false"
     assert "leadflow_temperature" not in values
-    assert m.leadflow_values(mapping, {**lead, "status": "captured"}).get("hs_lead_status") is None
+    assert m.leadflow_values(mapping, {**lead, "status": "captured"}).get("hs_lead_status") == m.UNLISTED
 
 
 def test_merge_keeps_what_a_person_changed_where_the_policy_says() -> None:
@@ -89,15 +89,42 @@ def test_merge_keeps_what_a_person_changed_where_the_policy_says() -> None:
     pushed = {"hubspot_owner_id": "1", "leadflow_score": 50, "company": "Acme"}
     # A person moved the owner to 9 and renamed the company in HubSpot.
     crm_now = {"hubspot_owner_id": "9", "leadflow_score": 50, "company": "Acme Corp"}
-    before_accept = m.merge(mapping, ours, crm_now, pushed, "routed")
-    assert before_accept.properties["hubspot_owner_id"] == "2"  # until accepted: leadflow's
+    # Not read back by the pull yet: the owner stays as the person set it (the pull turns it
+    # into a reassignment; overwriting it first would lose that).
+    unread = m.merge(mapping, ours, crm_now, pushed, "routed")
+    assert "hubspot_owner_id" not in unread.properties
+    assert set(unread.kept) == {"company", "owner"}
+    # Read back (and, say, ignored: not a rep): until accepted, leadflow's owner.
+    pulled = {"hubspot_owner_id": "9"}
+    before_accept = m.merge(mapping, ours, crm_now, pushed, "routed", pulled)
+    assert before_accept.properties["hubspot_owner_id"] == "2"
     assert "company" not in before_accept.properties and before_accept.kept == ["company"]
-    after = m.merge(mapping, ours, crm_now, pushed, "accepted")
+    after = m.merge(mapping, ours, crm_now, pushed, "accepted", pulled)
     assert "hubspot_owner_id" not in after.properties and set(after.kept) == {"company", "owner"}
     assert after.properties["leadflow_score"] == 80  # leadflow_wins: always leadflow's
     # Nobody touched the CRM: leadflow's new values go, crm_wins or not.
     untouched = m.merge(mapping, {"company": "Acme Inc"}, {"company": "Acme"}, pushed, "accepted")
     assert untouched.properties == {"company": "Acme Inc"} and untouched.kept == []
+
+
+def test_a_value_leadflow_dropped_is_cleared_unless_a_person_set_another() -> None:
+    mapping, _ = m.load_mapping("hubspot")
+    pushed = {"hubspot_owner_id": "1", "leadflow_routing_reason": "rule x"}
+    # Recycled: leadflow released the owner and the reason.
+    cleared = m.merge(mapping, {}, dict(pushed), pushed, "nurturing", pushed)
+    assert cleared.properties == {"hubspot_owner_id": None, "leadflow_routing_reason": None}
+    # A person gave it an owner in HubSpot meanwhile: theirs stays.
+    theirs = m.merge(mapping, {}, {**pushed, "hubspot_owner_id": "7"}, pushed, "nurturing")
+    assert theirs.properties == {"leadflow_routing_reason": None}
+
+
+def test_a_record_that_exists_before_leadflow_keeps_what_people_set() -> None:
+    """Read before the first write: a contact that already held a company keeps it
+    (crm_wins), and no default overwrites a real value."""
+    mapping, _ = m.load_mapping("salesforce")
+    ours = {"Company": "acme", "Leadflow_Score__c": 70.0}
+    existing = m.merge(mapping, ours, {"Company": "Acme Corp", "LastName": "Ng"}, None, "mql")
+    assert existing.properties == {"Leadflow_Score__c": 70.0} and existing.kept == ["company"]
 
 
 def test_create_fills_required_defaults() -> None:
@@ -123,3 +150,16 @@ def test_a_broken_mapping_stops_a_run_before_anything_moves_in_one_line(
     message = str(caught.value)
     assert "\n" not in message and "hubspot.yaml" in message
     assert "fields.score.policy" in message and "crm_wins_after_accept" in message
+
+
+def test_a_mistake_in_a_mapping_that_is_off_stops_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "crm").mkdir()
+    _write(tmp_path / "crm", BASE.replace("fields:", "enabled: false\nfields:") + "  scroe: s\n")
+    monkeypatch.setenv("LEADFLOW_RULES_DIR", str(tmp_path))
+    monkeypatch.delenv(m.ENV, raising=False)
+    assert m.enabled() == []
+    monkeypatch.setenv(m.ENV, "hubspot")  # turned on: now it must be right
+    with pytest.raises(ConfigError, match="scroe"):
+        m.enabled()
