@@ -282,7 +282,7 @@ def crm(database_url: str | None) -> list[Finding]:
     for mapping in targets:
         name = f"crm {mapping.crm}"
         try:
-            adapter = load_adapter(mapping.crm)
+            adapter = load_adapter(mapping.crm, mapping.id_property)
         except Exception as exc:
             out.append(
                 failed(name, core.one_line(exc), "`leadflow blocks init` with the CRM's variables")

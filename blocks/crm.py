@@ -12,7 +12,7 @@ import os
 from typing import Any, ClassVar
 
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 
 from leadflow.config import ConfigError
 from leadflow.crm.base import Adapter
@@ -34,11 +34,12 @@ class HubSpotCrm(Block):
     calls_per_10s: int = Field(default=100, ge=1, le=1000)
     timeout_seconds: float = Field(default=20.0, gt=0)
 
-    def adapter(self) -> Adapter:
+    def adapter(self, id_property: str = "leadflow_id") -> Adapter:
         from leadflow.crm.hubspot import HubSpotAdapter
 
         return HubSpotAdapter(
             access_token=self.access_token.get_secret_value(),
+            id_property=id_property,
             base_url=self.base_url,
             calls_per_10s=self.calls_per_10s,
             timeout_seconds=self.timeout_seconds,
@@ -64,10 +65,11 @@ class SalesforceCrm(Block):
     daily_reserve: float = Field(default=0.1, ge=0, lt=1)  # share of the daily API budget kept
     timeout_seconds: float = Field(default=30.0, gt=0)
 
-    def adapter(self) -> Adapter:
+    def adapter(self, id_property: str = "Leadflow_Id__c") -> Adapter:
         from leadflow.crm.salesforce import SalesforceAdapter
 
         return SalesforceAdapter(
+            id_field=id_property,
             login_url=self.login_url,
             client_id=self.client_id,
             client_secret=self.client_secret.get_secret_value(),
@@ -135,6 +137,8 @@ def salesforce_from_env() -> SalesforceCrm | None:
     return SalesforceCrm(**fields)
 
 
+# A block field -> the end of the variable it comes from (LEADFLOW_<CRM>_...).
+VARIABLE_OF = {"access_token": "token", "base_url": "url"}
 FROM_ENV = {"hubspot": hubspot_from_env, "salesforce": salesforce_from_env}
 
 
@@ -149,7 +153,16 @@ def crm_block(crm: str) -> HubSpotCrm | SalesforceCrm:
     named = _env(f"LEADFLOW_{crm.upper()}_BLOCK")
     if named or configured_prefect_api():
         return resolve.load(named or BLOCKS[crm], (kind,), f"{crm} CRM")
-    block = FROM_ENV[crm]()
+    try:
+        block = FROM_ENV[crm]()
+    except ValidationError as exc:  # a variable the block refuses: one line naming it
+        problem = exc.errors()[0]
+        field = str(problem["loc"][0]) if problem["loc"] else ""
+        variable = f"LEADFLOW_{crm.upper()}_{VARIABLE_OF.get(field, field).upper()}"
+        raise ConfigError(
+            f"{variable}={problem.get('input')!r}: {problem['msg']} "
+            f"(the {crm} credentials from the environment)"
+        ) from None
     if block is None:
         variable = "LEADFLOW_HUBSPOT_TOKEN" if crm == "hubspot" else "LEADFLOW_SALESFORCE_CLIENT_ID"
         raise resolve.MissingBlock(
@@ -160,5 +173,7 @@ def crm_block(crm: str) -> HubSpotCrm | SalesforceCrm:
     return block
 
 
-def load_adapter(crm: str) -> Adapter:
-    return crm_block(crm).adapter()
+def load_adapter(crm: str, id_property: str | None = None) -> Adapter:
+    """The adapter of ``crm`` from its credentials, keyed by the mapping's ``id_property``."""
+    block = crm_block(crm)
+    return block.adapter(id_property) if id_property else block.adapter()

@@ -105,6 +105,11 @@ def crm_pull(
     database_url = database_url or get_settings().database_url
     reports = {name: crm_tasks.pull_crm(database_url, name, now=now) for name in targets}
     message = "; ".join(r["message"] for r in reports.values())
+    if any(r.get("error") for r in reports.values()):  # a CRM refused or was not reached
+        return Failed(
+            message=message,
+            data={"crms": reports, "seconds": round(time.monotonic() - started, 3)},
+        )
     return Completed(
         message=message, data={"crms": reports, "seconds": round(time.monotonic() - started, 3)}
     )

@@ -24,12 +24,12 @@ ADAPTER_SECONDS = 300.0  # a long-lived process (the lane) reuses a CRM session 
 _adapters: dict[str, tuple[float, Any]] = {}
 
 
-def adapter_for(crm: str, *, reuse: bool = False) -> Any:
+def adapter_for(crm: str, id_property: str, *, reuse: bool = False) -> Any:
     """The adapter of ``crm`` from its block; with ``reuse``, the same one for a while (the
     lane syncs a few leads a turn: a Salesforce login per turn would double its calls)."""
     if reuse and (held := _adapters.get(crm)) and time.monotonic() - held[0] < ADAPTER_SECONDS:
         return held[1]
-    adapter = load_adapter(crm)
+    adapter = load_adapter(crm, id_property)
     if reuse:
         _adapters[crm] = (time.monotonic(), adapter)
     return adapter
@@ -49,7 +49,7 @@ def sync_leads(database_url: str, lead_ids: Sequence[int]) -> dict[str, str]:
         try:
             report = crm_sync.sync(
                 engine,
-                adapter_for(mapping.crm, reuse=True),
+                adapter_for(mapping.crm, mapping.id_property, reuse=True),
                 mapping,
                 lead_ids=lead_ids,
                 lock_wait=LANE_LOCK_WAIT,
@@ -85,7 +85,12 @@ def sync_crm(
     mapping = crm_mapping.load_mapping(crm)[0]
     engine = store.get_engine(database_url)
     report = crm_sync.sync(
-        engine, load_adapter(crm), mapping, now=now, lead_ids=lead_ids, limit=limit
+        engine,
+        load_adapter(crm, mapping.id_property),
+        mapping,
+        now=now,
+        lead_ids=lead_ids,
+        limit=limit,
     )
     log.info("%s", report.describe())
     out = report.as_dict()
@@ -143,7 +148,8 @@ def pull_crm(database_url: str, crm: str, *, now: datetime | None = None) -> dic
     from leadflow.crm.pull import pull
 
     mapping = crm_mapping.load_mapping(crm)[0]
-    report = pull(store.get_engine(database_url), load_adapter(crm), mapping, now=now)
+    adapter = load_adapter(crm, mapping.id_property)
+    report = pull(store.get_engine(database_url), adapter, mapping, now=now)
     log.info("%s", report.describe())
     out = report.as_dict()
     out["message"] = report.describe()

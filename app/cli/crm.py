@@ -146,7 +146,7 @@ def cmd_crm(args: argparse.Namespace) -> int:
         emails = _rep_emails(engine)
         crms = {}
         for mapping in mappings:
-            findings = check(load_adapter(mapping.crm), mapping, emails)
+            findings = check(load_adapter(mapping.crm, mapping.id_property), mapping, emails)
             crms[mapping.crm] = [{"ok": f.ok, "what": f.what, "line": f.line} for f in findings]
         emit(args, {"crms": crms}, _human_check)
         return EXIT_OK if all(f["ok"] for fs in crms.values() for f in fs) else EXIT_FAILED
@@ -156,7 +156,7 @@ def cmd_crm(args: argparse.Namespace) -> int:
     engine = _engine()
     crms = {}
     for mapping in mappings:
-        adapter = load_adapter(mapping.crm)
+        adapter = load_adapter(mapping.crm, mapping.id_property)
         try:
             if args.action == "diff":
                 crms[mapping.crm] = crm_sync_core.diff(engine, adapter, mapping, limit=args.limit)

@@ -38,7 +38,7 @@ import logging
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
@@ -64,6 +64,7 @@ log = logging.getLogger(__name__)
 KIND = "http"  # the capture batch kind: records that came over HTTP, not in a file
 # Statuses in which an owner change in the CRM moves the lead to another rep.
 REASSIGNABLE = (Status.ROUTED.value, Status.ACCEPTED.value, Status.QUALIFIED.value)
+OVERLAP = timedelta(minutes=5)  # read again before the cursor (see ``overlapped``)
 # Why a record (or a value of it) was left alone.
 NOT_LEADFLOW = "not a leadflow lead"  # the id property is empty or not a lead id
 UNKNOWN = "lead unknown"  # no lead with that id
@@ -147,6 +148,21 @@ def lead_id_of(value: Any) -> int | None:
         return None
     number = int(text)
     return number if 0 < number < 2**63 else None
+
+
+def overlapped(cursor: str | None) -> str | None:
+    """The time to read from: ``OVERLAP`` before the cursor. A CRM's modified time is when a
+    change began, and its search may show a change a little late, or move a record being
+    edited while it pages: records changed just before the cursor may not have been read.
+    Reading them again is harmless (compared with what was read, they are no change)."""
+    if cursor is None:
+        return None
+    try:
+        moment = pd.Timestamp(cursor)
+    except ValueError:
+        return cursor
+    moment = moment.tz_localize(UTC) if moment.tzinfo is None else moment.tz_convert(UTC)
+    return (moment - OVERLAP).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def chunks(
@@ -726,7 +742,8 @@ def pull(
     with engine.connect() as conn:
         report.cursor_before = report.cursor_after = crm_store.cursor(conn, mapping.crm)
     try:
-        records = adapter.changed_since(report.cursor_before, run.properties())
+        since = overlapped(report.cursor_before)
+        records = adapter.changed_since(since, run.properties())
         for chunk in chunks(records, max(1, page_records), limit):
             after = chunk[-1][1]
             statuses, owners, kept = run.decide(chunk)
