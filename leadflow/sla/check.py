@@ -359,6 +359,17 @@ def check(
             now=now,
             flow_run_id=flow_run_id,
         )
+    # ...and its end: breached clocks this check closed (met late, reassigned, the lead left).
+    cleared = (
+        conn.execute(
+            select(t.sla_timers.c.lead_id)
+            .where(t.sla_timers.c.closed_at == now, t.sla_timers.c.level >= 1)
+            .distinct()
+        )
+        .scalars()
+        .all()
+    )
+    crm.note(conn, cleared, changed={"sla"}, actor="sla", now=now, flow_run_id=flow_run_id)
     messages = [m for m in (warnings, notices, escalations) if len(m)]
     if messages:
         result.queued = outbox.enqueue(
