@@ -80,7 +80,10 @@ def test_values_map_statuses_and_leave_out_what_is_empty_or_unlisted() -> None:
     assert values["hubspot_owner_id"] == "501"
     assert values["leadflow_sla_breached"] == "false"
     assert "leadflow_temperature" not in values
-    assert m.leadflow_values(mapping, {**lead, "status": "captured"}).get("hs_lead_status") == m.UNLISTED
+    assert (
+        m.leadflow_values(mapping, {**lead, "status": "captured"}).get("hs_lead_status")
+        == m.UNLISTED
+    )
 
 
 def test_merge_keeps_what_a_person_changed_where_the_policy_says() -> None:
