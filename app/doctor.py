@@ -266,7 +266,7 @@ def crm(database_url: str | None) -> list[Finding]:
     except ConfigError as exc:
         return [failed("crm", core.one_line(exc), "correct the file or variable it names")]
     if not targets:
-        return [skipped("crm", "no CRM enabled (rules/crm/*.yaml enabled:, LEADFLOW_CRM)")]
+        return [ok("crm", "no CRM enabled (optional; rules/crm/*.yaml enabled:, LEADFLOW_CRM)")]
     emails: list[str] = []
     backlog: dict[tuple[str, str], int] = {}
     if database_url:

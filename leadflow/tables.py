@@ -373,6 +373,7 @@ crm_records = Table(
     Column("crm_id", Text),
     Column("pushed", JSON, nullable=False),  # {property: value} as last written
     Column("pushed_at", UTC, nullable=False),
+    Column("pending", JSON),  # {property: value} about to be written (before the call)
     Column("pulled", JSON),  # {property: value} as last read back by the pull
     Column("pulled_at", UTC),
 )

@@ -280,11 +280,13 @@ def merge(
     pushed: dict[str, Any] | None,
     status: str,
     pulled: dict[str, Any] | None = None,
+    pending: dict[str, Any] | None = None,
 ) -> Merge:
     """The three-way merge. ``ours``: leadflow's values; ``crm_now``: the CRM's current values
     (None: the record does not exist); ``pushed``: what leadflow wrote last (None: never);
-    ``pulled``: what the pull read back last. A property whose CRM value differs from what
-    leadflow wrote was set by a person:
+    ``pulled``: what the pull read back last; ``pending``: what a sync set out to write
+    whose answer was lost (counted as leadflow's too). A property whose CRM value differs
+    from what leadflow wrote was set by a person:
 
     - one the pull has not read yet (it differs from ``pulled`` too) is kept for the
       ``crm_wins_after_accept`` fields (owner, status), whatever the lead's status: the pull
@@ -311,11 +313,13 @@ def merge(
                 rule.clear
                 and rule.default is None  # a required property keeps its placeholder
                 and not _same((pushed or {}).get(prop), None)
-                and _same(crm_now.get(prop), (pushed or {}).get(prop))
+                and _ours(crm_now.get(prop), prop, pushed, pending)
             ):
                 props[prop] = None  # leadflow wrote it, nobody changed it, leadflow dropped it
             continue
-        if not creating and _person_wins(rule, prop, value, crm_now, pushed, pulled, status):
+        if not creating and _person_wins(
+            rule, prop, value, crm_now, (pushed, pending), pulled, status
+        ):
             kept.append(name)
             continue
         props[prop] = value
@@ -327,21 +331,30 @@ def _person_wins(
     prop: str,
     value: Any,
     crm_now: dict[str, Any],
-    pushed: dict[str, Any] | None,
+    written: tuple[dict[str, Any] | None, dict[str, Any] | None],
     pulled: dict[str, Any] | None,
     status: str,
 ) -> bool:
     current = crm_now.get(prop)
     if current is None or current == "" or _same(current, value):
         return False
-    if _same(current, (pushed or {}).get(prop)):
-        return False  # what leadflow wrote: nobody changed it
+    if _ours(current, prop, *written):
+        return False  # what leadflow wrote (or set out to): nobody changed it
     if rule.policy == "crm_wins":
         return True
     if rule.policy == "crm_wins_after_accept":
         unread = not _same(current, (pulled or {}).get(prop))
         return unread or status in ACCEPTED
     return False
+
+
+def _ours(
+    current: Any, prop: str, pushed: dict[str, Any] | None, pending: dict[str, Any] | None
+) -> bool:
+    """The CRM's value is one leadflow wrote, or set out to write before a crash."""
+    if _same(current, (pushed or {}).get(prop)):
+        return True
+    return bool(pending) and prop in pending and _same(current, pending[prop])
 
 
 def record(lead_id: int, mapping: CrmMapping, properties: dict[str, Any], email: Any) -> Record:

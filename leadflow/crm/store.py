@@ -158,15 +158,16 @@ def pushed(conn: Connection, crm: str, lead_ids: Sequence[int]) -> dict[int, dic
     ids = [int(i) for i in lead_ids]
     for start in range(0, len(ids), 5000):
         rows = conn.execute(
-            select(table.c.lead_id, table.c.crm_id, table.c.pushed, table.c.pulled).where(
-                and_(table.c.crm == crm, table.c.lead_id.in_(ids[start : start + 5000]))
-            )
+            select(
+                table.c.lead_id, table.c.crm_id, table.c.pushed, table.c.pending, table.c.pulled
+            ).where(and_(table.c.crm == crm, table.c.lead_id.in_(ids[start : start + 5000])))
         ).all()
         out.update(
             {
                 int(r.lead_id): {
                     "crm_id": r.crm_id,
                     "pushed": r.pushed or {},
+                    "pending": r.pending or {},
                     "pulled": r.pulled or {},
                 }
                 for r in rows
@@ -191,7 +192,35 @@ def save_pushed(conn: Connection, crm: str, rows: list[dict[str, Any]], at: date
         }
         for r in rows
     ]
-    _upsert(conn, t.crm_records, values, ["crm", "lead_id"], ["crm_id", "pushed", "pushed_at"])
+    for value in values:
+        value["pending"] = None  # written: nothing in flight
+    _upsert(
+        conn,
+        t.crm_records,
+        values,
+        ["crm", "lead_id"],
+        ["crm_id", "pushed", "pushed_at", "pending"],
+    )
+
+
+def save_pending(conn: Connection, crm: str, rows: list[dict[str, Any]]) -> None:
+    """What is about to be written (``rows`` of {lead_id, pending}), committed before the
+    call: a write whose answer is lost (a crash) is then known as leadflow's, not taken for
+    a person's edit."""
+    if not rows:
+        return
+    moment = store.utcnow()
+    values = [
+        {
+            "crm": crm,
+            "lead_id": int(r["lead_id"]),
+            "pushed": {},
+            "pushed_at": moment,
+            "pending": r["pending"],
+        }
+        for r in rows
+    ]
+    _upsert(conn, t.crm_records, values, ["crm", "lead_id"], ["pending"])
 
 
 def save_pulled(conn: Connection, crm: str, rows: list[dict[str, Any]], at: datetime) -> None:

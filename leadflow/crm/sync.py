@@ -220,6 +220,7 @@ def plan(
             previous["pushed"] if previous else None,
             item.status,
             previous["pulled"] if previous else None,
+            previous["pending"] if previous else None,
         )
         item.kept = merged.kept
         item.properties = merged.properties
@@ -301,6 +302,17 @@ class _Run:
             with self.engine.connect() as conn:
                 planned = plan(conn, self.adapter, self.mapping, self.owners, list(messages))
             records = [p.record for p in planned if p.record is not None]
+            if records:  # what is about to be written, committed first (see save_pending)
+                with self.engine.begin() as conn:
+                    crm_store.save_pending(
+                        conn,
+                        self.mapping.crm,
+                        [
+                            {"lead_id": p.lead_id, "pending": p.properties}
+                            for p in planned
+                            if p.record
+                        ],
+                    )
             outcomes = self.adapter.upsert(records) if records else []
         except (AuthError, RateLimited) as exc:
             delay = (

@@ -30,6 +30,7 @@ def upgrade() -> None:
         sa.Column("crm_id", sa.Text),
         sa.Column("pushed", sa.JSON, nullable=False),
         sa.Column("pushed_at", UTC, nullable=False),
+        sa.Column("pending", sa.JSON),
         sa.Column("pulled", sa.JSON),
         sa.Column("pulled_at", UTC),
     )

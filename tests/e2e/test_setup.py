@@ -107,7 +107,7 @@ def test_setup_with_a_server_creates_blocks_and_the_work_pool_and_keeps_them(tmp
         assert lines["work pool"].startswith("created 'leadflow' (type process)")
         assert "saved leadflow, leadflow-capture-token, leadflow-smtp" in lines["blocks"]
         assert "never-printed" not in first.stdout + first.stderr
-        assert lines["deployments"].startswith("deployed 13 from "), lines["deployments"]
+        assert lines["deployments"].startswith("deployed 15 from "), lines["deployments"]
         assert "created" in lines["automations"], lines["automations"]
         assert "no deployments yet" not in lines["automations"]
         with SyncPrefectClient(running.env["PREFECT_API_URL"]) as client:

@@ -166,3 +166,18 @@ def test_a_mistake_in_a_mapping_that_is_off_stops_nothing(
     monkeypatch.setenv(m.ENV, "hubspot")  # turned on: now it must be right
     with pytest.raises(ConfigError, match="scroe"):
         m.enabled()
+
+
+def test_a_value_leadflow_set_out_to_write_is_not_a_persons() -> None:
+    """A sync killed after the CRM took its write but before recording it: the value it set
+    out to write (pending) is leadflow's, so a later decision still goes (the SIGKILL e2e
+    test's case: routed written, then accepted)."""
+    mapping, _ = m.load_mapping("salesforce")
+    ours = {"Status": "Working - Contacted"}
+    crm_now = {"Status": "Open - Not Contacted"}
+    lost = m.merge(
+        mapping, ours, crm_now, None, "accepted", None, {"Status": "Open - Not Contacted"}
+    )
+    assert lost.properties == ours and lost.kept == []
+    person = m.merge(mapping, ours, crm_now, {"Status": "x"}, "accepted", {"Status": "y"}, None)
+    assert person.properties == {} and person.kept == ["status"]
