@@ -259,6 +259,7 @@ def crm(database_url: str | None) -> list[Finding]:
     from leadflow import tables as t
     from leadflow.config import ConfigError
     from leadflow.crm import mapping as crm_mapping
+    from leadflow.crm import store as crm_store
     from leadflow.crm.check import check
 
     try:
@@ -271,7 +272,7 @@ def crm(database_url: str | None) -> list[Finding]:
     backlog: dict[tuple[str, str], int] = {}
     if database_url:
         with store.get_engine(database_url).connect() as conn:
-            emails = list(conn.execute(select(t.reps.c.email).where(t.reps.c.active)).scalars())
+            emails = crm_store.rep_emails(conn)
             rows = conn.execute(
                 select(t.outbox.c.recipient, t.outbox.c.status, func.count())
                 .where(t.outbox.c.kind == "crm_sync", t.outbox.c.status != "sent")

@@ -143,7 +143,10 @@ def cmd_crm(args: argparse.Namespace) -> int:
         from leadflow.crm.check import check
 
         engine = _engine()
-        emails = _rep_emails(engine)
+        from leadflow.crm.store import rep_emails
+
+        with engine.connect() as conn:
+            emails = rep_emails(conn)
         crms = {}
         for mapping in mappings:
             findings = check(load_adapter(mapping.crm, mapping.id_property), mapping, emails)
@@ -170,16 +173,6 @@ def cmd_crm(args: argparse.Namespace) -> int:
             return fail(f"{mapping.crm}: {masked(str(exc))}", EXIT_FAILED)
     emit(args, {"crms": crms}, _human_diff if args.action == "diff" else _human_changes)
     return EXIT_OK
-
-
-def _rep_emails(engine: Any) -> list[str]:
-    from sqlalchemy import select
-
-    from leadflow import tables as t
-
-    with engine.connect() as conn:
-        rows = conn.execute(select(t.reps.c.email).where(t.reps.c.active.is_(True))).all()
-    return [r[0] for r in rows if r[0]]
 
 
 def _crm_arguments(command: argparse.ArgumentParser) -> None:

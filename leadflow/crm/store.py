@@ -132,6 +132,12 @@ def lead_frame(conn: Connection, lead_ids: Sequence[int]) -> pd.DataFrame:
     return pd.DataFrame([dict(r._mapping) for r in rows])
 
 
+def rep_emails(conn: Connection) -> list[str]:
+    """The active reps' emails: who must be a CRM user (``crm check``, doctor)."""
+    rows = conn.execute(select(t.reps.c.email).where(t.reps.c.active.is_(True))).scalars()
+    return [email for email in rows if email]
+
+
 # --------------------------------------------------------------------------- crm_records
 
 

@@ -11,15 +11,13 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from loopback.salesforce_api import SalesforceApi
 from sqlalchemy import select
 
-from leadflow import lifecycle
 from leadflow import tables as t
 
-from helpers import NOW, add_crm_reps, copy_rules, mqls, route_to, run_cli, salesforce_env
+from helpers import NOW, add_crm_reps, copy_rules, move, mqls, route_to, run_cli, salesforce_env
 
 EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.]+")
 
@@ -168,12 +166,7 @@ def test_sync_runs_the_flow_and_the_records_reach_the_org(engine, org, capsys) -
 
     # A new decision; the flow itself (as the deployment runs it) sends one update.
     with engine.begin() as conn:
-        lifecycle.apply(
-            conn,
-            pd.DataFrame({"id": [ids[0]], "from_status": "routed", "to_status": "accepted"}),
-            actor="activities",
-            at=NOW,
-        )
+        move(conn, ids[0], "routed", "accepted", NOW)
     state = crm_sync(return_state=True)
     assert state.is_completed() and state.name == "Completed", state.message
     assert state.message.startswith("Salesforce: 1 lead(s) from 1 message(s): 1 written (0 new)")

@@ -19,7 +19,7 @@ from leadflow.crm import mapping as crm_mapping
 from leadflow.crm import sync as crm_sync
 from leadflow.crm.salesforce import SalesforceAdapter
 
-from helpers import NOW, add_crm_reps, mqls, route_to
+from helpers import NOW, add_crm_reps, move, mqls, route_to
 
 
 @pytest.fixture
@@ -67,12 +67,7 @@ def test_decisions_reach_salesforce_once_each_with_their_latest_values(engine, o
     # A rerun has nothing to send; a new decision is one more upsert, not a second record.
     assert crm_sync.sync(engine, adapter(org), mapping()).claimed == 0
     with engine.begin() as conn:
-        lifecycle.apply(
-            conn,
-            pd.DataFrame({"id": [ids[0]], "from_status": "routed", "to_status": "accepted"}),
-            actor="activities",
-            at=NOW,
-        )
+        move(conn, ids[0], "routed", "accepted", NOW)
     again = crm_sync.sync(engine, adapter(org), mapping())
     assert (again.written, again.created) == (1, 0) and len(org.leads) == 3
     assert org.leads[str(ids[0])]["Status"] == "Working - Contacted"
@@ -88,12 +83,7 @@ def test_a_person_in_salesforce_wins_where_the_policy_says(engine, org) -> None:
     # In Salesforce a person renames the company and gives the lead to Bob.
     org.human_edit(str(lead), Company="Buyer Holdings", OwnerId=bob)
     with engine.begin() as conn:
-        lifecycle.apply(
-            conn,
-            pd.DataFrame({"id": [lead], "from_status": "routed", "to_status": "accepted"}),
-            actor="activities",
-            at=NOW,
-        )
+        move(conn, lead, "routed", "accepted", NOW)
     plan = crm_sync.dry_run(engine, adapter(org), mapping())
     assert plan["fields"]["status"]["changes"] == 1
     assert set(plan["kept"]) == {"company", "owner"}
@@ -115,12 +105,7 @@ def test_refusals_stay_in_the_outbox_with_the_reason_and_the_others_go(engine, o
     route_to(engine, ids[2:3], reps["bob@reps.example"])
     with engine.begin() as conn:  # a value Salesforce's restricted picklist refuses
         conn.execute(update(t.leads).where(t.leads.c.id == ids[3]).values(status="won"))
-        lifecycle.apply(
-            conn,
-            pd.DataFrame({"id": [ids[3]], "from_status": "won", "to_status": "won", "score": 12.0}),
-            actor="test",
-            at=NOW,
-        )
+        move(conn, ids[3], "won", "won", NOW, score=12.0)
     bad = mapping().model_copy(deep=True)
     bad.fields["status"].values["won"] = "Closed - Won Big"  # type: ignore[index]
     report = crm_sync.sync(engine, adapter(org), bad)
@@ -173,12 +158,7 @@ def test_a_record_deleted_in_salesforce_is_recreated_or_dead_per_policy(
     crm_sync.sync(engine, adapter(org), mapping())
     org.delete(str(lead))
     with engine.begin() as conn:
-        lifecycle.apply(
-            conn,
-            pd.DataFrame({"id": [lead], "from_status": "routed", "to_status": "accepted"}),
-            actor="activities",
-            at=NOW,
-        )
+        move(conn, lead, "routed", "accepted", NOW)
     chosen = mapping().model_copy(update={"on_deleted": policy})
     report = crm_sync.sync(engine, adapter(org), chosen)
     if policy == "recreate":
@@ -227,12 +207,7 @@ def test_a_write_whose_answer_was_lost_is_not_taken_for_a_persons_edit(engine, o
     route_to(engine, [lead], reps["ann@reps.example"])
     crm_sync.sync(engine, adapter(org), mapping())
     with engine.begin() as conn:
-        lifecycle.apply(
-            conn,
-            pd.DataFrame({"id": [lead], "from_status": "routed", "to_status": "accepted"}),
-            actor="activities",
-            at=NOW,
-        )
+        move(conn, lead, "routed", "accepted", NOW)
     # The accepted status reaches Salesforce, and its answer is lost.
     adapter(org).upsert(
         [crm_mapping.record(lead, mapping(), {"Status": "Working - Contacted"}, None)]
@@ -241,12 +216,7 @@ def test_a_write_whose_answer_was_lost_is_not_taken_for_a_persons_edit(engine, o
     assert (rerun.unchanged, rerun.written, rerun.kept) == (1, 0, 0)
     for source, target in (("accepted", "qualified"), ("qualified", "lost")):
         with engine.begin() as conn:
-            lifecycle.apply(
-                conn,
-                pd.DataFrame({"id": [lead], "from_status": source, "to_status": target}),
-                actor="activities",
-                at=NOW,
-            )
+            move(conn, lead, source, target, NOW)
     later = crm_sync.sync(engine, adapter(org), mapping())
     assert (later.written, later.kept) == (1, 0)
     assert org.leads[str(lead)]["Status"] == "Closed - Not Converted"

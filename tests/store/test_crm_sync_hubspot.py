@@ -6,18 +6,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import pandas as pd
 import pytest
 from loopback.hubspot_api import HubSpotApi
 from sqlalchemy import select
 
-from leadflow import lifecycle
 from leadflow import tables as t
 from leadflow.crm import mapping as crm_mapping
 from leadflow.crm import sync as crm_sync
 from leadflow.crm.hubspot import HubSpotAdapter
 
-from helpers import NOW, mqls
+from helpers import NOW, add_crm_reps, move, mqls, route_to
 
 CUSTOM = (
     "leadflow_score",
@@ -47,19 +45,7 @@ def adapter(api: HubSpotApi, sleeps: list[float] | None = None) -> HubSpotAdapte
 
 def routed(engine, n: int) -> list[int]:
     ids = mqls(engine, ["US"] * n)
-    with engine.begin() as conn:
-        conn.execute(
-            t.reps.insert().values(email="ann@reps.example", name="Ann", code="ann", created_at=NOW)
-        )
-        rep = conn.execute(select(t.reps.c.id)).scalar_one()
-        lifecycle.apply(
-            conn,
-            pd.DataFrame(
-                {"id": ids, "from_status": "mql", "to_status": "routed", "owner_rep_id": rep}
-            ),
-            actor="route",
-            at=NOW,
-        )
+    route_to(engine, ids, add_crm_reps(engine)["ann@reps.example"])
     return ids
 
 
@@ -77,14 +63,7 @@ def test_contacts_carry_owner_status_and_score(engine, portal) -> None:
     # into an accept; writing NEW over it first would lose that).
     portal.human_edit(str(ids[0]), hs_lead_status="OPEN")
     with engine.begin() as conn:
-        lifecycle.apply(
-            conn,
-            pd.DataFrame(
-                {"id": [ids[0]], "from_status": "routed", "to_status": "routed", "score": 91.0}
-            ),
-            actor="score",
-            at=NOW,
-        )
+        move(conn, ids[0], "routed", "routed", NOW, score=91.0)
     again = crm_sync.sync(engine, adapter(portal), mapping)
     assert again.written == 1 and again.kept == 1
     contact = portal.contacts[str(ids[0])]
