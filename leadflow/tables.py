@@ -504,7 +504,64 @@ activities = Table(
     Column("batch_id", ID),
     Column("record_no", Integer),
     Column("recorded_at", UTC, nullable=False),
+    # Migration 0013: a cancelled booking voids its ``meeting_booked`` (no SLA counts it).
+    Column("voided_at", UTC),
     Index("ix_activities_lead_time", "lead_id", "occurred_at"),
+)
+
+booking_links = Table(
+    # One row per booking link mailed to a lead (migration 0013): the token's random part
+    # (no lead id or address is ever in a link) and when the link expires.
+    "booking_links",
+    metadata,
+    _id(),
+    Column("lead_id", ID, ForeignKey("leads.id"), nullable=False),
+    Column("token_id", Text, nullable=False),
+    Column("created_at", UTC, nullable=False),
+    Column("expires_at", UTC, nullable=False),
+    UniqueConstraint("token_id", name="uq_booking_links_token_id"),
+    Index("ix_booking_links_lead", "lead_id"),
+)
+
+_LIVE = text("status = 'booked'")
+meetings = Table(
+    # Meetings booked through the booking page (migration 0013), cancelled ones kept. Slots
+    # lie on a grid of the meeting's length, so "one live meeting per rep per start" is "no
+    # two live meetings of a rep overlap"; one live meeting per link makes a replay harmless.
+    "meetings",
+    metadata,
+    _id(),
+    Column("lead_id", ID, ForeignKey("leads.id"), nullable=False),
+    Column("rep_id", ID, ForeignKey("reps.id"), nullable=False),
+    Column("rep_code", Text, nullable=False),
+    Column("starts_at", UTC, nullable=False),
+    Column("ends_at", UTC, nullable=False),
+    Column("status", Text, nullable=False),  # booked | cancelled
+    Column("link_id", ID, ForeignKey("booking_links.id")),
+    Column("manage_id", Text, nullable=False),  # what reschedule / cancel links sign
+    Column("uid", Text, nullable=False),  # the ICS and CalDAV event's UID
+    Column("sequence", Integer, nullable=False, server_default=text("0")),  # ICS SEQUENCE
+    Column("lead_zone", Text),  # the time zone the lead saw the slots in
+    Column("busy_from", Text),  # caldav | leadflow (the rep's calendar could not be read)
+    Column("reassigned_from", Text),  # the owner before, when booking moved the lead
+    Column("activity_id", ID),  # its meeting_booked activity
+    Column("booked_at", UTC, nullable=False),
+    Column("cancelled_at", UTC),
+    Column("cancel_reason", Text),
+    UniqueConstraint("manage_id", name="uq_meetings_manage_id"),
+    Index(
+        "uq_meetings_rep_slot",
+        "rep_id",
+        "starts_at",
+        unique=True,
+        postgresql_where=_LIVE,
+        sqlite_where=_LIVE,
+    ),
+    Index(
+        "uq_meetings_link_live", "link_id", unique=True, postgresql_where=_LIVE, sqlite_where=_LIVE
+    ),
+    Index("ix_meetings_lead", "lead_id"),
+    Index("ix_meetings_rep_time", "rep_id", "starts_at"),
 )
 
 sla_timers = Table(

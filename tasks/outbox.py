@@ -10,28 +10,32 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from blocks.notifier import NOTIFIERS, MaildirNotifier, SmtpNotifier, WebhookNotifier
+from blocks.calendar import CalDavCalendars, calendar_block
+from blocks.notifier import NOTIFIERS, MaildirNotifier
 from leadflow import store
 from leadflow.outbox import store as outbox
-from leadflow.outbox.sender import send_due
+from leadflow.outbox.sender import Notifier, send_due
 
 log = logging.getLogger(__name__)
+# Every block a notifier spec may name: the senders of messages, and the reps' calendars
+# (channel caldav: booked meetings written to them).
+NOTIFIER_BLOCKS = (*NOTIFIERS, CalDavCalendars)
 
 
-def resolve_notifiers(spec: Any) -> list[SmtpNotifier | WebhookNotifier | MaildirNotifier]:
-    """Notifiers from a block instance, ``block:NAME``, ``maildir:PATH``, or a list or
-    comma-separated mix of those."""
+def resolve_notifiers(spec: Any) -> list[Notifier]:
+    """Notifiers from a block instance, ``block:NAME`` (an SMTP, webhook or Maildir notifier,
+    or CalDAV calendars), ``maildir:PATH``, or a list or comma-separated mix of those."""
     from blocks import resolve
 
     if spec is None:
         return []
-    if isinstance(spec, NOTIFIERS):
+    if isinstance(spec, NOTIFIER_BLOCKS):
         return [spec]
     if isinstance(spec, str):
         spec = [s.strip() for s in spec.split(",") if s.strip()]
-    out: list[SmtpNotifier | WebhookNotifier | MaildirNotifier] = []
+    out: list[Notifier] = []
     for item in spec:
-        if isinstance(item, NOTIFIERS):
+        if isinstance(item, NOTIFIER_BLOCKS):
             out.append(item)
             continue
         if item.startswith("maildir:"):  # no credentials involved: a local folder
@@ -40,7 +44,22 @@ def resolve_notifiers(spec: Any) -> list[SmtpNotifier | WebhookNotifier | Maildi
         name = resolve.block_name(item)
         if name is None:
             raise ValueError(f"a notifier is block:NAME or maildir:PATH, got {item!r}")
-        out.append(resolve.load(name, NOTIFIERS, "notifier"))
+        out.append(resolve.load(name, NOTIFIER_BLOCKS, "notifier"))
+    return out
+
+
+def with_calendars(notifiers: Sequence[Notifier]) -> list[Notifier]:
+    """``notifiers`` plus the reps' CalDAV calendars this process is configured for
+    (``blocks.calendar.calendar_block``: the ``LEADFLOW_CALDAV_*`` variables as an unsaved
+    block, else the saved ``leadflow-caldav`` block), unless one of them already serves the
+    ``caldav`` channel or none is configured: booked meetings reach the reps' calendars
+    without every caller naming the block."""
+    out = list(notifiers)
+    if any(notifier.channel == "caldav" for notifier in out):
+        return out
+    block = calendar_block()
+    if block is not None:
+        out.append(block)
     return out
 
 

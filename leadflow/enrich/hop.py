@@ -313,6 +313,13 @@ def _places() -> dict[str, tuple[str, str]]:
     return table
 
 
+def zone_of_country(country: str | None) -> str | None:
+    """A country's main time zone (``DE`` -> ``Europe/Berlin``), None when unknown."""
+    if not country:
+        return None
+    return _places().get(str(country).strip().upper(), (None, None))[1]
+
+
 def places(countries: pd.Series) -> tuple[pd.Series, pd.Series]:
     table = _places()
     region = countries.map(lambda c: table.get(c, (None, None))[0], na_action="ignore").astype(

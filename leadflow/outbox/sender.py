@@ -1,5 +1,6 @@
-"""The outbox sender: delivers due messages by SMTP, webhook or Maildir, each exactly as the
-outbox promises (see ``leadflow/outbox/store.py`` for the guarantee).
+"""The outbox sender: delivers due messages by SMTP, webhook, Maildir or CalDAV (booked
+meetings on reps' calendars), each exactly as the outbox promises (see
+``leadflow/outbox/store.py`` for the guarantee).
 
 One run of ``send_due``:
 
@@ -43,9 +44,11 @@ import requests
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import DBAPIError
 
+from blocks.calendar import CalDavCalendars
 from blocks.notifier import MaildirNotifier, SmtpNotifier, WebhookNotifier
 from leadflow import store
 from leadflow import tables as t
+from leadflow.booking.calendars import Calendars, CalendarUnavailable
 from leadflow.outbox import store as outbox
 from leadflow.outbox.store import masked
 
@@ -58,7 +61,7 @@ DB_ATTEMPTS = 6  # a dropped database connection: retried over about 6 s
 # Headers are never folded into RFC 2047 words: a List-Unsubscribe URL must stay a URL.
 MAIL_POLICY = policy.default.clone(max_line_length=998)
 
-Notifier = SmtpNotifier | WebhookNotifier | MaildirNotifier
+Notifier = SmtpNotifier | WebhookNotifier | MaildirNotifier | CalDavCalendars
 T = TypeVar("T")
 
 
@@ -246,6 +249,32 @@ def _post_webhook(
     raise RuntimeError(error)
 
 
+def _write_calendar(calendars: Calendars, row: dict[str, Any]) -> None:
+    """A ``calendar_event`` message: its payload ``{"rep", "uid", "action": put|delete}``
+    and, to put, the event's ICS as its body. A calendar that can never take it (404 or 403,
+    the rep has none configured, an ICS without that UID) is ``Permanent``; a server that
+    does not answer or refuses the login is ``Unreachable`` (the channel waits for the next
+    run); any other error answer is temporary (retried with backoff). Putting and deleting
+    are idempotent, so a resend after a crash changes nothing."""
+    payload = store.json_value(row.get("payload")) or {}
+    rep, uid, action = payload.get("rep"), payload.get("uid"), payload.get("action")
+    if not rep or not uid or action not in ("put", "delete"):
+        raise Permanent("a calendar event needs a payload with rep, uid and action put|delete")
+    try:
+        if action == "put":
+            calendars.put(str(rep), str(uid), row["body"] or "")
+        else:
+            calendars.delete(str(rep), str(uid))
+    except CalendarUnavailable as exc:
+        if exc.permanent:
+            raise Permanent(str(exc)) from exc
+        if exc.status is None or exc.status in (401, 407):
+            raise Unreachable(str(exc)) from exc
+        raise RuntimeError(str(exc)) from exc
+    except ValueError as exc:  # the ICS is not an event with that UID
+        raise Permanent(f"calendar event: {exc}") from exc
+
+
 class _MaildirClient:
     """The SMTP client's two methods, over a local Maildir."""
 
@@ -278,6 +307,8 @@ class _Channel:
             return
         if isinstance(self.notifier, MaildirNotifier):
             self.client = _MaildirClient(self.notifier)
+        elif self.name == "caldav":
+            self.client = Calendars(self.notifier.config())  # type: ignore[union-attr]
         elif self.name == "email":
             self.client = _smtp_connect(self.notifier)  # type: ignore[arg-type]
         else:
@@ -287,6 +318,8 @@ class _Channel:
         self.connect()
         if self.name == "email":
             _send_email(self.client, self.notifier, row)  # type: ignore[arg-type]
+        elif self.name == "caldav":
+            _write_calendar(self.client, row)
         else:
             _post_webhook(self.client, self.notifier, row)  # type: ignore[arg-type]
 

@@ -51,9 +51,19 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from leadflow import store
 from leadflow import tables as t
 
-KINDS = ("owner_notification", "sla_escalation", "nurture_touch", "webhook", "crm_sync")
-# crm: a lead's record in a CRM (recipient: hubspot | salesforce), sent by leadflow/crm/sync.py
-CHANNELS = ("email", "webhook", "crm")
+KINDS = (
+    "owner_notification",
+    "sla_escalation",
+    "nurture_touch",
+    "webhook",
+    "crm_sync",
+    "booking_invite",  # the lead's first email: its booking link (leadflow/booking/)
+    "meeting_invitation",  # a booked meeting's ICS REQUEST / CANCEL, to the lead and the rep
+    "calendar_event",  # a booked meeting written to (or removed from) the rep's CalDAV calendar
+)
+# crm: a lead's record in a CRM (recipient: hubspot | salesforce), sent by leadflow/crm/sync.py;
+# caldav: an event on a rep's calendar (recipient: the rep's code), sent by the outbox sender
+CHANNELS = ("email", "webhook", "crm", "caldav")
 # Columns ``enqueue`` takes; the first four are required.
 MESSAGE_COLUMNS = (
     "idempotency_key",
@@ -71,6 +81,9 @@ MESSAGE_COLUMNS = (
 PRIORITY = {
     "owner_notification": 0,
     "sla_escalation": 0,
+    "booking_invite": 0,
+    "meeting_invitation": 0,
+    "calendar_event": 0,
     "webhook": 1,
     "crm_sync": 1,
     "nurture_touch": 2,
@@ -83,6 +96,9 @@ BUDGET = {
     "webhook": timedelta(hours=24),
     "nurture_touch": timedelta(hours=24),
     "crm_sync": timedelta(hours=24),
+    "booking_invite": timedelta(hours=6),
+    "meeting_invitation": timedelta(hours=6),
+    "calendar_event": timedelta(hours=24),
 }
 LEASE = timedelta(minutes=2)  # a sender's hold, renewed before each send (a send takes seconds)
 BACKOFF_BASE = timedelta(minutes=1)

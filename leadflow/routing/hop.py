@@ -19,6 +19,7 @@ from sqlalchemy import Connection, func, select
 
 from leadflow import store
 from leadflow import tables as t
+from leadflow.booking import invites
 from leadflow.lifecycle import Status
 from leadflow.outbox import store as outbox
 from leadflow.queue import Strategy
@@ -125,7 +126,12 @@ def route_batch(
                 for k, v in waiting["pool"].fillna("-").value_counts().items()
             },
         },
-        report={"state": result.reps_state, "messages": messages, "now": now},
+        report={
+            "state": result.reps_state,
+            "messages": messages,
+            "now": now,
+            "leads": leads[[c for c in ("id", "email", "first_name") if c in leads.columns]],
+        },
     )
 
 
@@ -138,8 +144,10 @@ def persist_routing(
     routing_store.write_state(conn, report["state"], report["now"])
     record_rule_set(conn, context)
     messages = report.pop("messages")  # sent from the outbox, not returned to the flow
+    leads = report.pop("leads")
     if held:
         messages = messages[~messages["lead_id"].isin(held)]
+    messages = invites.with_links(conn, messages, context.rules, report["now"], leads)
     result.stats["queued"] = outbox.enqueue(conn, messages, now=report["now"])
     report.pop("state")
 

@@ -37,6 +37,8 @@ ACTIVITY_TYPES = (
     "email",
     "meeting_booked",
     "meeting_held",
+    "no_show",  # a booked meeting the lead did not come to
+    "meeting_cancelled",  # a booking cancelled (the booking page; its meeting_booked is voided)
     "accept",
     "reject",
     "qualify",

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import Connection, and_, case, func, literal, or_, select, union, update
 
@@ -251,7 +252,13 @@ def start_timers(
     timers = decide.timers_to_start(fresh, accepted, context.rules, calendars_, now)
     sla_store.mark_stage(conn, fresh["assignment_id"], "assigned")
     sla_store.mark_stage(conn, accepted["assignment_id"], "accepted")
-    return sla_store.insert_timers(conn, timers)
+    started = sla_store.insert_timers(conn, timers)
+    # A clock that starts at acceptance may already be met (a meeting booked before it).
+    early = sla_store.met_before_start(conn, context.rules, accepted["assignment_id"].tolist())
+    if not early.empty:
+        zero = np.zeros(len(early))  # met before it started: no business time
+        sla_store.write_met(conn, decide.met_updates(early, zero, now))
+    return started
 
 
 # --------------------------------------------------------------------------- 3. meet

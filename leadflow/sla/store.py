@@ -186,6 +186,7 @@ def first_activities(conn: Connection, rules: SlaRules, seen: int, newest: int) 
             activities.c.id > seen,
             activities.c.id <= newest,
             activities.c.automated.is_(False),
+            activities.c.voided_at.is_(None),  # a cancelled booking meets nothing
             tuple_(timers.c.policy, activities.c.activity_type).in_(counts),
             activities.c.occurred_at >= timers.c.started_at,
             or_(timers.c.met_at.is_(None), activities.c.occurred_at < timers.c.met_at),
@@ -194,6 +195,51 @@ def first_activities(conn: Connection, rules: SlaRules, seen: int, newest: int) 
                 timers.c.closed_reason == "met",
                 activities.c.occurred_at < timers.c.closed_at,
             ),
+        )
+        .subquery()
+    )
+    return store.read_frame(conn, select(ranked).where(ranked.c.rank == 1).order_by(ranked.c.id))
+
+
+def met_before_start(conn: Connection, rules: SlaRules, assignment_ids: list[int]) -> pd.DataFrame:
+    """The new open timers of ``assignment_ids`` already met before their clock started: a
+    genuine activity of a kind the policy counts, by the timer's rep, after the assignment but
+    before the clock's start (a ``start: accepted`` clock, e.g. ``first-meeting``, whose lead
+    booked its meeting before the rep accepted). Per timer the earliest; columns as
+    ``decide.met_updates`` takes them (``occurred_at``, ``activity_id``, ``closed_at`` ...)."""
+    if not assignment_ids:
+        return pd.DataFrame()
+    activities, timers, a = t.activities, t.sla_timers, t.assignments
+    counts = [(p.name, kind) for p in rules.policies for kind in p.met_by]
+    ranked = (
+        select(
+            timers.c.id,
+            timers.c.closed_at,
+            timers.c.closed_reason,
+            activities.c.id.label("activity_id"),
+            activities.c.occurred_at,
+            func.row_number()
+            .over(partition_by=timers.c.id, order_by=(activities.c.occurred_at, activities.c.id))
+            .label("rank"),
+        )
+        .select_from(
+            timers.join(a, a.c.id == timers.c.assignment_id).join(
+                activities,
+                and_(
+                    activities.c.lead_id == timers.c.lead_id,
+                    activities.c.rep_id == timers.c.rep_id,
+                ),
+            )
+        )
+        .where(
+            timers.c.assignment_id.in_([int(i) for i in assignment_ids]),
+            timers.c.met_at.is_(None),
+            timers.c.closed_at.is_(None),
+            activities.c.automated.is_(False),
+            activities.c.voided_at.is_(None),
+            tuple_(timers.c.policy, activities.c.activity_type).in_(counts),
+            activities.c.occurred_at >= a.c.assigned_at,
+            activities.c.occurred_at < timers.c.started_at,
         )
         .subquery()
     )

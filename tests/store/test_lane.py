@@ -82,18 +82,21 @@ def test_the_lane_routes_and_notifies_once_and_leaves_nothing_behind(
     summary = run_lane(ids, database_url, notifier=f"maildir:{mail}")
     assert summary["hops"]["enrich"]["claimed"] == 3
     assert summary["hops"]["route"]["moved"] == {"routed": 3}
-    assert summary["sent"]["sent"] == 3
-    assert len(list((mail / "new").iterdir())) == 3
+    # Each owner hears, and each lead gets its booking link (rules/booking.yaml: email_lead).
+    assert summary["sent"]["sent"] == 6
+    assert len(list((mail / "new").iterdir())) == 6
     with engine.connect() as conn:
         statuses = (
             conn.execute(select(t.leads.c.status).where(t.leads.c.id.in_(ids))).scalars().all()
         )
+        kinds = conn.execute(select(t.outbox.c.kind)).scalars().all()
     assert statuses == ["routed"] * 3
+    assert sorted(kinds) == ["booking_invite"] * 3 + ["owner_notification"] * 3
     # Handed the same leads again (a retried task, a duplicate hand-off): nothing happens.
     again = run_lane(ids, database_url, notifier=f"maildir:{mail}")
     assert all(h["claimed"] == 0 for h in again["hops"].values())
-    assert len(list((mail / "new").iterdir())) == 3
-    assert count(engine, t.outbox) == 3
+    assert len(list((mail / "new").iterdir())) == 6
+    assert count(engine, t.outbox) == 6
 
 
 def test_a_burst_of_posts_is_captured_in_few_groups(database_url, engine):
@@ -227,9 +230,10 @@ def test_the_lane_sends_its_own_leads_notice_before_a_pipelines_backlog(
     ]
     mail = tmp_path / "mail"
     summary = run_lane([lead], database_url, notifier=f"maildir:{mail}")
-    assert summary["sent"]["sent"] == 1 + SEND_OTHERS
+    # The lead's own two (its owner's notice, its booking link) first, then SEND_OTHERS.
+    assert summary["sent"]["sent"] == 2 + SEND_OTHERS
     with engine.connect() as conn:
         mine = conn.execute(select(t.outbox.c.status).where(t.outbox.c.lead_id == lead)).all()
         left = conn.execute(select(t.outbox.c.id).where(t.outbox.c.status == "pending")).all()
-    assert [row.status for row in mine] == ["sent"]
+    assert [row.status for row in mine] == ["sent", "sent"]
     assert len(left) == 300 - SEND_OTHERS  # the rest are the pipeline's senders' to send
