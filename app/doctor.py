@@ -309,6 +309,68 @@ def crm(database_url: str | None) -> list[Finding]:
     return out
 
 
+def booking(database_url: str | None) -> list[Finding]:
+    """The booking rules load; each rep with a CalDAV calendar is reachable there; reps who
+    take meetings have working hours; how many calendar writes are dead."""
+    from sqlalchemy import func, select
+
+    from blocks.calendar import calendar_config
+    from leadflow import store
+    from leadflow import tables as t
+    from leadflow.booking import rules as booking_rules
+    from leadflow.booking.calendars import Calendars, CalendarUnavailable
+    from leadflow.config import ConfigError
+
+    try:
+        rules = booking_rules.current()
+        config = calendar_config()
+    except (ConfigError, ValueError) as exc:
+        return [failed("booking", core.one_line(exc), "correct the file or variable it names")]
+    if not rules.enabled:
+        return [ok("booking", "booking page off (rules/booking.yaml enabled: false)")]
+    out = [ok("booking", f"booking page on: {rules.meeting} meetings over {rules.days} days")]
+    if config is None:
+        out.append(
+            ok(
+                "booking calendars",
+                "no CalDAV calendars (optional): slots from working "
+                "hours and leadflow's own meetings",
+            )
+        )
+    else:
+        calendars = Calendars(config)
+        for rep in sorted(config.calendars):
+            try:
+                out.append(ok("booking calendars", calendars.check(rep)))
+            except CalendarUnavailable as exc:
+                out.append(
+                    failed(
+                        "booking calendars",
+                        core.one_line(exc),
+                        "correct the calendar URL or credentials in the block",
+                    )
+                )
+    if database_url:
+        with store.get_engine(database_url).connect() as conn:
+            dead = conn.execute(
+                select(func.count())
+                .select_from(t.outbox)
+                .where(
+                    t.outbox.c.kind.in_(("calendar_event", "meeting_invitation")),
+                    t.outbox.c.status == "dead",
+                )
+            ).scalar_one()
+        if dead:
+            out.append(
+                failed(
+                    "booking",
+                    f"{dead} booking message(s) dead",
+                    "`leadflow outbox list --status dead` shows why",
+                )
+            )
+    return out
+
+
 def examine(timeout: float = 5.0, pool: str = POOL) -> list[Finding]:
     """Every check, in order; each within its deadline (``timeout`` seconds a request; a
     check making several, or reading the whole ledger, gets a few times that)."""
@@ -353,6 +415,7 @@ def examine(timeout: float = 5.0, pool: str = POOL) -> list[Finding]:
     findings += prefect_side("automations", lambda: automations(timeout), timeout * 4)
     crm_database = settings.database_url if settings is not None and database_ok else None
     findings += core.guarded("crm", lambda: crm(crm_database), timeout * 6)
+    findings += core.guarded("booking", lambda: booking(crm_database), timeout * 6)
     if settings is None or not database_ok:
         return findings + [skipped(c, "the database check failed") for c in ("claims", "audit")]
     url = settings.database_url

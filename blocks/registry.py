@@ -26,6 +26,9 @@ Leadflow Salesforce                   leadflow-salesforce        LEADFLOW_SALESF
                                                                  _CLIENT_SECRET, _LOGIN_URL,
                                                                  _USERNAME, _PASSWORD, _CA_FILE,
                                                                  _API_VERSION
+Leadflow CalDAV Calendars             leadflow-caldav            LEADFLOW_CALDAV_URL, _USERNAME,
+                                                                 _PASSWORD, _CALENDARS,
+                                                                 _TIMEOUT_SECONDS, _CACHE_SECONDS
 ====================================  =========================  ===============================
 """
 
@@ -35,6 +38,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from blocks.calendar import CALDAV_BLOCK, CalDavCalendars
 from blocks.crm import HubSpotCrm, SalesforceCrm, hubspot_from_env, salesforce_from_env
 from blocks.database import LeadflowDatabase
 from blocks.firmographics import FileFirmographics, HttpFirmographics
@@ -59,6 +63,7 @@ TYPES = (
     LeadflowSite,
     HubSpotCrm,
     SalesforceCrm,
+    CalDavCalendars,
 )
 CAPTURE_TOKEN = "leadflow-capture-token"
 TOKEN_ENV = "LEADFLOW_CAPTURE_TOKEN"
@@ -180,7 +185,15 @@ PLANS: dict[str, tuple[str, Callable[[], Any]]] = {
     OPS_BLOCK: (OPS_URL_ENV, ops_from_env),
     "leadflow-hubspot": ("LEADFLOW_HUBSPOT_TOKEN", hubspot_from_env),
     "leadflow-salesforce": ("LEADFLOW_SALESFORCE_CLIENT_ID", salesforce_from_env),
+    CALDAV_BLOCK: ("LEADFLOW_CALDAV_URL", lambda: _caldav()),
 }
+
+
+def _caldav() -> CalDavCalendars | None:
+    from leadflow.booking.calendars import config_from_env
+
+    config = config_from_env()
+    return None if config is None else CalDavCalendars.from_config(config)
 
 
 def init(overwrite: bool = False) -> dict[str, str]:

@@ -40,7 +40,7 @@ from tasks import crm as crm_tasks
 from tasks import routing as routing_tasks
 from tasks import scoring as scoring_tasks
 from tasks.hops import announce_refusals
-from tasks.outbox import announce_dead_letters, resolve_notifiers
+from tasks.outbox import announce_dead_letters, resolve_notifiers, with_calendars
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def lane_context(
                 ),
                 score=score_hop.ScoreContext(rules, version, text, mode="new"),
                 route=_plain(routing_tasks.load_context)(None),
-                notifiers=resolve_notifiers(notifier),
+                notifiers=with_calendars(resolve_notifiers(notifier)),
                 built=time.monotonic(),
             )
             _contexts[key] = context

@@ -264,6 +264,8 @@ blocks created when their variables are set (an existing block is kept; --overwr
   leadflow-hubspot         LEADFLOW_HUBSPOT_TOKEN, _URL, _CALLS_PER_10S
   leadflow-salesforce      LEADFLOW_SALESFORCE_CLIENT_ID, _CLIENT_SECRET, _LOGIN_URL,
                            _USERNAME, _PASSWORD, _CA_FILE, _API_VERSION
+  leadflow-caldav          LEADFLOW_CALDAV_URL, _USERNAME, _PASSWORD, _CALENDARS,
+                           _TIMEOUT_SECONDS, _CACHE_SECONDS
 
 work pool: 'leadflow' (type process), created when missing.
 deployments: every deployment of prefect.yaml (the package's, or --prefect-file), updated.

@@ -131,7 +131,7 @@ class Booking:
             taken = list(booked.get(row.id, []))
             if self.calendars.has(row.rep.id):
                 try:
-                    taken += self.calendars.busy(row.rep.id, now, end)
+                    taken += self.calendars.busy(row.rep.id, now, end, tz=row.rep.timezone)
                 except CalendarUnavailable as exc:
                     log.warning("booking: calendar of %s not read: %s", row.rep.id, exc)
                     unread.append(row.rep.id)
