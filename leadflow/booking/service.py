@@ -202,7 +202,7 @@ class Booking:
             return Outcome("booked", view, view.meeting, replayed=True)
         if view.offer is None:
             return Outcome("closed", view)
-        slot = view.offer.find(slot_key)
+        slot = view.offer.find(slot_key) or self.free_slot(view, slot_key, now)
         if slot is None:
             return Outcome("taken", view)
         request = writes.Request(
@@ -231,6 +231,19 @@ class Booking:
             return Outcome("taken", self._view(token, link, zone, now))
         return Outcome("booked", view, done.meeting, replayed=done.replayed)
 
+    def free_slot(self, view: View, slot_key: str, now: datetime) -> offers.Slot | None:
+        """A free slot the page did not show (a day shows a few of its free slots, and a
+        booking since may have spread them differently), of a rep the offer allows."""
+        parsed = offers.parse_key(slot_key)
+        if view.offer is None or parsed is None or parsed[0] not in view.offer.reps:
+            return None
+        row = view.reps.get(parsed[0])
+        if row is None:
+            return None
+        busy, _ = self.busy([row], now)
+        free = offers.free_slots(row.rep, now, self.rules, busy.get(row.rep.id, ()))
+        return next((slot for slot in free if slot.key == slot_key), None)
+
     # ----------------------------------------------------------------------- managing
 
     def managed(self, manage_token: str) -> tuple[Meeting, Lead, RepRow, dict] | None:
@@ -248,14 +261,24 @@ class Booking:
             return None
         return meeting, lead, rep, reps
 
-    def reschedule_offer(self, meeting: Meeting, rep: RepRow, now: datetime) -> offers.Offer:
+    def _busy_but(self, meeting: Meeting, rep: RepRow, now: datetime):
+        """The rep's busy times without the meeting being moved (and the unread calendars)."""
         busy, unread = self.busy([rep], now)
-        busy[rep.rep.id] = [
-            b for b in busy[rep.rep.id] if b != (meeting.starts_at, meeting.ends_at)
-        ]
-        offer = offers.offer(rep.rep, [], busy, now, self.rules)
+        return [b for b in busy[rep.rep.id] if b != (meeting.starts_at, meeting.ends_at)], unread
+
+    def reschedule_offer(self, meeting: Meeting, rep: RepRow, now: datetime) -> offers.Offer:
+        """The rep's slots to move ``meeting`` to (the rep's own only: no pool)."""
+        busy, unread = self._busy_but(meeting, rep, now)
+        offer = offers.offer(rep.rep, [], {rep.rep.id: busy}, now, self.rules)
         offer.unread = unread
         return offer
+
+    def _reschedule_slot(
+        self, meeting: Meeting, rep: RepRow, slot_key: str, now: datetime
+    ) -> offers.Slot | None:
+        busy, _ = self._busy_but(meeting, rep, now)
+        free = offers.free_slots(rep.rep, now, self.rules, busy)
+        return next((slot for slot in free if slot.key == slot_key), None)
 
     def cancel(self, manage_token: str, form: str | None, now: datetime | None = None) -> Outcome:
         now = _utc(now)
@@ -279,7 +302,7 @@ class Booking:
         meeting, lead, rep, _ = found
         if meeting.status != "booked":
             return Outcome("closed", meeting=meeting)
-        slot = self.reschedule_offer(meeting, rep, now).find(slot_key)
+        slot = self._reschedule_slot(meeting, rep, slot_key, now)
         if slot is None:
             return Outcome("taken", meeting=meeting)
         try:

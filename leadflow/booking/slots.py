@@ -41,8 +41,10 @@ class Offer:
     pool: str | None = None  # the pool offered instead of the owner
     why_pool: str | None = None  # why the owner's own time is not offered
     unread: list[str] = field(default_factory=list)  # reps whose CalDAV calendar was not read
+    reps: tuple[str, ...] = ()  # whose slots may be booked: the owner, or the pool's reps
 
     def find(self, key: str) -> Slot | None:
+        """The shown slot posted as ``key`` (a free slot not shown: ``slots.free_slots``)."""
         return next((slot for slot in self.slots if slot.key == key), None)
 
 
@@ -71,11 +73,11 @@ def spread(slots: list[Interval], keep: int) -> list[Interval]:
     return [slots[round(i * step)] for i in range(keep)]
 
 
-def rep_slots(
+def free_slots(
     rep: Rep, now: datetime, rules: BookingRules, busy: Sequence[Interval] = ()
 ) -> list[Slot]:
-    """The rep's free slots over their next ``rules.days`` working days, at most
-    ``rules.slots_per_day`` a day (rep's local day)."""
+    """Every free slot of the rep over their next ``rules.days`` working days (what a
+    booking may take; the page shows ``rep_slots``, a few of them a day)."""
     end = working_days_end(rep, now + rules.lead_time, rules.days)
     if end is None or end <= now:
         return []
@@ -89,14 +91,30 @@ def rep_slots(
         not_before=rules.lead_time,
         horizon=end - now,
     )
+    return [Slot(start, finish, rep.id) for start, finish in found]
+
+
+def rep_slots(
+    rep: Rep, now: datetime, rules: BookingRules, busy: Sequence[Interval] = ()
+) -> list[Slot]:
+    """The rep's free slots to show: at most ``rules.slots_per_day`` a day (the rep's local
+    day), spread over the day."""
     by_day: dict[date, list[Interval]] = {}
-    for slot in found:
-        by_day.setdefault(slot[0].astimezone(rep.zone).date(), []).append(slot)
+    for slot in free_slots(rep, now, rules, busy):
+        by_day.setdefault(slot.start.astimezone(rep.zone).date(), []).append((slot.start, slot.end))
     return [
         Slot(start, finish, rep.id)
         for day in sorted(by_day)
         for start, finish in spread(by_day[day], rules.slots_per_day)
     ]
+
+
+def parse_key(key: str) -> tuple[str, datetime] | None:
+    """``<rep>@<unix start>`` -> (rep code, start), None when it is not one."""
+    code, _, seconds = str(key).rpartition("@")
+    if not code or not seconds.isdigit() or len(seconds) > 12:
+        return None
+    return code, datetime.fromtimestamp(int(seconds), UTC)
 
 
 def has_hours(rep: Rep) -> bool:
@@ -116,7 +134,7 @@ def offer(
     now = now if now.tzinfo else now.replace(tzinfo=UTC)
     own = rep_slots(owner, now, rules, busy.get(owner.id, ()))
     if own:
-        return Offer(own, owner.id)
+        return Offer(own, owner.id, reps=(owner.id,))
     why = (
         f"{owner.id} has no working hours"
         if not has_hours(owner)
@@ -124,7 +142,7 @@ def offer(
     )
     others = [rep for rep in pool if rep.id != owner.id and rep.active]
     if not rules.pool_when_no_slot or not others:
-        return Offer([], owner.id, None, why)
+        return Offer([], owner.id, None, why, reps=(owner.id,))
     merged = sorted(
         (slot for rep in others for slot in rep_slots(rep, now, rules, busy.get(rep.id, ()))),
         key=lambda slot: (slot.start, slot.rep),
@@ -133,7 +151,8 @@ def offer(
     for slot in merged:  # one rep per start: the lead picks a time, not a person
         earliest.setdefault(slot.start, slot)
     limit = rules.days * rules.slots_per_day
-    return Offer(list(earliest.values())[:limit], owner.id, pool_name, why)
+    shown = list(earliest.values())[:limit]
+    return Offer(shown, owner.id, pool_name, why, reps=tuple(sorted({s.rep for s in shown})))
 
 
 def by_day(slots: Sequence[Slot], zone: ZoneInfo) -> list[tuple[date, list[Slot]]]:

@@ -348,3 +348,25 @@ def test_a_meeting_booked_before_acceptance_meets_the_first_meeting_clock(databa
             select(t.sla_timers).where(t.sla_timers.c.policy == "first-meeting")
         ).one()
     assert reopened.met_at is None and reopened.closed_at is None
+
+
+def test_a_free_slot_the_page_did_not_show_can_still_be_booked(database_url, tmp_path):
+    """A day shows a few of its free slots, spread; a booking re-spreads them, so a lead may
+    post a free slot the fresh page would not show (found by bench/booking.py: 409s for free
+    slots). Any free slot of an offered rep books; a busy or foreign one does not."""
+    from leadflow.booking import slots as offers
+
+    engine = store.get_engine(database_url)
+    [lead] = routed(database_url, tmp_path)
+    token = token_of(engine, lead)
+    service = booking(database_url)
+    view = service.view(token, now=NOW)
+    shown = {s.key for s in view.offer.slots}
+    row = view.reps[owner_code(engine, lead)]
+    hidden = [s for s in offers.free_slots(row.rep, NOW, RULES) if s.key not in shown]
+    assert hidden, "a working day has more free slots than slots_per_day"
+    form = tokens.form_token(token)
+    foreign = f"cem@{int(hidden[0].start.timestamp())}"  # a rep outside the offer
+    assert service.book(token, foreign, form, now=NOW).kind == "taken"
+    done = service.book(token, hidden[0].key, form, now=NOW)
+    assert done.kind == "booked" and done.meeting.starts_at == hidden[0].start
