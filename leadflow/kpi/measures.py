@@ -9,7 +9,9 @@ draw the charts, and write them as Prefect artifacts and text.
 - recycling: leads sent back to nurture, by the status they stalled in, and the rate (of
   the leads that reached that status);
 - waiting work: leads per status a person or a hop must act on, and the oldest;
-- sales velocity: open opportunities x win rate x average deal value / cycle length.
+- sales velocity: open opportunities x win rate x average deal value / cycle length;
+- booking (``leadflow.kpi.booking``, from the tables): capture -> first booked meeting,
+  booking rate per source and routing rule, no-shows per rep, cancellations.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import pandas as pd
 from sqlalchemy import Connection, text
 
 from leadflow import store
+from leadflow.kpi import booking
 
 FUNNEL = ("captured", "enriched", "mql", "routed", "accepted", "qualified", "won")
 VIEWS = (
@@ -180,7 +183,7 @@ def sales_velocity(deals: pd.DataFrame) -> dict[str, Any]:
 
 
 def figures(views: dict[str, pd.DataFrame], now: datetime) -> dict[str, Any]:
-    """Every KPI from the views (pure)."""
+    """Every KPI from the views and the booking frames (``read_views``; pure)."""
     waiting = views["kpi_waiting"].copy()
     if len(waiting):
         oldest = pd.to_datetime(waiting["oldest_since"], utc=True)
@@ -195,6 +198,7 @@ def figures(views: dict[str, pd.DataFrame], now: datetime) -> dict[str, Any]:
         "recycling": recycle_rates(views["kpi_recycling"], stages),
         "waiting": waiting.drop(columns=["oldest_since"], errors="ignore").to_dict("records"),
         "sales_velocity": sales_velocity(views["kpi_deals"]),
+        "booking": booking.figures(views),
     }
 
 
@@ -244,6 +248,72 @@ def _velocity_line(velocity: dict[str, Any]) -> str:
         f"{velocity['average_deal_value']} / {velocity['cycle_days']} days = "
         f"**{velocity['velocity_per_day']} per day**."
     )
+
+
+def _duration(seconds: float | None) -> str:
+    """Seconds for a person, in the unit that reads best (``n/a`` where there are none)."""
+    if _missing(seconds):
+        return "n/a"
+    for limit, size, unit in ((120, 1, "s"), (7200, 60, "min"), (172800, 3600, "h")):
+        if abs(seconds) < limit:
+            return f"{seconds / size:.{0 if size == 1 else 1}f} {unit}"
+    return f"{seconds / 86400:.1f} days"
+
+
+def _speed_phrase(speed: dict[str, Any]) -> str:
+    return (
+        f"median {_duration(speed['median_s'])}, p90 {_duration(speed['p90_s'])} over "
+        f"{speed['leads']} leads"
+    )
+
+
+def _rule_label(row: dict[str, Any]) -> str:
+    """The routing rule, else the step that routed without one (``(fallback)``), else ``-``
+    (the link was made while the lead had no open assignment)."""
+    if row["rule"]:
+        return str(row["rule"])
+    return f"({row['step']})" if row["step"] else "-"
+
+
+def booking_markdown(figures: dict[str, Any]) -> list[str]:
+    """The report's "Booking" section: links -> meetings, speed to meeting, rates per source
+    and rule, attendance per rep, cancellations (``n/a`` / ``-`` where a figure is None)."""
+    rate, speed = figures["booking_rate"], figures["speed_to_meeting"]
+    overall, shows = rate["overall"], figures["no_shows"]
+    gone = figures["cancellations"]
+    return [
+        "## Booking",
+        f"{overall['linked']} leads were sent a booking link; {overall['booked']} have a live "
+        f"meeting ({_percent(overall['rate'])}), {overall['cancelled_only']} cancelled every "
+        f"booking. Capture -> first booking: {_speed_phrase(speed['all'])} (still booked: "
+        f"{_speed_phrase(speed['live'])}; since cancelled: {_speed_phrase(speed['cancelled'])}).",
+        "",
+        "| source | links | booked | rate |",
+        "|---|---|---|---|",
+        *[
+            f"| {r['source'] or '-'} | {r['linked']} | {r['booked']} | {_percent(r['rate'])} |"
+            for r in rate["by_source"]
+        ],
+        "",
+        "| routing rule | links | booked | rate |",
+        "|---|---|---|---|",
+        *[
+            f"| {_rule_label(r)} | {r['linked']} | {r['booked']} | {_percent(r['rate'])} |"
+            for r in rate["by_rule"]
+        ],
+        "",
+        "| rep | held | no-shows | no-show rate | cancelled |",
+        "|---|---|---|---|---|",
+        *[
+            f"| {r['rep'] or '-'} | {r['held']} | {r['no_show']} | {_percent(r['no_show_rate'])} "
+            f"| {r['cancelled']} |"
+            for r in [*shows["by_rep"], {**shows["overall"], "rep": "all"}]
+        ],
+        "",
+        f"Cancellations: {gone['meetings']} booked meetings cancelled ("
+        f"{_percent(gone['of_booked'])} of {figures['meetings']['booked']}, {gone['leads']} "
+        f"leads); {gone['activities']} meeting_cancelled activities in all.",
+    ]
 
 
 def markdown(report: dict[str, Any], charts: dict[str, str] | None = None) -> str:
@@ -307,6 +377,8 @@ def markdown(report: dict[str, Any], charts: dict[str, str] | None = None) -> st
         "## Sales velocity",
         _velocity_line(velocity),
     ]
+    if report.get("booking"):
+        lines += ["", *booking_markdown(report["booking"])]
     if report.get("leakage"):
         from leadflow.kpi.leakage import markdown as leakage_markdown
 
@@ -345,5 +417,7 @@ def charts(report: dict[str, Any], speed: pd.DataFrame, folder: Path) -> dict[st
 
 
 def read_views(conn: Connection) -> dict[str, pd.DataFrame]:
-    """Every KPI view (``sql/views``) as a DataFrame."""
-    return {name: store.read_frame(conn, text(f"SELECT * FROM {name}")) for name in VIEWS}
+    """Every KPI view (``sql/views``) as a DataFrame, and the booking KPIs' frames
+    (``leadflow.kpi.booking.FRAMES``, read from the tables)."""
+    views = {name: store.read_frame(conn, text(f"SELECT * FROM {name}")) for name in VIEWS}
+    return views | booking.read_frames(conn)
