@@ -14,7 +14,15 @@ records an ``unsubscribe`` engagement event for the lead, once however often it 
 From then on the lead is suppressed: the next nurture tick ends its cadences and nothing is
 sent to it again. A wrong or missing token is a 403 and writes nothing.
 
-Both are hardened (``Limits``, from ``LEADFLOW_SERVE_*`` environment variables): a body over
+``/book/<token>`` is the booking page a routed lead's link opens: its owner's free slots in
+the lead's time zone (server-side HTML, no JavaScript), each a button that posts the slot;
+``/booking/<manage token>`` reschedules or cancels the meeting booked there. Every form
+carries the page's signed form token; a link that is not valid is one 403 page whatever the
+cause; the pages send strict security headers (``BOOKING_HEADERS``) and are rate-limited per
+address and per link. ``POST /leads?wait=N`` (or ``Prefer: wait=N``) answers the routed
+lead's ``booking_url`` when the lane made it within N seconds.
+
+All are hardened (``Limits``, from ``LEADFLOW_SERVE_*`` environment variables): a body over
 the size limit is refused while it is read (413), records with too many fields, too long a
 value or too deep a nesting are refused before capture (413 / 422), a body that is not UTF-8
 is a 400, and token buckets per client address, for the capture token, and for wrong tokens
@@ -38,21 +46,29 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
+from functools import cache
 from html import escape
-from typing import Any
-from urllib.parse import parse_qsl
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+from zoneinfo import ZoneInfo
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from jinja2 import Environment, FileSystemLoader
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from leadflow import store
+from leadflow import links, store
 from leadflow import tables as t
 from leadflow.config import ConfigError
 from leadflow.nurture import unsubscribe
 from leadflow.settings import get_settings
+
+if TYPE_CHECKING:
+    from leadflow.booking.service import Booking
 
 log = logging.getLogger(__name__)
 
@@ -475,6 +491,412 @@ async def read_record(request: Request, limits: Limits) -> Parsed:
     return await run_in_threadpool(parse_json, raw, limits)
 
 
+# --------------------------------------------------------------------------- booking pages
+
+BOOKING_BODY_BYTES = 4 * 1024  # a booking form posts three short fields
+BOOKING_PER_TOKEN_PER_MINUTE = 30.0  # requests with one link's token (also the burst)
+BOOKING_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+}
+# The time zones the page's zone picker offers (the lead's own is added when missing).
+COMMON_ZONES = (
+    "UTC",
+    "America/Los_Angeles",
+    "America/Denver",
+    "America/Chicago",
+    "America/New_York",
+    "America/Sao_Paulo",
+    "Europe/London",
+    "Europe/Paris",
+    "Europe/Berlin",
+    "Europe/Istanbul",
+    "Africa/Johannesburg",
+    "Asia/Dubai",
+    "Asia/Kolkata",
+    "Asia/Singapore",
+    "Asia/Shanghai",
+    "Asia/Tokyo",
+    "Australia/Sydney",
+    "Pacific/Auckland",
+)
+_TEMPLATES = Path(__file__).parent / "templates"
+
+
+@cache
+def templates() -> Environment:
+    """The booking pages' Jinja2 templates (``app/templates/booking``), every value escaped."""
+    return Environment(
+        loader=FileSystemLoader(str(_TEMPLATES)),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def local_time(moment: datetime, zone: str) -> str:
+    """``Tuesday 3 November 2026, 17:00 (JST)``: a meeting's time as the lead reads it."""
+    local = moment.astimezone(ZoneInfo(zone))
+    return f"{local:%A} {local.day} {local:%B %Y}, {local:%H:%M} ({local.tzname()})"
+
+
+def slot_days(
+    days: Sequence[tuple[Any, Sequence[Any]]], zone: str, owner: str | None, name: Callable
+) -> list[dict[str, Any]]:
+    """The slots as the page lists them: per local day its label, and per slot its form key,
+    its local start time and, for another rep's slot (the pool's), that rep's first name."""
+    tz = ZoneInfo(zone)
+    return [
+        {
+            "label": f"{day:%A} {day.day} {day:%B}",
+            "slots": [
+                {
+                    "key": slot.key,
+                    "time": f"{slot.start.astimezone(tz):%H:%M}",
+                    "with": None if slot.rep == owner else name(slot.rep),
+                }
+                for slot in slots
+            ],
+        }
+        for day, slots in days
+    ]
+
+
+def same_origin(request: Request) -> bool:
+    """Whether a post may come from this site: no ``Origin``, or one naming this host (as
+    the request reached it, or as ``leadflow.links.public_url()`` names it). ``Origin: null``
+    is what a browser sends for a page with ``Referrer-Policy: no-referrer``: it passes
+    unless ``Sec-Fetch-Site`` says the post came from another site (the form token, which
+    only the page carries, is what stops a forged post)."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True
+    if origin.strip() == "null":
+        return request.headers.get("sec-fetch-site", "same-origin") in ("same-origin", "none")
+    parts = urlsplit(origin.strip())
+    if parts.netloc and parts.netloc.lower() == request.headers.get("host", "").lower():
+        return True
+    try:
+        public = urlsplit(links.public_url())
+    except ConfigError:
+        return False
+    return (parts.scheme, parts.netloc.lower()) == (public.scheme, public.netloc.lower())
+
+
+class BookingPages:
+    """What the booking pages answer (``/book/<token>``, ``/booking/<manage token>``): the
+    core's ``Booking`` (made on the first request when not given), the rate limits (per
+    address, per link token, wrong tokens per address), and the pages rendered with the
+    security headers. Every method that touches the store runs in a worker thread."""
+
+    def __init__(
+        self,
+        database_url: str,
+        booking: Booking | None,
+        gate: Gate,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.database_url, self.gate, self.clock = database_url, gate, clock
+        per_minute = BOOKING_PER_TOKEN_PER_MINUTE
+        self.per_token = Buckets(per_minute / 60, per_minute)
+        self._booking = booking
+        self._lock = threading.Lock()
+
+    def booking(self) -> Booking:
+        """The core's booking, made once: the reps' CalDAV calendars from ``calendar_config``
+        (none when that config is wrong: logged, the pages offer working hours)."""
+        if self._booking is not None:
+            return self._booking
+        with self._lock:
+            if self._booking is None:
+                from blocks.calendar import calendar_config
+                from leadflow.booking.calendars import Calendars
+                from leadflow.booking.service import Booking
+
+                try:
+                    config = calendar_config()
+                except (ConfigError, ValueError) as exc:
+                    log.error("booking: CalDAV calendars not used: %s", exc)
+                    config = None
+                self._booking = Booking(self.database_url, Calendars(config))
+            return self._booking
+
+    # ----------------------------------------------------------------- answers
+
+    def render(
+        self, name: str, status: int = 200, headers: dict[str, str] | None = None, **context: Any
+    ) -> HTMLResponse:
+        html = templates().get_template(f"booking/{name}.html").render(**context)
+        return HTMLResponse(
+            html, status_code=status, headers={**BOOKING_HEADERS, **(headers or {})}
+        )
+
+    def message(
+        self, title: str, text: str, status: int, headers: dict[str, str] | None = None
+    ) -> HTMLResponse:
+        return self.render("message", status, headers, title=title, text=text)
+
+    def invalid(self) -> HTMLResponse:
+        """The one answer for every link that is not valid (wrong, expired, unknown)."""
+        return self.message("Link not valid", "This link is not valid.", 403)
+
+    def redirect(self, path: str) -> RedirectResponse:
+        """Post/Redirect/Get: the page that shows what the post did."""
+        return RedirectResponse(path, status_code=303, headers=BOOKING_HEADERS)
+
+    def admit(self, request: Request, token: str) -> HTMLResponse | None:
+        """The 429 page when the address, or the link's token, is over its rate, or the
+        address used up its wrong tokens."""
+        address = client_address(request)
+        refused = (
+            self.gate.client(address) or self.gate.locked_out(address) or self._token_rate(token)
+        )
+        if refused is None:
+            return None
+        return self.message(
+            "Too many requests", "Please try again in a little while.", 429, refused.headers
+        )
+
+    def _token_rate(self, token: str) -> Refused | None:
+        wait = self.per_token.wait(token[:200])
+        return _too_many(wait, "requests with this link") if wait else None
+
+    def failed(self, request: Request) -> HTMLResponse:
+        """A token that is not valid: counted against the address, then the 403 page."""
+        self.gate.failed(client_address(request))
+        return self.invalid()
+
+    def guarded(self, work: Callable[[], Response]) -> Response:
+        """``work``'s page, or 503 when the store or the link secret cannot be reached (never
+        a 500: nothing here depends on what the lead typed)."""
+        try:
+            return work()
+        except ConfigError as exc:  # no Public Site block, or its Prefect API is down
+            log.error("booking: links cannot be checked: %s", exc)
+            return self.message("Try again later", "Booking is unavailable right now.", 503)
+        except SQLAlchemyError as exc:
+            log.error("booking: the database did not answer: %s", type(exc).__name__)
+            return self.message(
+                "Try again",
+                "Booking is busy right now; please try again.",
+                503,
+                {"Retry-After": "5"},
+            )
+        except Exception as exc:
+            where = exc.__traceback__
+            while where is not None and where.tb_next is not None:
+                where = where.tb_next
+            line = f"{where.tb_frame.f_code.co_filename}:{where.tb_lineno}" if where else "?"
+            log.error("booking: page failed: %s at %s", type(exc).__name__, line)
+            return self.message("Try again", "Something went wrong; please try again.", 503)
+
+    async def read_form(self, request: Request) -> dict[str, str] | HTMLResponse:
+        """A booking form's fields: from this site (else 403), form-encoded (415), within
+        ``BOOKING_BODY_BYTES`` (413), UTF-8 (400)."""
+        if not same_origin(request):
+            return self.message("Not allowed", "This form was sent from another site.", 403)
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind != "application/x-www-form-urlencoded":
+            return self.message("Not a form", "Please use the buttons on the page.", 415)
+        try:
+            raw = await read_body(request, BOOKING_BODY_BYTES)
+            text = _utf8(raw)
+            pairs = parse_qsl(
+                text, keep_blank_values=True, encoding="utf-8", errors="strict", max_num_fields=20
+            )
+        except Refused as refused:
+            return self.message("Not accepted", "This form could not be read.", refused.status)
+        except (UnicodeDecodeError, ValueError):
+            return self.message("Not accepted", "This form could not be read.", 400)
+        return dict(pairs)
+
+    # ----------------------------------------------------------------- /book/<token>
+
+    def book_page(
+        self, view: Any, asked: str | None, status: int = 200, taken: bool = False
+    ) -> HTMLResponse:
+        """The slots page (or the meeting booked through it) of a valid link's ``view``."""
+        from leadflow.booking import tokens
+
+        booking = self.booking()
+        owner = view.owner.rep.id if view.owner else None
+        rep_first = view.first_name(owner) if owner else None
+        meeting = None
+        if view.meeting is not None:
+            manage = tokens.manage_token(view.meeting.manage_id)
+            meeting = {
+                "when": local_time(view.meeting.starts_at, view.zone),
+                "with": view.first_name(view.meeting.rep_code),
+                "manage": f"/booking/{manage}",
+            }
+        offer = view.offer
+        return self.render(
+            "book",
+            status,
+            title="Book a call",
+            lead_first=view.lead.first_name,
+            rep_first=rep_first,
+            pool=bool(offer and offer.pool),
+            meeting=meeting,
+            taken=taken,
+            unchecked=view.unchecked,
+            zone=view.zone,
+            zones=sorted({*COMMON_ZONES, view.zone}),
+            action=f"/book/{view.token}",
+            form=tokens.form_token(view.token),
+            tz=asked if asked == view.zone else "",  # a zone the lead picked, not junk
+            days=slot_days(view.days(), view.zone, owner, view.first_name),
+            horizon=booking.rules.days,
+        )
+
+    def closed(self) -> HTMLResponse:
+        return self.message(
+            "Booking closed", "This link no longer books a call; we will be in touch.", 410
+        )
+
+    def show(self, request: Request, token: str) -> HTMLResponse:
+        """``GET /book/<token>``: the lead's slots in its zone (``?tz=`` picks another)."""
+        asked = request.query_params.get("tz") or None
+        view = self.booking().view(token, asked, self.clock())
+        if view is None:
+            return self.failed(request)
+        if view.meeting is None and view.offer is None:
+            return self.closed()
+        return self.book_page(view, asked)
+
+    def book(self, request: Request, token: str, form: dict[str, str]) -> Response:
+        """``POST /book/<token>``: book the posted slot, then show the page again (303)."""
+        from leadflow.booking import tokens
+
+        if not tokens.form_ok(token, form.get("form")):
+            return self.invalid()
+        asked = form.get("tz") or None
+        done = self.booking().book(token, form.get("slot", ""), form["form"], asked, self.clock())
+        if done.kind == "booked":
+            picked = asked if done.view is not None and done.view.zone == asked else None
+            return self.redirect(
+                f"/book/{token}" + (f"?{urlencode({'tz': picked})}" if picked else "")
+            )
+        if done.kind == "taken" and done.view is not None:
+            return self.book_page(done.view, asked, 409, taken=True)
+        if done.kind == "closed":
+            return self.closed()
+        return self.failed(request)
+
+    # ----------------------------------------------------------------- /booking/<manage>
+
+    def manage_page(
+        self, token: str, found: tuple, status: int = 200, taken: bool = False
+    ) -> HTMLResponse:
+        """A booked meeting with its cancel button and the times it can move to."""
+        from leadflow.booking import slots, tokens
+        from leadflow.booking.service import lead_zone
+
+        booking = self.booking()
+        meeting, lead, rep, _ = found
+        zone = meeting.lead_zone or lead_zone(lead, rep)
+        first = rep.rep.name.split(" ")[0] or rep.rep.id
+        days: list[dict[str, Any]] = []
+        unchecked = False
+        if meeting.status == "booked":
+            offer = booking.reschedule_offer(meeting, rep, self.clock())
+            unchecked = bool(offer.unread)
+            others = [s for s in offer.slots if s.start != meeting.starts_at]
+            days = slot_days(slots.by_day(others, ZoneInfo(zone)), zone, rep.rep.id, str)
+        return self.render(
+            "manage",
+            status,
+            title="Your call",
+            rep_first=first,
+            when=local_time(meeting.starts_at, zone),
+            cancelled=meeting.status != "booked",
+            taken=taken,
+            unchecked=unchecked,
+            zone=zone,
+            action=f"/booking/{token}/reschedule",
+            cancel=f"/booking/{token}/cancel",
+            form=tokens.form_token(token),
+            tz="",
+            days=days,
+            horizon=booking.rules.days,
+        )
+
+    def manage(self, request: Request, token: str) -> HTMLResponse:
+        """``GET /booking/<manage token>``."""
+        found = self.booking().managed(token)
+        return self.failed(request) if found is None else self.manage_page(token, found)
+
+    def change(self, request: Request, token: str, form: dict[str, str], what: str) -> Response:
+        """``POST /booking/<manage token>/cancel`` or ``/reschedule`` (``slot``)."""
+        from leadflow.booking import tokens
+
+        if not tokens.form_ok(token, form.get("form")):
+            return self.invalid()
+        booking, now = self.booking(), self.clock()
+        if what == "cancel":
+            done = booking.cancel(token, form["form"], now)
+        else:
+            done = booking.reschedule(token, form.get("slot", ""), form["form"], now)
+        if done.kind in ("cancelled", "booked"):
+            return self.redirect(f"/booking/{token}")
+        if done.kind == "forbidden":
+            return self.failed(request)
+        found = booking.managed(token)
+        if found is None:
+            return self.failed(request)
+        if done.kind == "taken":
+            return self.manage_page(token, found, 409, taken=True)
+        return self.manage_page(token, found, 410)
+
+
+def _add_booking(app: FastAPI, pages: BookingPages) -> None:
+    """Mount the booking pages: ``GET``/``POST /book/<token>`` (the lead's slots, book one)
+    and ``GET /booking/<manage token>`` with its ``cancel`` and ``reschedule`` posts."""
+
+    @app.get("/book/{token}", response_class=HTMLResponse)
+    def book_page(token: str, request: Request) -> Response:
+        refused = pages.admit(request, token)
+        return refused or pages.guarded(lambda: pages.show(request, token))
+
+    @app.post("/book/{token}", response_class=HTMLResponse)
+    async def book_post(token: str, request: Request) -> Response:
+        if refused := pages.admit(request, token):
+            return refused
+        form = await pages.read_form(request)
+        if isinstance(form, HTMLResponse):
+            return form
+        return await run_in_threadpool(pages.guarded, lambda: pages.book(request, token, form))
+
+    @app.get("/booking/{token}", response_class=HTMLResponse)
+    def manage_page(token: str, request: Request) -> Response:
+        refused = pages.admit(request, token)
+        return refused or pages.guarded(lambda: pages.manage(request, token))
+
+    async def change(token: str, request: Request, what: str) -> Response:
+        if refused := pages.admit(request, token):
+            return refused
+        form = await pages.read_form(request)
+        if isinstance(form, HTMLResponse):
+            return form
+        return await run_in_threadpool(
+            pages.guarded, lambda: pages.change(request, token, form, what)
+        )
+
+    @app.post("/booking/{token}/cancel", response_class=HTMLResponse)
+    async def cancel_post(token: str, request: Request) -> Response:
+        return await change(token, request, "cancel")
+
+    @app.post("/booking/{token}/reschedule", response_class=HTMLResponse)
+    async def reschedule_post(token: str, request: Request) -> Response:
+        return await change(token, request, "reschedule")
+
+
 # --------------------------------------------------------------------------- the app
 
 # A record with more fields than this, or a body larger, is captured by a writer of its own
@@ -488,18 +910,30 @@ _TOKEN = re.compile(r"[0-9a-f]{32}")
 _LEAD = re.compile(r"[0-9]{1,18}")
 
 
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 def create_app(
     database_url: str | None = None,
     capture: Capture | None = None,
     limits: Limits | None = None,
+    booking: Booking | None = None,
+    clock: Callable[[], datetime] | None = None,
 ) -> FastAPI:
+    """The HTTP app: ``POST /leads`` (with ``capture``), the unsubscribe and booking pages,
+    ``/healthz``. ``booking``: the booking pages' core (default: made on the first request
+    over ``database_url`` and the CalDAV calendars configured); ``clock``: the time the
+    booking pages and ``POST /leads?wait=`` use (tests pass a fixed one)."""
     database_url = database_url or get_settings().database_url
     limits = limits or Limits.from_env()
+    clock = clock or _utc_now
     gate = Gate(limits)
     app = FastAPI(title="leadflow", docs_url=None, redoc_url=None)
     app.state.limits = limits
     if capture is not None:
-        _add_capture(app, database_url, capture, limits, gate)
+        _add_capture(app, database_url, capture, limits, gate, clock)
+    _add_booking(app, BookingPages(database_url, booking, gate, clock))
 
     def page(
         title: str, body: str, status: int = 200, headers: dict[str, str] | None = None
@@ -557,10 +991,16 @@ def create_app(
 
 
 def _add_capture(
-    app: FastAPI, database_url: str, capture: Capture, limits: Limits, gate: Gate
+    app: FastAPI,
+    database_url: str,
+    capture: Capture,
+    limits: Limits,
+    gate: Gate,
+    clock: Callable[[], datetime] = _utc_now,
 ) -> None:
     """Mount ``POST /leads``: an authorised post is parsed, written by a capture writer and
-    answered 202 (captured) or 422 (quarantined, with the checks it failed)."""
+    answered 202 (captured) or 422 (quarantined, with the checks it failed); a client that
+    asks to wait (``?wait=N`` or ``Prefer: wait=N``) hears the routed lead's booking link."""
     from leadflow.capture.rules import load_mapping
 
     mapping, version = load_mapping(capture.mapping_path)
@@ -575,6 +1015,7 @@ def _add_capture(
             return JSONResponse({"detail": capture.missing_token}, status_code=503)
         try:
             parsed = await _accept(request, capture, limits, gate)
+            wait, preferred = wait_seconds(request)
         except Refused as refused:
             if refused.status not in (401, 429):
                 log.info("POST /leads refused (%d): %s", refused.status, refused.detail)
@@ -582,7 +1023,13 @@ def _add_capture(
         posted = await writers.write(parsed)
         if isinstance(posted, JSONResponse):
             return posted
-        return _posted_response(posted, parsed, checks)
+        if wait <= 0 or posted.status == "quarantined" or posted.lead_id is None:
+            return _posted_response(posted, parsed, checks)
+        extra = await booking_link(database_url, posted.lead_id, wait, clock)
+        answer = _posted_response(posted, parsed, checks, extra)
+        if preferred:
+            answer.headers["Preference-Applied"] = f"wait={wait:g}"
+        return answer
 
 
 @dataclass
@@ -649,6 +1096,67 @@ def _on_captured(capture: Capture, source: str) -> Callable[[list[Any]], None]:
     return captured
 
 
+MAX_WAIT_SECONDS = 10.0  # POST /leads?wait=: the longest a client may wait for its link
+WAIT_POLL_SECONDS = 0.1
+
+
+def wait_seconds(request: Request) -> tuple[float, bool]:
+    """How long ``POST /leads`` waits for the lead's booking link, and whether the client
+    asked in a ``Prefer: wait=N`` header (RFC 7240: more than 10 is taken as 10, a value
+    that is not a number is ignored). ``?wait=N`` wins: a number from 0 to 10, else 400."""
+    raw = request.query_params.get("wait")
+    if raw is not None:
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and 0 <= value <= MAX_WAIT_SECONDS):
+            raise Refused(400, f"wait must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g}")
+        return value, False
+    for header in request.headers.getlist("prefer"):
+        for preference in header.split(","):
+            name, _, value = preference.split(";")[0].partition("=")
+            if name.strip().lower() != "wait":
+                continue
+            try:
+                seconds = float(value.strip().strip('"'))
+            except ValueError:
+                continue
+            if math.isfinite(seconds) and seconds >= 0:
+                return min(seconds, MAX_WAIT_SECONDS), True
+    return 0.0, False
+
+
+async def booking_link(
+    database_url: str, lead_id: int, wait: float, clock: Callable[[], datetime]
+) -> dict[str, str]:
+    """``{"booking_url": ...}`` as soon as the lane has made the lead's booking link
+    (looked for every 100 ms, off the event loop), else ``{"booking": "pending"}`` after
+    ``wait`` seconds (``"unavailable"`` when links cannot be signed here)."""
+    from leadflow.booking import tokens
+    from leadflow.booking.store import newest_link
+
+    def look() -> str | None:
+        with store.get_engine(database_url).connect() as conn:
+            return newest_link(conn, lead_id, clock())
+
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            token = await run_in_threadpool(look)
+            if token is not None:
+                return {"booking_url": tokens.book_url(token)}
+        except ConfigError as exc:
+            log.error("POST /leads: booking links cannot be signed: %s", exc)
+            return {"booking": "unavailable"}
+        except SQLAlchemyError as exc:
+            log.warning("POST /leads: booking link not read: %s", type(exc).__name__)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return {"booking": "pending"}
+        await asyncio.sleep(min(WAIT_POLL_SECONDS, left))
+
+
 def _authorised(request: Request, capture: Capture) -> bool:
     """The request carries the capture token (``Authorization: Bearer`` or
     ``X-Leadflow-Token``)."""
@@ -679,11 +1187,15 @@ async def _accept(request: Request, capture: Capture, limits: Limits, gate: Gate
 
 
 def _posted_response(
-    posted: Any, parsed: Parsed, checks: dict[str, tuple[str | None, str]]
+    posted: Any,
+    parsed: Parsed,
+    checks: dict[str, tuple[str | None, str]],
+    extra: dict[str, str] | None = None,
 ) -> JSONResponse:
-    """202 with the record's reference and outcome; 422 when it was quarantined, with the
-    checks it failed (a malformed body's own parse error in place of the generic one)."""
-    body = {"record": f"{posted.batch_id}/{posted.record_no}", **posted.as_dict()}
+    """202 with the record's reference and outcome (and ``extra``: the booking link); 422
+    when it was quarantined, with the checks it failed (a malformed body's own parse error in
+    place of the generic one)."""
+    body = {"record": f"{posted.batch_id}/{posted.record_no}", **posted.as_dict(), **(extra or {})}
     if posted.status == "quarantined":
         body["detail"] = _fields(posted.reasons, checks)
         if parsed.error:
