@@ -601,8 +601,12 @@ class BookingPages:
         booking: Booking | None,
         gate: Gate,
         clock: Callable[[], datetime],
+        on_change: Callable[[list[int]], Any] | None = None,
     ) -> None:
         self.database_url, self.gate, self.clock = database_url, gate, clock
+        # What a booking, a move or a cancel hands its lead to: the lane (``leadflow serve``),
+        # which sends the lead's invitations at once instead of at the next outbox run.
+        self.on_change = on_change
         per_minute = BOOKING_PER_TOKEN_PER_MINUTE
         self.per_token = Buckets(per_minute / 60, per_minute)
         self._booking = booking
@@ -676,6 +680,8 @@ class BookingPages:
         """``work``'s page, or 503 when the store or the link secret cannot be reached (never
         a 500: nothing here depends on what the lead typed)."""
         try:
+            if not self.booking().rules.enabled:  # rules/booking.yaml: enabled: false
+                return self.message("Not available", "Booking is not available.", 404)
             return work()
         except ConfigError as exc:  # no Public Site block, or its Prefect API is down
             log.error("booking: links cannot be checked: %s", exc)
@@ -778,6 +784,8 @@ class BookingPages:
             return self.invalid()
         asked = form.get("tz") or None
         done = self.booking().book(token, form.get("slot", ""), form["form"], asked, self.clock())
+        if done.kind == "booked" and not done.replayed:
+            self.changed(done.meeting.lead_id)
         if done.kind == "booked":
             picked = asked if done.view is not None and done.view.zone == asked else None
             return self.redirect(
@@ -788,6 +796,15 @@ class BookingPages:
         if done.kind == "closed":
             return self.closed()
         return self.failed(request)
+
+    def changed(self, lead_id: int) -> None:
+        """Hand the lead whose meeting changed to ``on_change`` (never failing the page)."""
+        if self.on_change is None:
+            return
+        try:
+            self.on_change([int(lead_id)])
+        except Exception as exc:  # the next outbox run sends the messages all the same
+            log.warning("booking: lead not handed to the lane: %s", type(exc).__name__)
 
     # ----------------------------------------------------------------- /booking/<manage>
 
@@ -844,6 +861,8 @@ class BookingPages:
         else:
             done = booking.reschedule(token, form.get("slot", ""), form["form"], now)
         if done.kind in ("cancelled", "booked"):
+            if not done.replayed and done.meeting is not None:
+                self.changed(done.meeting.lead_id)
             return self.redirect(f"/booking/{token}")
         if done.kind == "forbidden":
             return self.failed(request)
@@ -933,7 +952,8 @@ def create_app(
     app.state.limits = limits
     if capture is not None:
         _add_capture(app, database_url, capture, limits, gate, clock)
-    _add_booking(app, BookingPages(database_url, booking, gate, clock))
+    on_change = capture.hand_off if capture is not None else None
+    _add_booking(app, BookingPages(database_url, booking, gate, clock, on_change))
 
     def page(
         title: str, body: str, status: int = 200, headers: dict[str, str] | None = None

@@ -1,4 +1,5 @@
-"""`leadflow` commands: the speed-to-lead door: `serve` (POST /leads, unsubscribe) and the lane's worker."""
+"""`leadflow` commands: the speed-to-lead door: `serve` (POST /leads, unsubscribe, booking
+pages) and the lane's worker."""
 
 from __future__ import annotations
 
@@ -42,10 +43,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         missing_token=missing,
     )
     app = create_app(capture=capture)  # a mapping with a typo stops here, before serving
+    from leadflow.booking import rules as booking_rules
+
+    booking = booking_rules.current()  # so does a booking.yaml with a typo
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     print(
         f"leadflow serve: http://{args.host}:{args.port} (POST /leads: "
-        f"{'on' if token else 'off, ' + missing}; lane: {lane})",
+        f"{'on' if token else 'off, ' + missing}; lane: {lane}; booking pages: "
+        f"{'on' if booking.enabled else 'off'})",
         file=sys.stderr,
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
@@ -138,7 +143,7 @@ COMMANDS = (
     Command(
         "serve",
         cmd_serve,
-        "HTTP endpoint: POST /leads (speed to lead), unsubscribe links",
+        "HTTP endpoint: POST /leads (speed to lead), unsubscribe links, booking pages",
         _serve_arguments,
         DATABASE
         + RULES

@@ -363,3 +363,46 @@ def test_a_calendar_that_does_not_answer_leaves_working_hours_and_says_so(site: 
     html = client.get(f"/book/{site.links[site.leads[0]]}").text
     assert "times from working hours; Cem's calendar could not be checked just now" in html
     assert slots(html)[0] == (key("cem", FIRST), "17:00")
+
+
+def test_a_booking_a_move_and_a_cancel_hand_the_lead_to_the_lane(site: Site) -> None:
+    """``leadflow serve`` hands the lead whose meeting changed to the lane, which sends its
+    invitations at once; a replayed form hands nothing."""
+    handed: list[list[int]] = []
+    capture = Capture(token=TOKEN, mapping_path=MAPPING, hand_off=handed.append, emit_events=False)
+    url = site.engine.url.render_as_string(False)
+    client = TestClient(
+        create_app(url, capture, limits=Limits(), booking=site.booking, clock=lambda: NOW)
+    )
+    lead, token = site.leads[0], site.links[site.leads[0]]
+    data = {"slot": key("cem", FIRST), "tz": "", "form": tokens.form_token(token)}
+    assert client.post(f"/book/{token}", data=data, follow_redirects=False).status_code == 303
+    assert client.post(f"/book/{token}", data=data, follow_redirects=False).status_code == 303
+    assert handed == [[lead]]
+    manage = re.search(r'href="/booking/([^"]+)"', client.get(f"/book/{token}").text).group(1)
+    form = {"form": tokens.form_token(manage)}
+    moved = {**form, "slot": key("cem", FIRST + timedelta(hours=1))}
+    assert (
+        client.post(f"/booking/{manage}/reschedule", data=moved, follow_redirects=False).status_code
+        == 303
+    )
+    assert (
+        client.post(f"/booking/{manage}/cancel", data=form, follow_redirects=False).status_code
+        == 303
+    )
+    assert (
+        client.post(f"/booking/{manage}/cancel", data=form, follow_redirects=False).status_code
+        == 303
+    )
+    assert handed == [[lead], [lead], [lead]]
+
+
+def test_booking_switched_off_answers_not_available(site: Site) -> None:
+    off = Booking(
+        site.engine.url.render_as_string(False), Calendars(None), BookingRules(enabled=False)
+    )
+    client = TestClient(
+        create_app(site.engine.url.render_as_string(False), booking=off, clock=lambda: NOW)
+    )
+    answer = client.get(f"/book/{site.links[site.leads[0]]}")
+    assert answer.status_code == 404 and "Booking is not available." in answer.text
