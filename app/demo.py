@@ -14,6 +14,7 @@ from typing import Any
 from prefect import flow
 from prefect.states import Completed, Failed, State
 
+from app.demo_booking import book_a_few
 from app.demo_steps import describe, ledger_report, month, prepare_sample, sales_week, sample_file
 from flows.capture import capture
 from flows.pipeline import pipeline
@@ -48,6 +49,8 @@ def demo(leads: int = 5000, seed: int = 7, days: int = 30) -> State:
     )
     summary["pipeline"] = ran.result(raise_on_failure=False)
     if ran.is_completed():
+        # A few routed leads open the link routing mailed them and book their first call.
+        summary["booking"] = book_a_few()
         # A week of sales work after routing: activities in, SLA checks with `now` moved on.
         start = datetime.now(UTC)
         summary["sales_week"] = sales_week(summary, start=start)

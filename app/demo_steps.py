@@ -95,7 +95,8 @@ def describe(summary: dict[str, Any]) -> str:
     sent = route.get("notifications") or {}
     if sent:
         lines.append(
-            f"owner notifications: sent {sent.get('sent', 0)}, failed {sent.get('failed', 0)}"
+            f"notifications (owners, and leads' booking links): sent {sent.get('sent', 0)}, "
+            f"failed {sent.get('failed', 0)}"
             f" (mail in {summary.get('mail')})"
         )
     kpi = summary.get("kpi") or {}
@@ -106,6 +107,10 @@ def describe(summary: dict[str, Any]) -> str:
             f"{speed['p90_s']} s ({speed['leads']} leads); KPI charts in "
             f"{Path(kpi['charts']['funnel']).parent}"
         )
+    if isinstance(summary.get("booking"), dict):
+        from app.demo_booking import describe_booking
+
+        lines.extend(describe_booking(summary["booking"]))
     if isinstance(summary.get("sales_week"), dict):
         lines.extend(describe_sales_week(summary["sales_week"]))
     if isinstance(summary.get("month"), dict):
