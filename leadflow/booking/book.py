@@ -87,27 +87,41 @@ def _insert_meeting(
     return found
 
 
-def _activity(conn: Connection, meeting: Meeting, now: datetime) -> int:
+def _activity(
+    conn: Connection, meeting: Meeting, now: datetime, kind: str, key: str, **fields: Any
+) -> int:
+    """One activity of the meeting's lead and rep (source ``booking-page``); its id."""
     acts = t.activities
-    key = f"booking:{meeting.id}"
     conn.execute(
         acts.insert().values(
             lead_id=meeting.lead_id,
             rep_id=meeting.rep_id,
-            activity_type="meeting_booked",
+            activity_type=kind,
             occurred_at=now,
             automated=False,
-            properties={"meeting": meeting.id, "starts_at": meeting.starts_at.isoformat()},
             source="booking-page",
             activity_key=key,
             recorded_at=now,
+            **fields,
         )
     )
-    activity_id = conn.execute(select(acts.c.id).where(acts.c.activity_key == key)).scalar_one()
+    return int(conn.execute(select(acts.c.id).where(acts.c.activity_key == key)).scalar_one())
+
+
+def _booked_activity(conn: Connection, meeting: Meeting, now: datetime) -> int:
+    """The meeting's ``meeting_booked`` activity (what the SLA clocks count), linked to it."""
+    activity_id = _activity(
+        conn,
+        meeting,
+        now,
+        "meeting_booked",
+        f"booking:{meeting.id}",
+        properties={"meeting": meeting.id, "starts_at": meeting.starts_at.isoformat()},
+    )
     conn.execute(
         update(t.meetings).where(t.meetings.c.id == meeting.id).values(activity_id=activity_id)
     )
-    return int(activity_id)
+    return activity_id
 
 
 def _reassign(
@@ -195,7 +209,7 @@ def book(conn: Connection, request: Request, now: datetime) -> Booked:
         if again is not None:
             return Booked(again, replayed=True)
         raise Taken(request.slot.key) from None
-    _activity(conn, meeting, now)
+    _booked_activity(conn, meeting, now)
     moved_from = None
     if request.rep.id != owner_now:
         _reassign(
@@ -280,19 +294,14 @@ def cancel(
                 met_at=None, met_by=None, business_minutes=None, closed_at=None, closed_reason=None
             )
         )
-    conn.execute(
-        acts.insert().values(
-            lead_id=meeting.lead_id,
-            rep_id=meeting.rep_id,
-            activity_type="meeting_cancelled",
-            occurred_at=now,
-            automated=False,
-            reason=reason,
-            properties={"meeting": meeting.id},
-            source="booking-page",
-            activity_key=f"booking-cancel:{meeting.id}",
-            recorded_at=now,
-        )
+    _activity(
+        conn,
+        meeting,
+        now,
+        "meeting_cancelled",
+        f"booking-cancel:{meeting.id}",
+        reason=reason,
+        properties={"meeting": meeting.id},
     )
     lifecycle.record_notes(
         conn,

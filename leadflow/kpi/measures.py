@@ -22,7 +22,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from sqlalchemy import Connection, text
 
@@ -61,15 +60,7 @@ def _seconds(later: pd.Series, earlier: pd.Series) -> pd.Series:
     return (pd.to_datetime(later, utc=True) - pd.to_datetime(earlier, utc=True)).dt.total_seconds()
 
 
-def _quantiles(seconds: pd.Series) -> dict[str, Any]:
-    values = seconds.dropna()
-    if values.empty:
-        return {"leads": 0, "median_s": None, "p90_s": None}
-    return {
-        "leads": len(values),
-        "median_s": round(float(values.median()), 1),
-        "p90_s": round(float(np.percentile(values, 90)), 1),
-    }
+_quantiles = booking.quantiles  # median and p90 of seconds, missing left out
 
 
 def speed_to_lead(frame: pd.DataFrame, first_touch: pd.DataFrame | None = None) -> dict[str, Any]:

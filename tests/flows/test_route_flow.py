@@ -26,9 +26,10 @@ def test_mqls_are_routed_explained_and_their_owners_told_once(database_url, tmp_
     engine = store.get_engine(database_url)
     mqls(engine, ["US"] * 6 + ["DE", "BR"])
     summary = run_route(database_url, tmp_path)
-    assert (summary["routed"], summary["waiting"], summary["queued"]) == (8, 0, 8)
+    # Eight owner notices and eight booking links to the leads (rules/booking.yaml).
+    assert (summary["routed"], summary["waiting"], summary["queued"]) == (8, 0, 16)
     assert summary["per_rep"] == {"ann": 4, "bob": 2, "cem": 1, "olga": 1}
-    assert summary["notifications"]["sent"] == 8 and len(mail(tmp_path)) == 8
+    assert summary["notifications"]["sent"] == 16 and len(mail(tmp_path)) == 16
     leads = table(database_url, "leads")
     assert set(leads["status"]) == {"routed"} and leads["owner_rep_id"].notna().all()
     rows = table(database_url, "assignments").set_index("rep_code")
@@ -38,7 +39,7 @@ def test_mqls_are_routed_explained_and_their_owners_told_once(database_url, tmp_
     assert (ledger["to_status"] == "routed").sum() == 8
     # Rerunning routes nobody again and sends nothing again.
     again = run_route(database_url, tmp_path)
-    assert (again["routed"], again["queued"]) == (0, 0) and len(mail(tmp_path)) == 8
+    assert (again["routed"], again["queued"]) == (0, 0) and len(mail(tmp_path)) == 16
     assert len(table(database_url, "assignments")) == 8
 
 
