@@ -732,7 +732,7 @@ class BookingPages:
 
         booking = self.booking()
         owner = view.owner.rep.id if view.owner else None
-        rep_first = view.first_name(owner) if owner else None
+        rep_first = view.first_name(owner) if owner else "your contact"
         meeting = None
         if view.meeting is not None:
             manage = tokens.manage_token(view.meeting.manage_id)
@@ -1045,7 +1045,12 @@ def _add_capture(
             return posted
         if wait <= 0 or posted.status == "quarantined" or posted.lead_id is None:
             return _posted_response(posted, parsed, checks)
-        extra = await booking_link(database_url, posted.lead_id, wait, clock)
+        if posted.status != "inserted":
+            # A post merged into a lead that exists: whoever posted it may not be that lead,
+            # and its link opens that lead's meeting. The link goes to the lead's own email.
+            extra = {"booking": "by email"}
+        else:
+            extra = await booking_link(database_url, posted.lead_id, wait, clock)
         answer = _posted_response(posted, parsed, checks, extra)
         if preferred:
             answer.headers["Preference-Applied"] = f"wait={wait:g}"
@@ -1147,6 +1152,10 @@ def wait_seconds(request: Request) -> tuple[float, bool]:
     return 0.0, False
 
 
+# A lead in one of these after the lane will get no booking link: stop waiting for one.
+NOT_ROUTED = ("nurturing", "disqualified", "quarantined")
+
+
 async def booking_link(
     database_url: str, lead_id: int, wait: float, clock: Callable[[], datetime]
 ) -> dict[str, str]:
@@ -1156,16 +1165,21 @@ async def booking_link(
     from leadflow.booking import tokens
     from leadflow.booking.store import newest_link
 
-    def look() -> str | None:
+    def look() -> tuple[str | None, str | None]:
         with store.get_engine(database_url).connect() as conn:
-            return newest_link(conn, lead_id, clock())
+            status = conn.execute(
+                select(t.leads.c.status).where(t.leads.c.id == int(lead_id))
+            ).scalar()
+            return newest_link(conn, lead_id, clock()), status
 
     deadline = time.monotonic() + wait
     while True:
         try:
-            token = await run_in_threadpool(look)
+            token, status = await run_in_threadpool(look)
             if token is not None:
                 return {"booking_url": tokens.book_url(token)}
+            if status in NOT_ROUTED:  # scored into nurture, disqualified: no rep to meet
+                return {"booking": "not offered"}
         except ConfigError as exc:
             log.error("POST /leads: booking links cannot be signed: %s", exc)
             return {"booking": "unavailable"}

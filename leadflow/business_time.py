@@ -17,7 +17,7 @@ Used for first-meeting proposals (``next_free_slots``) and, later, for SLAs
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import cache
@@ -176,6 +176,19 @@ def _ceil(moment: datetime, step: timedelta) -> datetime:
     return epoch + steps * step
 
 
+def local_grid(zone: ZoneInfo) -> Callable[[datetime, timedelta], datetime]:
+    """Boundaries every ``step`` from local midnight of the moment's own day in ``zone``: a
+    30-minute grid is :00 and :30 on the wall clock in Kolkata and Kathmandu too, a 45-minute
+    one 09:00, 09:45 ... (``step`` should divide a day)."""
+
+    def align(moment: datetime, step: timedelta) -> datetime:
+        local = _utc(moment).astimezone(zone)
+        midnight = datetime.combine(local.date(), time(), tzinfo=zone).astimezone(UTC)
+        return midnight + (-(-(_utc(moment) - midnight) // step)) * step
+
+    return align
+
+
 def next_free_slots(
     rep: Rep | WorkingCalendar,
     now: datetime,
@@ -186,21 +199,25 @@ def next_free_slots(
     step: timedelta = timedelta(minutes=15),
     not_before: timedelta = timedelta(0),
     horizon: timedelta = timedelta(days=60),
+    align: Callable[[datetime, timedelta], datetime] | None = None,
 ) -> list[Interval]:
     """The first ``n`` slots of ``duration`` inside the rep's working time from
     ``now + not_before``, starting on a ``step`` boundary, overlapping none of ``busy`` (UTC
-    intervals), never in time off or on a public holiday. Fewer if the horizon runs out."""
+    intervals), never in time off or on a public holiday. Fewer if the horizon runs out.
+    ``align(moment, step)``: the first boundary at or after ``moment`` (default: multiples
+    of ``step`` since 2000-01-01 UTC; ``local_grid`` counts them from local midnight)."""
+    align = align or _ceil
     taken = sorted((_utc(a), _utc(b)) for a, b in busy)
     slots: list[Interval] = []
     cursor = _utc(now) + not_before
     limit = cursor + horizon
     while cursor < limit and len(slots) < n:
         for low, high in working_intervals(rep, cursor, min(cursor + CHUNK, limit)):
-            begin = _ceil(low, step)
+            begin = align(low, step)
             while begin + duration <= high and len(slots) < n:
                 clash = next((b for a, b in taken if a < begin + duration and begin < b), None)
                 if clash is not None:
-                    begin = _ceil(clash, step)
+                    begin = align(clash, step)
                     continue
                 slots.append((begin, begin + duration))
                 begin += duration

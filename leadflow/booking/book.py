@@ -75,7 +75,7 @@ def _insert_meeting(
         "status": "booked",
         "link_id": link.id,
         "manage_id": manage_id,
-        "uid": f"{manage_id}@leadflow",
+        "uid": f"{tokens.new_id()}@leadflow",  # its own: nothing of the manage link in it
         "sequence": 0,
         "lead_zone": lead_zone,
         "busy_from": busy_from,
@@ -183,7 +183,8 @@ class Request:
 def book(conn: Connection, request: Request, now: datetime) -> Booked:
     """Book ``request`` (see the module's docstring). Raises ``Taken`` or ``NotBookable``."""
     store.serialize_writers(conn, "capture")
-    store.serialize_writers(conn, ROUTE_TURN)
+    if request.why_pool is not None:  # it may reassign: routing's turn too (its lock order)
+        store.serialize_writers(conn, ROUTE_TURN)
     row = _lock_lead(conn, request.lead.id)
     if row is None or row.status not in BOOKABLE:
         raise NotBookable(request.lead.id)
@@ -191,8 +192,10 @@ def book(conn: Connection, request: Request, now: datetime) -> Booked:
     if existing is not None:
         return Booked(existing, replayed=True)
     owner_now = None if row.owner_rep_id is None else int(row.owner_rep_id)
-    if request.rep.id != owner_now and request.why_pool is None:
-        raise Taken("the lead changed owner since the page was shown")
+    if request.rep.id != owner_now and (request.why_pool is None or row.status != "routed"):
+        # The owner changed since the page was shown, or the lead was accepted meanwhile (a
+        # rep working the lead keeps it, however full their calendar).
+        raise Taken("the lead changed owner or was accepted since the page was shown")
     try:
         with conn.begin_nested():
             meeting = _insert_meeting(
@@ -277,7 +280,7 @@ def cancel(
     meeting = booking_store.meeting_by_manage_id(conn, manage_id, for_update=True)
     if meeting is None or meeting.status != "booked":
         return None
-    m, acts, timers = t.meetings, t.activities, t.sla_timers
+    m = t.meetings
     conn.execute(
         update(m)
         .where(m.c.id == meeting.id)
@@ -286,14 +289,7 @@ def cancel(
         )
     )
     if meeting.activity_id is not None:
-        conn.execute(update(acts).where(acts.c.id == meeting.activity_id).values(voided_at=now))
-        conn.execute(
-            update(timers)
-            .where(timers.c.met_by == meeting.activity_id)
-            .values(
-                met_at=None, met_by=None, business_minutes=None, closed_at=None, closed_reason=None
-            )
-        )
+        reopen(conn, meeting.activity_id, now)
     _activity(
         conn,
         meeting,
@@ -324,6 +320,26 @@ def cancel(
         cancelled=True,
     )
     return done
+
+
+def reopen(conn: Connection, activity_id: int, now: datetime) -> None:
+    """Void the ``meeting_booked`` activity and reopen the SLA clocks it met: a clock it
+    closed is open again, one closed otherwise since (reassigned, the lead left) stays
+    closed; and the SLA check's watermark goes back to just before the activity, so its
+    next run meets each reopened clock with the earliest genuine activity still counting
+    (a call made after the booking was skipped then: the clock was met)."""
+    from leadflow.sla import store as sla_store
+
+    acts, timers = t.activities, t.sla_timers
+    conn.execute(update(acts).where(acts.c.id == activity_id).values(voided_at=now))
+    unmet = {"met_at": None, "met_by": None, "business_minutes": None}
+    conn.execute(
+        update(timers)
+        .where(timers.c.met_by == activity_id, timers.c.closed_reason == "met")
+        .values(**unmet, closed_at=None, closed_reason=None)
+    )
+    conn.execute(update(timers).where(timers.c.met_by == activity_id).values(**unmet))
+    sla_store.rewind_watermark(conn, activity_id)
 
 
 def reschedule(

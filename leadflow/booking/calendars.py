@@ -159,7 +159,12 @@ class _Rep:
         elif isinstance(exc, dav_error.NotFoundError) and status == 404:
             what, permanent = "no calendar at this URL (HTTP 404)", True
         elif status is not None and status >= 400:
-            what, permanent = f"the server answered HTTP {status}", 400 <= status < 500
+            # 408, 423, 425, 429: wait and try again; any other 4xx never works as it is
+            transient = status in (408, 423, 425, 429)
+            what, permanent = (
+                f"the server answered HTTP {status}",
+                400 <= status < 500 and not transient,
+            )
         else:
             what = f"the answer is not CalDAV ({type(exc).__name__})"
         return CalendarUnavailable(
@@ -313,7 +318,11 @@ class Calendars:
 
     def _put(self, rep: _Rep, uid: str, ics: str) -> None:
         calendar = rep.calendar()
-        answer = calendar.client.put(str(_href(calendar, uid)), ics, {"Content-Type": ICS_TYPE})
+        href = str(_href(calendar, uid))
+        stored = calendar.client.request(href, "GET")
+        if stored.status == 200 and _sequence(stored.raw) > _sequence(ics):
+            return  # a later change of the meeting is there already: this one is stale
+        answer = calendar.client.put(href, ics, {"Content-Type": ICS_TYPE})
         if answer.status in (409, 412):  # the UID is taken elsewhere, or no such calendar
             existing = _by_uid(rep, calendar, uid)
             if existing is not None:
@@ -439,6 +448,15 @@ def _uids(ics: str) -> set[str]:
     except ValueError:
         return set()
     return {str(c.get("UID")) for c in parsed.walk("VEVENT") if c.get("UID")}
+
+
+def _sequence(ics: str) -> int:
+    """The VEVENT's SEQUENCE (0 when it has none; -1 for text that is no calendar)."""
+    try:
+        parsed = icalendar.Calendar.from_ical(ics)
+        return max((int(c.get("SEQUENCE", 0)) for c in parsed.walk("VEVENT")), default=0)
+    except (ValueError, TypeError):
+        return -1
 
 
 def _href(calendar: caldav.Calendar, uid: str) -> Any:

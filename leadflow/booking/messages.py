@@ -46,6 +46,8 @@ def ics(
     company = f" ({lead.company})" if lead.company else ""
     event.add("summary", f"First call: {lead.name}{company} with {rep.name}")
     event.add("status", "CANCELLED" if cancelled else "CONFIRMED")
+    if cancelled:
+        event.add("transp", "TRANSPARENT")  # a cancelled meeting takes no time
     if manage_url:
         event.add("description", f"Reschedule or cancel: {manage_url}")
     organizer = vCalAddress(f"mailto:{rep.email}")
@@ -80,15 +82,12 @@ def meeting_messages(
     method = "CANCEL" if cancelled else "REQUEST"
     change = "cancel" if cancelled else f"v{meeting.sequence}"
     base = f"meeting:{meeting.id}:{change}"
-    attachment = [
-        {
-            "filename": "meeting.ics",
-            "content_type": f"text/calendar; method={method}",
-            "content": ics(
-                meeting, rep, lead, now, method=method, cancelled=cancelled, manage_url=manage_url
-            ),
-        }
-    ]
+
+    def attachment(link: str | None) -> list[dict[str, str]]:
+        content = ics(meeting, rep, lead, now, method=method, cancelled=cancelled, manage_url=link)
+        kind = f"text/calendar; method={method}"
+        return [{"filename": "meeting.ics", "content_type": kind, "content": content}]
+
     verb = "cancelled" if cancelled else "booked"
     rows: list[dict[str, Any]] = []
     if lead.email:
@@ -99,7 +98,12 @@ def meeting_messages(
         )
         rows.append(
             _email(
-                base + ":lead", lead.email, lead.id, f"Your call is {verb}", lead_body, attachment
+                base + ":lead",
+                lead.email,
+                lead.id,
+                f"Your call is {verb}",
+                lead_body,
+                attachment(manage_url),  # the lead's own reschedule / cancel link
             )
         )
     rep_body = (
@@ -115,7 +119,7 @@ def meeting_messages(
             lead.id,
             f"First call {verb}: {lead.name}",
             rep_body,
-            attachment,
+            attachment(None),  # never the lead's manage link
         )
     )
     if to_calendar:
@@ -127,12 +131,10 @@ def meeting_messages(
                 "recipient": rep.id,
                 "lead_id": lead.id,
                 "subject": None,
-                "body": None if cancelled else ics(meeting, rep, lead, now, method=None),
-                "payload": {
-                    "rep": rep.id,
-                    "uid": meeting.uid,
-                    "action": "delete" if cancelled else "put",
-                },
+                # A cancel is put too (STATUS:CANCELLED, the next SEQUENCE): the calendar
+                # keeps the newest change, whatever order the writes are retried in.
+                "body": ics(meeting, rep, lead, now, method=None, cancelled=cancelled),
+                "payload": {"rep": rep.id, "uid": meeting.uid, "action": "put"},
                 "attachments": None,
             }
         )

@@ -46,8 +46,11 @@ class BookingRules(BaseModel):
     @classmethod
     def _grid(cls, value: str | int) -> str | int:
         minutes = calendar_minutes(value)
-        if minutes < 10 or minutes > 240 or minutes != int(minutes):
-            raise ValueError(f"{value!r}: a meeting is 10 to 240 whole minutes")
+        if minutes < 10 or minutes > 240 or minutes != int(minutes) or 1440 % minutes:
+            raise ValueError(
+                f"{value!r}: a meeting is 10 to 240 whole minutes that divide a day "
+                "(15m, 20m, 30m, 45m, 1h, 90m, 2h ...): slots lie on that grid from midnight"
+            )
         return value
 
     @property

@@ -36,10 +36,23 @@ def _utc(moment: datetime | None) -> datetime:
 
 
 def _zone(name: Any) -> str | None:
-    try:
-        return check_time_zone(str(name).strip()) if name else None
-    except ValueError:
+    text = str(name).strip() if name else ""
+    if not text or len(text) > 64:
         return None
+    try:
+        return check_time_zone(text)
+    except (ValueError, OSError):  # OSError: a name the file system refuses (too long)
+        return None
+
+
+GRACE = timedelta(minutes=10)  # a slot shown stays bookable this long after the page
+
+
+def _nobody(lead: Lead) -> Any:
+    """A rep with no time, standing in for an owner the booking cannot offer."""
+    from leadflow.routing.rules import Rep
+
+    return Rep(id="owner", name="", email="owner@invalid.example", working_hours={})
 
 
 def lead_zone(lead: Lead, owner: RepRow | None, asked: str | None = None) -> str:
@@ -70,10 +83,11 @@ class View:
     meeting: Meeting | None = None
     reps: dict[str, RepRow] = field(default_factory=dict)
     unchecked: bool = False  # a configured calendar could not be read
+    former: Meeting | None = None  # a live meeting with the lead's former owner
 
     def first_name(self, code: str) -> str:
         row = self.reps.get(code)
-        return (row.rep.name.split(" ")[0] or code) if row else code
+        return (row.rep.name.split(" ")[0] or code) if row else "your contact"
 
     def days(self) -> list[tuple[date, list[offers.Slot]]]:
         return offers.by_day(self.offer.slots if self.offer else [], ZoneInfo(self.zone))
@@ -141,18 +155,20 @@ class Booking:
     def offer_for(
         self, lead: Lead, owner: RepRow | None, reps: dict[str, RepRow], now: datetime
     ) -> tuple[offers.Offer, list[str]]:
-        """The owner's slots, or the pool's (``slots.offer``), with the calendars not read."""
-        if owner is None:
-            return offers.Offer([], "", None, "the lead has no owner"), []
-        pool = booking_store.pool_members(reps, lead.pool)
+        """The owner's slots, or (a lead no rep has accepted yet) the pool's, with the
+        calendars not read. An owner whose stored row cannot be read offers nothing itself."""
+        pool = booking_store.pool_members(reps, lead.pool) if lead.status == "routed" else []
         pool_rows = [reps[r.id] for r in pool if r.id in reps]
-        busy, unread = self.busy([owner], now)
-        offer = offers.offer(owner.rep, [], busy, now, self.rules)
+        busy, unread = self.busy([owner] if owner else [], now)
+        stand_in = owner.rep if owner else _nobody(lead)
+        offer = offers.offer(stand_in, [], busy, now, self.rules)
         if not offer.slots and pool_rows and self.rules.pool_when_no_slot:
             more, unread_pool = self.busy(pool_rows, now)
             busy.update(more)
             unread += unread_pool
-            offer = offers.offer(owner.rep, pool, busy, now, self.rules, lead.pool)
+            offer = offers.offer(stand_in, pool, busy, now, self.rules, lead.pool)
+        if owner is None:
+            offer.why_pool = "the lead has no owner whose time can be read"
         offer.unread = unread
         return offer, unread
 
@@ -167,15 +183,17 @@ class Booking:
     def _view(self, token: str, link: Link, zone: str | None, now: datetime) -> View:
         with self.engine.connect() as conn:
             lead = booking_store.lead(conn, link.lead_id)
-            reps = booking_store.reps(conn)
+            stored = booking_store.reps(conn)
             meeting = booking_store.live_meeting_of_link(conn, link.id)
         assert lead is not None  # a link's lead is never deleted (foreign key)
+        reps = stored
         by_id = {row.id: row for row in reps.values()}
         owner = by_id.get(lead.owner_id) if lead.owner_id is not None else None
-        view = View(token, lead, lead_zone(lead, owner, zone), owner, reps=reps)
-        if meeting is not None:
+        view = View(token, lead, lead_zone(lead, owner, zone), owner, reps=stored)
+        if meeting is not None and (meeting.rep_id == lead.owner_id or lead.status not in BOOKABLE):
             view.meeting = meeting
             return view
+        view.former = meeting  # a meeting with an owner the lead no longer has: booking ends it
         if lead.status not in BOOKABLE:
             return view
         view.offer, unread = self.offer_for(lead, owner, reps, now)
@@ -221,6 +239,8 @@ class Booking:
             to_calendar=self.calendars.has(slot.rep),
         )
         try:
+            if view.former is not None:  # the meeting with the lead's former owner ends
+                self._end_former(view, now)
             with self.engine.begin() as conn:
                 done = writes.book(conn, request, now)
         except writes.Taken:
@@ -230,6 +250,24 @@ class Booking:
         except IntegrityError:  # SQLite: the other writer's insert won the race
             return Outcome("taken", self._view(token, link, zone, now))
         return Outcome("booked", view, done.meeting, replayed=done.replayed)
+
+    def _end_former(self, view: View, now: datetime) -> None:
+        """Cancel the lead's live meeting with a rep who no longer owns it (reassigned by an
+        SLA escalation or in the CRM since it booked), before it books its new owner."""
+        former = view.former
+        rep = next((row for row in view.reps.values() if row.id == former.rep_id), None)
+        if rep is None:
+            return
+        with self.engine.begin() as conn:
+            writes.cancel(
+                conn,
+                former.manage_id,
+                rep,
+                view.lead,
+                now,
+                to_calendar=self.calendars.has(rep.rep.id),
+                reason="the lead has a new owner",
+            )
 
     def free_slot(self, view: View, slot_key: str, now: datetime) -> offers.Slot | None:
         """A free slot the page did not show (a day shows a few of its free slots, and a
@@ -241,8 +279,9 @@ class Booking:
         if row is None:
             return None
         busy, _ = self.busy([row], now)
-        free = offers.free_slots(row.rep, now, self.rules, busy.get(row.rep.id, ()))
-        return next((slot for slot in free if slot.key == slot_key), None)
+        # From GRACE ago: a slot the page showed a few minutes back is still bookable.
+        free = offers.free_slots(row.rep, now - GRACE, self.rules, busy.get(row.rep.id, ()))
+        return next((slot for slot in free if slot.key == slot_key and slot.start > now), None)
 
     # ----------------------------------------------------------------------- managing
 
@@ -300,7 +339,9 @@ class Booking:
         if found is None or not tokens.form_ok(manage_token, form):
             return Outcome("forbidden")
         meeting, lead, rep, _ = found
-        if meeting.status != "booked":
+        if meeting.status != "booked" or lead.status not in BOOKABLE:
+            return Outcome("closed", meeting=meeting)
+        if lead.owner_id != meeting.rep_id:  # reassigned since: book the new owner instead
             return Outcome("closed", meeting=meeting)
         slot = self._reschedule_slot(meeting, rep, slot_key, now)
         if slot is None:

@@ -2,9 +2,10 @@
 else the earliest slots of the lead's pool.
 
 A rep's free slots are ``business_time.next_free_slots`` on a grid of the meeting's length
-(so two meetings of one rep overlap only when they start together, which the database
-refuses), from ``not_before`` ahead, over the rep's next ``days`` working days, around what is
-busy: meetings booked through leadflow and the rep's CalDAV calendar. A day with more free
+counted from the rep's local midnight (so two meetings of one rep overlap only when they
+start together, which the database refuses), from ``not_before`` ahead, over the rep's next
+``days`` working days, around what is busy: meetings booked through leadflow and the rep's
+CalDAV calendar. A day with more free
 slots than ``slots_per_day`` shows that many, spread over the day.
 """
 
@@ -16,7 +17,7 @@ from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from leadflow.booking.rules import BookingRules
-from leadflow.business_time import Interval, next_free_slots, working_intervals
+from leadflow.business_time import Interval, local_grid, next_free_slots, working_intervals
 from leadflow.routing.rules import Rep
 
 SEARCH = timedelta(days=60)  # no working day in this long: the rep has no time to offer
@@ -90,6 +91,7 @@ def free_slots(
         step=rules.length,
         not_before=rules.lead_time,
         horizon=end - now,
+        align=local_grid(rep.zone),
     )
     return [Slot(start, finish, rep.id) for start, finish in found]
 

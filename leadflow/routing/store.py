@@ -49,7 +49,8 @@ def _rep_row(rep: Rep) -> dict[str, Any]:
 def sync_reps(conn: Connection, rules: RoutingRules, now: datetime) -> dict[str, int]:
     """Upsert the rules' reps into ``reps`` (matched by code, else by email, so reps loaded
     from a reference CSV get their code); returns rep code -> ``reps.id``. Reps the rules no
-    longer list are left as they are (their leads keep their owner)."""
+    longer list keep their row and their leads, but are in no pool any more (a booking never
+    hands them a lead from the pool)."""
     table = t.reps
     existing = conn.execute(select(table.c.id, table.c.code, table.c.email)).all()
     by_code = {row.code: row.id for row in existing if row.code}
@@ -65,6 +66,9 @@ def sync_reps(conn: Connection, rules: RoutingRules, now: datetime) -> dict[str,
         else:
             conn.execute(update(table).where(table.c.id == rep_id).values(**row))
         ids[rep.id] = int(rep_id)
+    gone = [row.id for row in existing if row.code and row.code not in ids]
+    if gone:
+        conn.execute(update(table).where(table.c.id.in_(gone)).values(pools=[]))
     return ids
 
 

@@ -140,6 +140,19 @@ def save_watermark(conn: Connection, value: int) -> None:
     save_cursor(conn, WATERMARK, f"{value:020d}")  # zero-padded: the cursor compares as text
 
 
+def rewind_watermark(conn: Connection, before: int) -> None:
+    """Move the watermark back to just before activity ``before`` (when it is past it): the
+    next check reads the activities since again (a cancelled booking reopened clocks that a
+    later activity, skipped then, now meets). Reading again is harmless: a clock is only
+    ever met earlier than it was."""
+    if watermark(conn) >= before:
+        conn.execute(
+            update(t.source_cursors)
+            .where(t.source_cursors.c.source == WATERMARK)
+            .values(cursor=f"{max(before - 1, 0):020d}", updated_at=store.utcnow())
+        )
+
+
 def first_activities(conn: Connection, rules: SlaRules, seen: int, newest: int) -> pd.DataFrame:
     """Per timer, the earliest activity of ids ``(seen, newest]`` that meets it: genuine (not
     automated), of a kind its policy counts, by its rep, after its clock started and before

@@ -370,3 +370,171 @@ def test_a_free_slot_the_page_did_not_show_can_still_be_booked(database_url, tmp
     assert service.book(token, foreign, form, now=NOW).kind == "taken"
     done = service.book(token, hidden[0].key, form, now=NOW)
     assert done.kind == "booked" and done.meeting.starts_at == hidden[0].start
+
+
+# ------------------------------------------------------------ what the review found
+
+
+def test_a_call_after_a_cancelled_booking_still_meets_the_clock(database_url, tmp_path):
+    """Booked, then called, then the booking cancelled: the clock the booking met reopens
+    and the next check meets it with the call (the watermark had passed it)."""
+    from helpers import POLICIES
+
+    engine = store.get_engine(database_url)
+    [lead] = routed(database_url, tmp_path)
+    context = sla_tasks.load_context.fn(
+        str(write(tmp_path / "sla.yaml", POLICIES)), str(write(tmp_path / "r.yaml", ROUTING))
+    )
+
+    def check(now: datetime) -> None:
+        with engine.begin() as conn:
+            sla.check(conn, context, now)
+
+    check(NOW)
+    token = token_of(engine, lead)
+    service = booking(database_url)
+    slot = service.view(token, now=NOW).offer.slots[3]
+    done = service.book(token, slot.key, tokens.form_token(token), now=NOW + timedelta(minutes=2))
+    check(NOW + timedelta(minutes=3))
+    called = NOW + timedelta(minutes=5)
+    with engine.begin() as conn:
+        conn.execute(
+            t.activities.insert().values(
+                lead_id=lead,
+                rep_id=done.meeting.rep_id,
+                activity_type="call",
+                occurred_at=called,
+                source="test",
+                activity_key="call-1",
+                recorded_at=called,
+            )
+        )
+    check(NOW + timedelta(minutes=6))
+    manage = tokens.manage_token(done.meeting.manage_id)
+    service.cancel(manage, tokens.form_token(manage), now=NOW + timedelta(minutes=10))
+    check(NOW + timedelta(minutes=20))
+    with engine.connect() as conn:
+        timer = conn.execute(
+            select(t.sla_timers).where(t.sla_timers.c.policy == "hot-first-touch")
+        ).one()
+        breaches = conn.execute(select(func.count()).select_from(t.sla_breaches)).scalar_one()
+    assert timer.met_at is not None and store.json_value(timer.met_at) is not None
+    assert timer.met_at.replace(tzinfo=None) == called.replace(tzinfo=None)
+    assert timer.level == 0 and breaches == 0
+
+
+def test_an_accepted_lead_keeps_its_owner_however_full_their_calendar(database_url, tmp_path):
+    engine = store.get_engine(database_url)
+    [lead] = routed(database_url, tmp_path)
+    owner = owner_code(engine, lead)
+    with engine.begin() as conn:
+        conn.execute(update(t.reps).where(t.reps.c.code == owner).values(working_hours={}))
+        lifecycle.apply(
+            conn,
+            pd.DataFrame({"id": [lead], "from_status": ["routed"], "to_status": ["accepted"]}),
+            actor="test",
+            at=NOW,
+        )
+    view = booking(database_url).view(token_of(engine, lead), now=NOW)
+    assert view.offer.slots == [] and view.offer.pool is None
+
+
+def test_a_rep_the_rules_dropped_is_in_no_pool(database_url, tmp_path):
+    engine = store.get_engine(database_url)
+    routed(database_url, tmp_path)
+    dropped = ROUTING.replace(
+        "  - {id: bob, name: Bob B, email: bob@reps.example, manager: olga, pools: [na], "
+        "weight: 1, timezone: America/Chicago, capacity: {max_open: null}}\n",
+        "",
+    )
+    assert dropped != ROUTING
+    from leadflow.routing import store as routing_store
+
+    context = routing_tasks.load_context.fn(str(write(tmp_path / "dropped.yaml", dropped)))
+    with engine.begin() as conn:  # what the next route run does first
+        routing_store.sync_reps(conn, context.rules, NOW)
+    with engine.connect() as conn:
+        pools = dict(conn.execute(select(t.reps.c.code, t.reps.c.pools)).all())
+    assert store.json_value(pools["bob"]) == [] and store.json_value(pools["ann"]) == ["na"]
+
+
+def test_a_reassigned_leads_old_meeting_ends_when_it_books_its_new_owner(database_url, tmp_path):
+    engine = store.get_engine(database_url)
+    [lead] = routed(database_url, tmp_path)
+    token = token_of(engine, lead)
+    service = booking(database_url)
+    first = service.view(token, now=NOW).offer.slots[0]
+    old = service.book(token, first.key, tokens.form_token(token), now=NOW).meeting
+    owner = owner_code(engine, lead)
+    other = {"ann": "bob", "bob": "ann"}[owner]
+    with engine.begin() as conn:  # an SLA escalation gives the lead to the other rep
+        other_id = conn.execute(select(t.reps.c.id).where(t.reps.c.code == other)).scalar_one()
+        conn.execute(update(t.assignments).values(released_at=NOW))
+        conn.execute(
+            t.assignments.insert().values(
+                lead_id=lead,
+                rep_id=other_id,
+                rep_code=other,
+                step="sla_reassign",
+                version="v",
+                reason="escalated",
+                assigned_at=NOW,
+            )
+        )
+        lifecycle.apply(
+            conn,
+            pd.DataFrame(
+                {
+                    "id": [lead],
+                    "from_status": ["routed"],
+                    "to_status": ["routed"],
+                    "owner_rep_id": [other_id],
+                }
+            ),
+            actor="test",
+            at=NOW,
+        )
+    manage = tokens.manage_token(old.manage_id)
+    later = service.reschedule(manage, first.key, tokens.form_token(manage), now=NOW)
+    assert later.kind == "closed"  # the old meeting cannot be moved any more
+    view = service.view(token, now=NOW)
+    assert view.meeting is None and {s.rep for s in view.offer.slots} == {other}
+    done = service.book(token, view.offer.slots[0].key, tokens.form_token(token), now=NOW)
+    assert done.kind == "booked" and done.meeting.rep_code == other
+    with engine.connect() as conn:
+        statuses = dict(conn.execute(select(t.meetings.c.id, t.meetings.c.status)).all())
+    assert statuses == {old.id: "cancelled", done.meeting.id: "booked"}
+
+
+def test_a_slot_shown_a_few_minutes_ago_still_books(database_url, tmp_path):
+    engine = store.get_engine(database_url)
+    [lead] = routed(database_url, tmp_path)
+    token = token_of(engine, lead)
+    service = booking(database_url)
+    first = service.view(token, now=NOW).offer.slots[0]
+    assert first.start - NOW < RULES.lead_time + timedelta(minutes=30)
+    posted = NOW + timedelta(minutes=5) + (first.start - NOW - RULES.lead_time)
+    done = service.book(token, first.key, tokens.form_token(token), now=posted)
+    assert done.kind == "booked" and done.meeting.starts_at == first.start
+
+
+def test_the_reps_invitation_never_carries_the_leads_manage_link(database_url, tmp_path):
+    engine = store.get_engine(database_url)
+    [lead] = routed(database_url, tmp_path)
+    token = token_of(engine, lead)
+    service = booking(database_url)
+    slot = service.view(token, now=NOW).offer.slots[0]
+    done = service.book(token, slot.key, tokens.form_token(token), now=NOW)
+    manage = tokens.manage_token(done.meeting.manage_id)
+    with engine.connect() as conn:
+        rows = dict(
+            conn.execute(
+                select(t.outbox.c.idempotency_key, t.outbox.c.attachments).where(
+                    t.outbox.c.kind == "meeting_invitation"
+                )
+            ).all()
+        )
+    lead_ics = store.json_value(rows[f"meeting:{done.meeting.id}:v0:lead"])[0]["content"]
+    rep_ics = store.json_value(rows[f"meeting:{done.meeting.id}:v0:rep"])[0]["content"]
+    signature = manage.split(".")[1]
+    assert signature in lead_ics.replace("\r\n ", "") and signature not in rep_ics

@@ -439,3 +439,21 @@ def test_calendar_events_go_through_the_outbox_and_wait_while_the_server_is_down
     later = send_due(engine, [block], 10, NOW + BREAKER_COOL_OFF + timedelta(seconds=1))
     assert later.sent == 1 and statuses(engine)["cancel"] == "sent"
     assert radicale.events(url) == []
+
+
+def test_a_stale_write_never_undoes_a_later_change(radicale: Radicale, rep: tuple[str, str]):
+    """The outbox may retry an older write after a newer one (a put that failed, then the
+    reschedule or the cancel went first): the calendar keeps the highest SEQUENCE."""
+    code, url = rep
+    calendars = Calendars(config(radicale, {code: url}))
+    uid = "booking-7@leadflow.example"
+    moved = ics(uid, at(6, 15), at(6, 15.5), "Moved").replace("SEQUENCE:0", "SEQUENCE:1")
+    cancelled = moved.replace("SEQUENCE:1", "SEQUENCE:2").replace(
+        "SUMMARY:Moved", "SUMMARY:Moved\r\nSTATUS:CANCELLED\r\nTRANSP:TRANSPARENT"
+    )
+    calendars.put(code, uid, moved)
+    calendars.put(code, uid, ics(uid, at(5, 10), at(5, 10.5)))  # the first booking, late
+    assert radicale.events(url) == [(uid, at(6, 15), at(6, 15.5), "Moved")]
+    calendars.put(code, uid, cancelled)
+    calendars.put(code, uid, moved)  # the reschedule, retried after the cancel
+    assert calendars.busy(code, *WEEK) == []  # still cancelled: it takes no time

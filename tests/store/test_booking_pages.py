@@ -406,3 +406,44 @@ def test_booking_switched_off_answers_not_available(site: Site) -> None:
     )
     answer = client.get(f"/book/{site.links[site.leads[0]]}")
     assert answer.status_code == 404 and "Booking is not available." in answer.text
+
+
+def test_post_leads_never_hands_an_existing_leads_link_to_whoever_posts(
+    database_url: str, signing: None
+) -> None:
+    """A post merged into a lead that exists may come from anyone who knows its address:
+    its link (which opens that lead's meeting) goes to the lead's email only. A lead that
+    will not be routed stops the wait at once."""
+    engine = store.get_engine(database_url)
+
+    def lane(ids: list[int]) -> None:  # routes and links every lead at once
+        with engine.begin() as conn:
+            create_links(conn, ids, datetime.now(UTC), LIFE)
+
+    capture = Capture(token=TOKEN, mapping_path=MAPPING, hand_off=lane, emit_events=False)
+    client = TestClient(create_app(database_url, capture))
+    first = client.post("/leads?wait=2", json={"email": "ann@acme.example", **HOT}, headers=AUTH)
+    assert "booking_url" in first.json()
+    again = client.post(
+        "/leads?wait=2",
+        json={"email": "ann@acme.example", "first_name": "Mallory"},
+        headers=AUTH,
+    ).json()
+    assert again["status"] == "merged" and "booking_url" not in again
+    assert again["booking"] == "by email"
+
+    def nurture(ids: list[int]) -> None:  # the lane scores the lead into nurture: no rep
+        with engine.begin() as conn:
+            conn.execute(update(t.leads).where(t.leads.c.id.in_(ids)).values(status="nurturing"))
+
+    cold = Capture(token=TOKEN, mapping_path=MAPPING, hand_off=nurture, emit_events=False)
+    client = TestClient(create_app(database_url, cold))
+    started = time.monotonic()
+    waited = client.post("/leads?wait=5", json={"email": "cold@cold.example"}, headers=AUTH)
+    assert waited.json()["booking"] == "not offered" and time.monotonic() - started < 2
+
+
+def test_a_time_zone_no_system_knows_is_ignored_not_a_failure(site: Site) -> None:
+    for asked in ("a" * 300, "../../etc/passwd", "Europe/Nowhere", "\x00"):
+        answer = site.page(site.leads[0], tz=asked)
+        assert answer.status_code == 200 and "Asia/Tokyo" in answer.text

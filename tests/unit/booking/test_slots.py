@@ -103,3 +103,27 @@ def test_slot_keys_find_their_slot() -> None:
 def test_bad_rules_are_refused(field, value) -> None:
     with pytest.raises(ValueError):
         BookingRules(**{field: value})
+
+
+@pytest.mark.parametrize(
+    ("zone", "meeting", "expected"),
+    [
+        ("Asia/Kolkata", "1h", ["09:00", "10:00", "11:00"]),  # UTC+05:30
+        ("Asia/Kathmandu", "30m", ["09:00", "09:30", "10:00"]),  # UTC+05:45
+        ("Europe/Berlin", "45m", ["09:00", "09:45", "10:30"]),
+    ],
+)
+def test_the_grid_counts_from_the_reps_local_midnight(zone, meeting, expected) -> None:
+    """Slots start on the rep's wall clock (09:00, not 09:15 in Kathmandu), whatever the
+    zone's offset from UTC."""
+    owner = rep(timezone=zone, country=None)
+    rules = BookingRules(meeting=meeting, slots_per_day=48)
+    found = offers.rep_slots(owner, datetime(2026, 12, 13, 12, tzinfo=UTC), rules)
+    monday = [s for s in found if s.start.astimezone(owner.zone).date() == date(2026, 12, 14)]
+    assert [s.start.astimezone(owner.zone).strftime("%H:%M") for s in monday[:3]] == expected
+
+
+def test_a_meeting_length_that_does_not_divide_a_day_is_refused() -> None:
+    with pytest.raises(ValueError, match="divide a day"):
+        BookingRules(meeting="25m")
+    assert BookingRules(meeting="45m").length == timedelta(minutes=45)
