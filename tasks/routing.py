@@ -17,7 +17,7 @@ from leadflow.routing.rules import load_rules
 def load_context(spec: str | None, reps_csv: str | None = None) -> RouteContext:
     """Routing rules from a path (default ``rules/routing.yaml``); with ``reps_csv`` (default
     $LEADFLOW_REPS_FILE) its reps replace the file's, checked against its pools again. The
-    version hashes both texts."""
+    version hashes both texts. The booking rules are checked too (routing makes the links)."""
     import os
 
     from leadflow import config
@@ -31,6 +31,11 @@ def load_context(spec: str | None, reps_csv: str | None = None) -> RouteContext:
         rules = with_reps(rules, load_reps_csv(reps_csv), str(reps_csv))
         text = text + "\n# reps: " + str(reps_csv) + "\n" + reps_text
         version = config.content_version(text)
+    # Routing makes the booking links (rules/booking.yaml): a typo there stops the run here,
+    # before a lead moves, not as routed leads without links.
+    from leadflow.booking import rules as booking_rules
+
+    booking_rules.current()
     return RouteContext(rules, version, text)
 
 
