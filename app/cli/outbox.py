@@ -84,7 +84,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
         return EXIT_OK
     # send
     from leadflow.outbox.sender import send_due
-    from tasks.outbox import resolve_notifiers
+    from tasks.outbox import resolve_notifiers, with_calendars
 
     spec = args.notifier or os.environ.get("LEADFLOW_NOTIFIER")
     if not spec:
@@ -94,7 +94,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_BAD_INPUT
-    report = send_due(engine, resolve_notifiers(spec), args.limit, now).as_dict()
+    report = send_due(engine, with_calendars(resolve_notifiers(spec)), args.limit, now).as_dict()
     emit(args, report, delivery_line)
     return undelivered_code(report)
 
