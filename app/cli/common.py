@@ -95,6 +95,12 @@ BLOCK_VARIABLES = {
     "LEADFLOW_SALESFORCE_PASSWORD": "  leadflow-salesforce: that user's password",
     "LEADFLOW_SALESFORCE_CA_FILE": "  leadflow-salesforce: CA file to trust (a private CA)",
     "LEADFLOW_SALESFORCE_API_VERSION": "  leadflow-salesforce: REST API version (default 60.0)",
+    "LEADFLOW_CALDAV_URL": "block leadflow-caldav (Leadflow CalDAV Calendars): server URL",
+    "LEADFLOW_CALDAV_USERNAME": "  leadflow-caldav: login user (reads and writes reps' calendars)",
+    "LEADFLOW_CALDAV_PASSWORD": "  leadflow-caldav: that user's password",
+    "LEADFLOW_CALDAV_CALENDARS": "  leadflow-caldav: rep=calendar URL or path, comma-separated",
+    "LEADFLOW_CALDAV_TIMEOUT_SECONDS": "  leadflow-caldav: per request (default 5)",
+    "LEADFLOW_CALDAV_CACHE_SECONDS": "  leadflow-caldav: busy times reused this long (default 60)",
 }
 
 

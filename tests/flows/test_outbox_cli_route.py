@@ -22,7 +22,8 @@ def test_route_exits_3_when_owner_notices_could_not_be_delivered_then_0(
     )
     out, err = capsys.readouterr()
     assert code == 3
-    assert "routed 2" in out and "put back 2" in out and "outbox: 0 due, 2 waiting" in out
+    # Two owner notices and the two leads' booking links, all put back.
+    assert "routed 2" in out and "put back 4" in out and "outbox: 0 due, 4 waiting" in out
     assert "left undelivered" in err and "None" not in out
     code = cli.main(
         [
@@ -34,4 +35,4 @@ def test_route_exits_3_when_owner_notices_could_not_be_delivered_then_0(
             "2026-11-02T15:05:00+00:00",
         ]
     )
-    assert code == 0 and len(mailbox.Maildir(tmp_path / "box")) == 2
+    assert code == 0 and len(mailbox.Maildir(tmp_path / "box")) == 4
