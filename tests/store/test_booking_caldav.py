@@ -457,3 +457,21 @@ def test_a_stale_write_never_undoes_a_later_change(radicale: Radicale, rep: tupl
     calendars.put(code, uid, cancelled)
     calendars.put(code, uid, moved)  # the reschedule, retried after the cancel
     assert calendars.busy(code, *WEEK) == []  # still cancelled: it takes no time
+
+
+def test_doctor_checks_every_reps_calendar(radicale: Radicale, rep, monkeypatch) -> None:
+    """``leadflow doctor``'s booking lines: each configured calendar answers, or a FAIL
+    line naming the rep and what is wrong, with the fix; never the password."""
+    from app import doctor
+
+    code, url = rep
+    monkeypatch.setenv("LEADFLOW_CALDAV_URL", radicale.url)
+    monkeypatch.setenv("LEADFLOW_CALDAV_USERNAME", radicale.username)
+    monkeypatch.setenv("LEADFLOW_CALDAV_PASSWORD", radicale.password)
+    monkeypatch.setenv("LEADFLOW_CALDAV_CALENDARS", f"{code}={url},ghost={url}missing/")
+    lines = [finding.line() for finding in doctor.booking(None)]
+    assert lines[0].startswith("ok   booking: booking page on")
+    assert any(line.startswith(f"ok   booking calendars: {code}") for line in lines)
+    ghost = next(line for line in lines if "ghost" in line)
+    assert ghost.startswith("FAIL booking calendars:") and "404" in ghost
+    assert all(radicale.password not in line for line in lines)
