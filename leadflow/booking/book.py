@@ -124,6 +124,13 @@ def _booked_activity(conn: Connection, meeting: Meeting, now: datetime) -> int:
     return activity_id
 
 
+def _note(conn: Connection, lead_id: int, text: str, now: datetime) -> None:
+    """One ``booking`` row in the lead's ledger (booked, moved, cancelled)."""
+    lifecycle.record_notes(
+        conn, pd.Series([lead_id]), kind="booking", reasons=pd.Series([text]), actor=ACTOR, at=now
+    )
+
+
 def _reassign(
     conn: Connection, lead: Lead, status: str, was: RepRow | None, to: RepRow, why: str, now
 ) -> None:
@@ -225,14 +232,7 @@ def book(conn: Connection, request: Request, now: datetime) -> Booked:
             .values(reassigned_from=moved_from)
         )
     when = meeting.starts_at.strftime("%Y-%m-%dT%H:%MZ")
-    lifecycle.record_notes(
-        conn,
-        pd.Series([request.lead.id]),
-        kind="booking",
-        reasons=pd.Series([f"meeting booked with {request.rep.rep.id} for {when}"]),
-        actor=ACTOR,
-        at=now,
-    )
+    _note(conn, request.lead.id, f"meeting booked with {request.rep.rep.id} for {when}", now)
     _send(
         conn,
         meeting,
@@ -299,14 +299,7 @@ def cancel(
         reason=reason,
         properties={"meeting": meeting.id},
     )
-    lifecycle.record_notes(
-        conn,
-        pd.Series([meeting.lead_id]),
-        kind="booking",
-        reasons=pd.Series([f"meeting with {meeting.rep_code} cancelled: {reason}"]),
-        actor=ACTOR,
-        at=now,
-    )
+    _note(conn, meeting.lead_id, f"meeting with {meeting.rep_code} cancelled: {reason}", now)
     done = booking_store.meeting_by_manage_id(conn, manage_id)
     assert done is not None
     _send(
@@ -370,14 +363,7 @@ def reschedule(
     moved = booking_store.meeting_by_manage_id(conn, manage_id)
     assert moved is not None
     when = slot.start.strftime("%Y-%m-%dT%H:%MZ")
-    lifecycle.record_notes(
-        conn,
-        pd.Series([meeting.lead_id]),
-        kind="booking",
-        reasons=pd.Series([f"meeting with {meeting.rep_code} moved to {when}"]),
-        actor=ACTOR,
-        at=now,
-    )
+    _note(conn, meeting.lead_id, f"meeting with {meeting.rep_code} moved to {when}", now)
     _send(
         conn, moved, rep, lead, meeting.lead_zone or rep.rep.timezone, now, to_calendar=to_calendar
     )

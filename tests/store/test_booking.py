@@ -83,6 +83,37 @@ def owner_code(engine, lead: int) -> str:
         ).scalar_one()
 
 
+def escalate_to(engine, lead: int, code: str) -> None:
+    """The lead reassigned to rep ``code`` as an SLA escalation writes it."""
+    with engine.begin() as conn:
+        rep_id = conn.execute(select(t.reps.c.id).where(t.reps.c.code == code)).scalar_one()
+        conn.execute(update(t.assignments).values(released_at=NOW))
+        conn.execute(
+            t.assignments.insert().values(
+                lead_id=lead,
+                rep_id=rep_id,
+                rep_code=code,
+                step="sla_reassign",
+                version="v",
+                reason="escalated",
+                assigned_at=NOW,
+            )
+        )
+        lifecycle.apply(
+            conn,
+            pd.DataFrame(
+                {
+                    "id": [lead],
+                    "from_status": ["routed"],
+                    "to_status": ["routed"],
+                    "owner_rep_id": [rep_id],
+                }
+            ),
+            actor="test",
+            at=NOW,
+        )
+
+
 def count(engine, table, *where) -> int:
     with engine.connect() as conn:
         return conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one()
@@ -267,33 +298,7 @@ def test_a_reassigned_leads_link_offers_its_current_owner(database_url, tmp_path
     [lead] = routed(database_url, tmp_path)
     owner = owner_code(engine, lead)
     other = {"ann": "bob", "bob": "ann"}[owner]
-    with engine.begin() as conn:
-        other_id = conn.execute(select(t.reps.c.id).where(t.reps.c.code == other)).scalar_one()
-        conn.execute(update(t.assignments).values(released_at=NOW))
-        conn.execute(
-            t.assignments.insert().values(
-                lead_id=lead,
-                rep_id=other_id,
-                rep_code=other,
-                step="sla_reassign",
-                version="v",
-                reason="escalated",
-                assigned_at=NOW,
-            )
-        )
-        lifecycle.apply(
-            conn,
-            pd.DataFrame(
-                {
-                    "id": [lead],
-                    "from_status": ["routed"],
-                    "to_status": ["routed"],
-                    "owner_rep_id": [other_id],
-                }
-            ),
-            actor="test",
-            at=NOW,
-        )
+    escalate_to(engine, lead, other)
     view = booking(database_url).view(token_of(engine, lead), now=NOW)
     assert {s.rep for s in view.offer.slots} == {other}
 
@@ -467,33 +472,7 @@ def test_a_reassigned_leads_old_meeting_ends_when_it_books_its_new_owner(databas
     old = service.book(token, first.key, tokens.form_token(token), now=NOW).meeting
     owner = owner_code(engine, lead)
     other = {"ann": "bob", "bob": "ann"}[owner]
-    with engine.begin() as conn:  # an SLA escalation gives the lead to the other rep
-        other_id = conn.execute(select(t.reps.c.id).where(t.reps.c.code == other)).scalar_one()
-        conn.execute(update(t.assignments).values(released_at=NOW))
-        conn.execute(
-            t.assignments.insert().values(
-                lead_id=lead,
-                rep_id=other_id,
-                rep_code=other,
-                step="sla_reassign",
-                version="v",
-                reason="escalated",
-                assigned_at=NOW,
-            )
-        )
-        lifecycle.apply(
-            conn,
-            pd.DataFrame(
-                {
-                    "id": [lead],
-                    "from_status": ["routed"],
-                    "to_status": ["routed"],
-                    "owner_rep_id": [other_id],
-                }
-            ),
-            actor="test",
-            at=NOW,
-        )
+    escalate_to(engine, lead, other)  # an SLA escalation gives the lead to the other rep
     manage = tokens.manage_token(old.manage_id)
     later = service.reschedule(manage, first.key, tokens.form_token(manage), now=NOW)
     assert later.kind == "closed"  # the old meeting cannot be moved any more
