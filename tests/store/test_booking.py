@@ -114,6 +114,46 @@ def escalate_to(engine, lead: int, code: str) -> None:
         )
 
 
+def book_one(database_url: str, tmp_path):
+    """A routed lead that booked the first slot its page offers: (engine, lead, token,
+    service, slot, outcome)."""
+    engine = store.get_engine(database_url)
+    [lead] = routed(database_url, tmp_path)
+    token = token_of(engine, lead)
+    service = booking(database_url)
+    slot = service.view(token, now=NOW).offer.slots[0]
+    done = service.book(token, slot.key, tokens.form_token(token), now=NOW)
+    return engine, lead, token, service, slot, done
+
+
+def sla_checker(engine, tmp_path, policies: str):
+    """One SLA check at a given time, under ``policies`` and the test routing rules."""
+    context = sla_tasks.load_context.fn(
+        str(write(tmp_path / "sla.yaml", policies)), str(write(tmp_path / "r.yaml", ROUTING))
+    )
+
+    def check(now: datetime) -> None:
+        with engine.begin() as conn:
+            sla.check(conn, context, now)
+
+    return check
+
+
+def activity(conn, lead: int, rep_id: int, kind: str, at: datetime) -> None:
+    """A rep's activity as the activities capture records it."""
+    conn.execute(
+        t.activities.insert().values(
+            lead_id=lead,
+            rep_id=rep_id,
+            activity_type=kind,
+            occurred_at=at,
+            source="test",
+            activity_key=f"{kind}-{lead}-{at.isoformat()}",
+            recorded_at=at,
+        )
+    )
+
+
 def count(engine, table, *where) -> int:
     with engine.connect() as conn:
         return conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one()
@@ -220,12 +260,7 @@ def test_two_leads_posting_the_same_slot_at_once_book_it_once(database_url, tmp_
 
 
 def test_a_cancel_frees_the_slot_and_reopens_the_sla_clock(database_url, tmp_path):
-    engine = store.get_engine(database_url)
-    [lead] = routed(database_url, tmp_path)
-    token = token_of(engine, lead)
-    service = booking(database_url)
-    slot = service.view(token, now=NOW).offer.slots[0]
-    done = service.book(token, slot.key, tokens.form_token(token), now=NOW)
+    engine, lead, token, service, slot, done = book_one(database_url, tmp_path)
     with engine.begin() as conn:  # a clock the booking met (what the SLA check writes)
         conn.execute(
             t.sla_timers.insert().values(
@@ -306,13 +341,7 @@ def test_a_reassigned_leads_link_offers_its_current_owner(database_url, tmp_path
 def test_a_meeting_booked_before_acceptance_meets_the_first_meeting_clock(database_url, tmp_path):
     engine = store.get_engine(database_url)
     [lead] = routed(database_url, tmp_path)
-    policies = str(write(tmp_path / "sla.yaml", FIRST_MEETING))
-    context = sla_tasks.load_context.fn(policies, str(write(tmp_path / "r.yaml", ROUTING)))
-
-    def check(now: datetime) -> None:
-        with engine.begin() as conn:
-            sla.check(conn, context, now)
-
+    check = sla_checker(engine, tmp_path, FIRST_MEETING)
     check(NOW)
     token = token_of(engine, lead)
     service = booking(database_url)
@@ -323,17 +352,7 @@ def test_a_meeting_booked_before_acceptance_meets_the_first_meeting_clock(databa
     check(booked_at + timedelta(minutes=1))
     accepted_at = NOW + timedelta(hours=1)
     with engine.begin() as conn:
-        conn.execute(
-            t.activities.insert().values(
-                lead_id=lead,
-                rep_id=done.meeting.rep_id,
-                activity_type="accept",
-                occurred_at=accepted_at,
-                source="test",
-                activity_key="accept-1",
-                recorded_at=accepted_at,
-            )
-        )
+        activity(conn, lead, done.meeting.rep_id, "accept", accepted_at)
         lifecycle.apply(
             conn,
             pd.DataFrame({"id": [lead], "from_status": ["routed"], "to_status": ["accepted"]}),
@@ -387,14 +406,7 @@ def test_a_call_after_a_cancelled_booking_still_meets_the_clock(database_url, tm
 
     engine = store.get_engine(database_url)
     [lead] = routed(database_url, tmp_path)
-    context = sla_tasks.load_context.fn(
-        str(write(tmp_path / "sla.yaml", POLICIES)), str(write(tmp_path / "r.yaml", ROUTING))
-    )
-
-    def check(now: datetime) -> None:
-        with engine.begin() as conn:
-            sla.check(conn, context, now)
-
+    check = sla_checker(engine, tmp_path, POLICIES)
     check(NOW)
     token = token_of(engine, lead)
     service = booking(database_url)
@@ -403,17 +415,7 @@ def test_a_call_after_a_cancelled_booking_still_meets_the_clock(database_url, tm
     check(NOW + timedelta(minutes=3))
     called = NOW + timedelta(minutes=5)
     with engine.begin() as conn:
-        conn.execute(
-            t.activities.insert().values(
-                lead_id=lead,
-                rep_id=done.meeting.rep_id,
-                activity_type="call",
-                occurred_at=called,
-                source="test",
-                activity_key="call-1",
-                recorded_at=called,
-            )
-        )
+        activity(conn, lead, done.meeting.rep_id, "call", called)
     check(NOW + timedelta(minutes=6))
     manage = tokens.manage_token(done.meeting.manage_id)
     service.cancel(manage, tokens.form_token(manage), now=NOW + timedelta(minutes=10))
@@ -498,12 +500,7 @@ def test_a_slot_shown_a_few_minutes_ago_still_books(database_url, tmp_path):
 
 
 def test_the_reps_invitation_never_carries_the_leads_manage_link(database_url, tmp_path):
-    engine = store.get_engine(database_url)
-    [lead] = routed(database_url, tmp_path)
-    token = token_of(engine, lead)
-    service = booking(database_url)
-    slot = service.view(token, now=NOW).offer.slots[0]
-    done = service.book(token, slot.key, tokens.form_token(token), now=NOW)
+    engine, _, _, _, _, done = book_one(database_url, tmp_path)
     manage = tokens.manage_token(done.meeting.manage_id)
     with engine.connect() as conn:
         rows = dict(
