@@ -204,7 +204,7 @@ def test_a_down_server_fails_fast_once_per_rep_and_the_failure_is_cached(
         began = time.monotonic()
         with pytest.raises(CalendarUnavailable) as down:
             calendars.busy(code, *WEEK)
-        assert time.monotonic() - began < 1.5
+        assert time.monotonic() - began < 5  # refused: no retries with back-off
         assert down.value.status is None and not down.value.permanent
         assert code in str(down.value) and "unreachable" in str(down.value)
         assert "\n" not in str(down.value) and radicale.password not in str(down.value)
@@ -226,15 +226,25 @@ def test_a_server_that_does_not_answer_costs_one_timeout_per_rep_per_15_s(
 ) -> None:
     hung = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     hung.bind(("127.0.0.1", 0))
-    hung.listen(16)  # connections are accepted by the kernel; nothing ever answers
+    hung.listen(16)
     url = f"http://127.0.0.1:{hung.getsockname()[1]}/"
+    accepted: list[socket.socket] = []  # connections accepted; nothing ever answers them
+
+    def accept() -> None:
+        while True:
+            try:
+                accepted.append(hung.accept()[0])
+            except OSError:  # closed
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
     try:
         calendars = Calendars(
             CalendarConfig(url, "leadflow", "pw", {"ann-lee": "/leadflow/ann/"}, 0.5, 60)
         )
         # Six page views at once (the web server's threads): one of them waits out the
         # timeout, the others get its failure (caldav retries a first contact once without
-        # credentials: two timeouts at most).
+        # credentials: two connections at most, not one per view).
         errors: list[str] = []
 
         def view() -> None:
@@ -243,20 +253,21 @@ def test_a_server_that_does_not_answer_costs_one_timeout_per_rep_per_15_s(
             except CalendarUnavailable as exc:
                 errors.append(str(exc))
 
-        began = time.monotonic()
         threads = [threading.Thread(target=view) for _ in range(6)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(10)
-        assert time.monotonic() - began < 1.6
         assert len(errors) == 6 and all("no answer within 0.5 s" in e for e in errors)
-        began = time.monotonic()
+        assert 1 <= len(accepted) <= 2, len(accepted)
+        tried = len(accepted)
         with pytest.raises(CalendarUnavailable, match="no answer"):
             calendars.busy("ann-lee", at(20, 0), at(21, 0))
-        assert time.monotonic() - began < 0.2  # cached: no second timeout
+        assert len(accepted) == tried  # cached: no second timeout
     finally:
         hung.close()
+        for conn in accepted:
+            conn.close()
 
 
 def test_a_wrong_password_a_missing_calendar_and_a_forbidden_one(

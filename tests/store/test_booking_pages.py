@@ -316,12 +316,12 @@ def test_post_leads_waits_for_the_booking_link(
     capture = Capture(token=TOKEN, mapping_path=MAPPING, hand_off=lane, emit_events=False)
     client = TestClient(create_app(database_url, capture))
     started = time.monotonic()
-    answer = client.post("/leads?wait=2", json={"email": "ann@acme.example", **HOT}, headers=AUTH)
+    answer = client.post("/leads?wait=10", json={"email": "ann@acme.example", **HOT}, headers=AUTH)
     took = time.monotonic() - started
     assert answer.status_code == 202, answer.text
     body = answer.json()
     assert made and body["booking_url"] == f"{PUBLIC}/book/{made[0]}", body
-    assert 0.3 <= took < 1.5
+    assert 0.3 <= took < 8  # answered once the link was made, not at the end of the wait
     with engine.connect() as conn:
         assert newest_link(conn, body["lead_id"], datetime.now(UTC)) == made[0]
     # The link opens on this app, whose booking is made on the first request: a CalDAV
@@ -439,8 +439,8 @@ def test_post_leads_never_hands_an_existing_leads_link_to_whoever_posts(
     cold = Capture(token=TOKEN, mapping_path=MAPPING, hand_off=nurture, emit_events=False)
     client = TestClient(create_app(database_url, cold))
     started = time.monotonic()
-    waited = client.post("/leads?wait=5", json={"email": "cold@cold.example"}, headers=AUTH)
-    assert waited.json()["booking"] == "not offered" and time.monotonic() - started < 2
+    waited = client.post("/leads?wait=10", json={"email": "cold@cold.example"}, headers=AUTH)
+    assert waited.json()["booking"] == "not offered" and time.monotonic() - started < 8
 
 
 def test_a_time_zone_no_system_knows_is_ignored_not_a_failure(site: Site) -> None:
