@@ -17,10 +17,13 @@ $(BIN)/leadflow: pyproject.toml
 run: $(BIN)/leadflow
 	$(BIN)/leadflow demo
 
-# Every tier, in order: tests/unit, tests/store, tests/flows (the Prefect test server starts
-# here), tests/e2e. With LEADFLOW_TEST_DATABASE_URL set (CI), on PostgreSQL as well as SQLite.
+# Every tier: tests/unit, tests/store, tests/flows (the Prefect test server starts here),
+# tests/e2e. With LEADFLOW_TEST_DATABASE_URL set (CI), on PostgreSQL as well as SQLite.
+# TEST_WORKERS processes (pytest-xdist): one runs the e2e tier from the start, the other the
+# rest; TEST_WORKERS=0 runs everything in this process, in tier order.
+TEST_WORKERS ?= 2
 test: $(BIN)/leadflow
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # The inner loop: tests/unit (pure logic) and tests/store (database), on SQLite only (the
 # PostgreSQL variants deselected) and with no Prefect server: about 1.5 minutes, the unit

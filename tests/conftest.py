@@ -60,12 +60,21 @@ def _tier(item: pytest.Item) -> str:
     return folder
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark each test with its tier and run the tiers in order: unit and store tests run
-    before the first test that starts the Prefect test server."""
+    before the first test that starts the Prefect test server.
+
+    With workers (``make test``: ``-n 2 --dist loadgroup``), the e2e tier is one group: one
+    worker runs it from the start, one test at a time (each starts servers and processes of
+    its own), while the other takes the unit, store and flows tests, then both share what
+    is left."""
     order = list(TIERS)
     for item in items:
-        item.add_marker(TIERS[_tier(item)])
+        tier = _tier(item)
+        item.add_marker(TIERS[tier])
+        if tier == "e2e":
+            item.add_marker(pytest.mark.xdist_group("e2e"))
     items.sort(key=lambda item: order.index(_tier(item)))
 
 
