@@ -318,7 +318,7 @@ def booking(database_url: str | None) -> list[Finding]:
     from leadflow import store
     from leadflow import tables as t
     from leadflow.booking import rules as booking_rules
-    from leadflow.booking.calendars import Calendars, CalendarUnavailable
+    from leadflow.calendars import Calendars, CalendarUnavailable
     from leadflow.config import ConfigError
 
     try:

@@ -620,8 +620,8 @@ class BookingPages:
         with self._lock:
             if self._booking is None:
                 from blocks.calendar import calendar_config
-                from leadflow.booking.calendars import Calendars
                 from leadflow.booking.service import Booking
+                from leadflow.calendars import Calendars
 
                 try:
                     config = calendar_config()

@@ -233,9 +233,9 @@ def serve(url: str) -> Iterator[str]:
     import uvicorn
 
     from app.web import Limits, create_app
-    from leadflow.booking.calendars import Calendars
     from leadflow.booking.rules import BookingRules
     from leadflow.booking.service import Booking
+    from leadflow.calendars import Calendars
 
     booking = Booking(url, Calendars(None), BookingRules())
     app = create_app(url, limits=Limits(client_rate=0.0), booking=booking)

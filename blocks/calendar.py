@@ -16,7 +16,7 @@ from typing import ClassVar
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator
 
-from leadflow.booking.calendars import CalendarConfig, calendar_problem, config_from_env
+from leadflow.calendars import CalendarConfig, calendar_problem, config_from_env
 
 CALDAV_BLOCK = "leadflow-caldav"
 
@@ -47,7 +47,7 @@ class CalDavCalendars(Block):
         return calendars
 
     def config(self) -> CalendarConfig:
-        """What ``leadflow.booking.calendars.Calendars`` takes (the password in clear)."""
+        """What ``leadflow.calendars.Calendars`` takes (the password in clear)."""
         return CalendarConfig(
             url=self.url,
             username=self.username,

@@ -190,7 +190,7 @@ PLANS: dict[str, tuple[str, Callable[[], Any]]] = {
 
 
 def _caldav() -> CalDavCalendars | None:
-    from leadflow.booking.calendars import config_from_env
+    from leadflow.calendars import config_from_env
 
     config = config_from_env()
     return None if config is None else CalDavCalendars.from_config(config)

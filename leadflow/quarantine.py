@@ -41,12 +41,18 @@ def _mask_phone(match: re.Match[str]) -> str:
     return "…" + re.sub(r"\D", "", digits)[-2:]
 
 
+def masked(text: Any) -> str:
+    """Any text (an error, a URL) fit for a log line or a person's screen: each address as
+    ``a…@domain``, nothing else changed (the outbox, the CRMs, the calendars)."""
+    return _EMAIL.sub(lambda m: f"{m.group(1)[:1]}…@{m.group(2)}", str(text))
+
+
 def mask(text: str | None) -> str | None:
     """A record fit to show a person: emails as ``a…@domain``, phone-like digit runs as
     ``…12`` (last two digits), control characters as ``?``."""
     if text is None:
         return None
-    text = _EMAIL.sub(lambda m: f"{m.group(1)[:1]}…@{m.group(2)}", text)
+    text = masked(text)
     text = _SPELLED.sub(lambda m: f"{m.group(1)[:1]}… at {m.group(2)}", text)
     text = _PHONE.sub(_mask_phone, text)
     return _CONTROL.sub("?", text)

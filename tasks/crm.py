@@ -15,7 +15,7 @@ from blocks.crm import load_adapter
 from leadflow import store
 from leadflow.crm import mapping as crm_mapping
 from leadflow.crm import sync as crm_sync
-from leadflow.outbox.store import masked
+from leadflow.quarantine import masked
 from tasks.outbox import announce_dead_letters
 
 log = logging.getLogger(__name__)

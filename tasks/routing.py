@@ -33,10 +33,11 @@ def load_context(spec: str | None, reps_csv: str | None = None) -> RouteContext:
         version = config.content_version(text)
     # Routing makes the booking links (rules/booking.yaml): a typo there stops the run here,
     # before a lead moves, not as routed leads without links.
+    from leadflow.booking import invites
     from leadflow.booking import rules as booking_rules
 
     booking_rules.current()
-    return RouteContext(rules, version, text)
+    return RouteContext(rules, version, text, links=invites.with_links)
 
 
 @task(name="route-dry-run", cache_policy=NO_CACHE)

@@ -168,7 +168,7 @@ def cmd_crm(args: argparse.Namespace) -> int:
                     engine, adapter, mapping, limit=args.limit
                 )
         except CrmError as exc:
-            from leadflow.outbox.store import masked
+            from leadflow.quarantine import masked
 
             return fail(f"{mapping.crm}: {masked(str(exc))}", EXIT_FAILED)
     emit(args, {"crms": crms}, _human_diff if args.action == "diff" else _human_changes)

@@ -1,8 +1,10 @@
 """Booking links for routed leads, in routing's transaction: each owner notice carries the
 lead's link, and the lead's first email (``booking_invite``) offers it to the lead.
 
-Called by the routing hop (``persist_routing``) and by ``routing.reassign`` (a new owner's
-notice carries the same link: the page always offers the current owner's slots).
+``with_links`` is the routing context's ``links`` (tasks/routing.py ``load_context`` sets it):
+the routing hop (``persist_routing``) and ``routing.reassign`` call it through the context (a
+new owner's notice carries the same link: the page always offers the current owner's slots).
+Routing itself imports no booking.
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ from leadflow.booking import rules as booking_rules
 from leadflow.booking import slots as offers
 from leadflow.booking import store as booking_store
 from leadflow.booking import tokens
-from leadflow.booking.calendars import Calendars, CalendarUnavailable
 from leadflow.booking.store import BOOKABLE, Lead, Link, Meeting, RepRow
+from leadflow.calendars import Calendars, CalendarUnavailable
 from leadflow.rules.units import check_time_zone
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from leadflow.crm.base import Adapter, CrmError
 from leadflow.crm.mapping import LABEL, CrmMapping, mapping_path
-from leadflow.outbox.store import masked
+from leadflow.quarantine import masked
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ from hubspot.crm.properties import ApiException as PropertiesApiException
 from urllib3.util.retry import Retry
 
 from leadflow.crm.base import AuthError, CrmError, Outcome, RateLimited, Record, Usage
-from leadflow.outbox.store import masked
+from leadflow.quarantine import masked
 
 WINDOW_SECONDS = 10.0
 API_ERRORS = (ContactsApiException, OwnersApiException, PropertiesApiException)

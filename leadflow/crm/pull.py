@@ -56,7 +56,7 @@ from leadflow.crm.base import Adapter, CrmError
 from leadflow.crm.mapping import CrmMapping
 from leadflow.crm.sync import LABEL
 from leadflow.lifecycle import Status
-from leadflow.outbox.store import masked
+from leadflow.quarantine import masked
 from leadflow.routing.reassign import TURN as ROUTE_TURN
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ from simple_salesforce.exceptions import (
 )
 
 from leadflow.crm.base import AuthError, CrmError, Outcome, RateLimited, Record, Usage
-from leadflow.outbox.store import masked
+from leadflow.quarantine import masked
 
 T = TypeVar("T")
 

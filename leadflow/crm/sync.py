@@ -39,7 +39,7 @@ from leadflow.crm import store as crm_store
 from leadflow.crm.base import Adapter, AuthError, CrmError, Outcome, RateLimited, Record
 from leadflow.crm.mapping import CrmMapping
 from leadflow.outbox import store as outbox
-from leadflow.outbox.store import masked
+from leadflow.quarantine import masked
 
 LABEL = crm_mapping.LABEL
 AUTH_RETRY = timedelta(minutes=5)  # credentials refused: try again after (a person fixes them)

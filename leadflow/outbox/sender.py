@@ -48,9 +48,9 @@ from blocks.calendar import CalDavCalendars
 from blocks.notifier import MaildirNotifier, SmtpNotifier, WebhookNotifier
 from leadflow import store
 from leadflow import tables as t
-from leadflow.booking.calendars import Calendars, CalendarUnavailable
+from leadflow.calendars import Calendars, CalendarUnavailable
 from leadflow.outbox import store as outbox
-from leadflow.outbox.store import masked
+from leadflow.quarantine import masked
 
 log = logging.getLogger("leadflow.routing.notices")
 

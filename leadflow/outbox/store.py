@@ -37,7 +37,6 @@ Statuses: ``pending`` -> ``sending`` -> ``sent``; ``sending`` -> ``failed`` (due
 from __future__ import annotations
 
 import random
-import re
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -50,6 +49,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from leadflow import store
 from leadflow import tables as t
+from leadflow.quarantine import masked
 
 KINDS = (
     "owner_notification",
@@ -180,14 +180,6 @@ def _copy_if_all_new(conn: Connection, rows: pd.DataFrame) -> bool:
         raise
     savepoint.commit()
     return True
-
-
-_EMAIL = re.compile(r"([^\s,;:\"'<>()\[\]@]+)@([^\s,;:\"'<>()\[\]@]+)")
-
-
-def masked(text: Any) -> str:
-    """Text fit for a log line or a person's screen: ``a…@example.com`` for an address."""
-    return _EMAIL.sub(lambda m: f"{m.group(1)[:1]}…@{m.group(2)}", str(text))
 
 
 def new_token() -> str:

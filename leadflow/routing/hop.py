@@ -10,6 +10,7 @@ counters and the owner notifications (through the outbox) in one transaction.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,7 +20,6 @@ from sqlalchemy import Connection, func, select
 
 from leadflow import store
 from leadflow import tables as t
-from leadflow.booking import invites
 from leadflow.lifecycle import Status
 from leadflow.outbox import store as outbox
 from leadflow.queue import Strategy
@@ -49,11 +49,27 @@ DETAIL_COLUMNS = (
 )
 
 
+# What makes the owner notices carry each lead's booking link (and queues the lead's own
+# invitation): ``(conn, notices, rules, now, leads)`` -> the notices to queue. Booking's
+# ``invites.with_links``, set by whoever loads the rules (tasks/routing.py ``load_context``):
+# routing knows no booking.
+NoticeLinks = Callable[..., pd.DataFrame]
+
+
 @dataclass(frozen=True)
 class RouteContext:
     rules: RoutingRules
     version: str
     text: str
+    links: NoticeLinks | None = dataclasses.field(default=None, compare=False, repr=False)
+
+    def with_links(
+        self, conn: Connection, notices: pd.DataFrame, now: datetime, leads: Any = None
+    ) -> pd.DataFrame:
+        """``notices`` as ``links`` makes them (unchanged without it)."""
+        if self.links is None:
+            return notices
+        return self.links(conn, notices, self.rules, now, leads)
 
 
 @dataclass
@@ -147,7 +163,7 @@ def persist_routing(
     leads = report.pop("leads")
     if held:
         messages = messages[~messages["lead_id"].isin(held)]
-    messages = invites.with_links(conn, messages, context.rules, report["now"], leads)
+    messages = context.with_links(conn, messages, report["now"], leads)
     result.stats["queued"] = outbox.enqueue(conn, messages, now=report["now"])
     report.pop("state")
 

@@ -32,7 +32,6 @@ from sqlalchemy import Connection
 
 from leadflow import lifecycle, store
 from leadflow import tables as t
-from leadflow.booking import invites
 from leadflow.lifecycle import Status
 from leadflow.routing import decide as routing
 from leadflow.routing import notices as notify
@@ -100,7 +99,7 @@ def reassign(
     record(conn, decided, inputs.rep_ids, now, actor=actor, flow_run_id=flow_run_id)
     routing_store.write_state(conn, result.reps_state, now)
     messages = notify.owner_messages(decided, leads, context.rules, now, busy=inputs.busy)
-    messages = invites.with_links(conn, messages, context.rules, now)
+    messages = context.with_links(conn, messages, now)
     return Reassigned(moved_frame(decided, inputs.rep_ids, exclude, label=label), messages)
 
 

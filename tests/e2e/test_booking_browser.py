@@ -24,10 +24,10 @@ from app.web import Capture, Limits, create_app
 from blocks.calendar import CalDavCalendars
 from leadflow import store
 from leadflow import tables as t
-from leadflow.booking.calendars import CalendarConfig, Calendars
 from leadflow.booking.rules import BookingRules
 from leadflow.booking.service import Booking
 from leadflow.booking.store import create_links
+from leadflow.calendars import CalendarConfig, Calendars
 from leadflow.outbox.sender import send_due
 
 from helpers import MAPPING, NOW, free_port, mqls, route_to

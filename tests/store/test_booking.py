@@ -18,8 +18,8 @@ from leadflow import tables as t
 from leadflow.booking import rules as booking_rules
 from leadflow.booking import store as booking_store
 from leadflow.booking import tokens
-from leadflow.booking.calendars import Calendars
 from leadflow.booking.service import Booking
+from leadflow.calendars import Calendars
 from leadflow.routing import hop as route_hop
 from leadflow.sla import check as sla
 from tasks import routing as routing_tasks

@@ -1,4 +1,4 @@
-"""Reps' CalDAV calendars (``leadflow.booking.calendars``) and the outbox's ``caldav`` channel,
+"""Reps' CalDAV calendars (``leadflow.calendars``) and the outbox's ``caldav`` channel,
 against a real Radicale server on loopback (``loopback.caldav_server``): busy times with
 recurrences, all-day, free and cancelled events; the caches; idempotent put and delete; a
 server that is down or hangs; a wrong password; the configuration from the environment; and
@@ -21,7 +21,7 @@ from sqlalchemy import select
 from blocks.calendar import CalDavCalendars, calendar_block
 from leadflow import store
 from leadflow import tables as t
-from leadflow.booking.calendars import (
+from leadflow.calendars import (
     CalendarConfig,
     Calendars,
     CalendarUnavailable,

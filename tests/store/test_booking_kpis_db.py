@@ -16,10 +16,10 @@ from sqlalchemy import select
 from leadflow import lifecycle, store
 from leadflow import tables as t
 from leadflow.booking import tokens
-from leadflow.booking.calendars import Calendars
 from leadflow.booking.rules import BookingRules
 from leadflow.booking.service import Booking
 from leadflow.booking.store import create_links
+from leadflow.calendars import Calendars
 from leadflow.kpi import measures as kpi
 from leadflow.routing.rules import load_rules
 from leadflow.routing.store import sync_reps

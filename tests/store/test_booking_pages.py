@@ -23,10 +23,10 @@ from app.web import BOOKING_HEADERS, Capture, Limits, create_app
 from leadflow import store
 from leadflow import tables as t
 from leadflow.booking import tokens
-from leadflow.booking.calendars import CalendarConfig, Calendars
 from leadflow.booking.rules import BookingRules
 from leadflow.booking.service import Booking
 from leadflow.booking.store import create_links, newest_link
+from leadflow.calendars import CalendarConfig, Calendars
 
 from helpers import AUTH, HOT, MAPPING, NOW, TOKEN, mqls, route_to
 

@@ -43,7 +43,7 @@ from caldav.lib import error as dav_error
 
 from leadflow.business_time import Interval
 from leadflow.config import ConfigError
-from leadflow.outbox.store import masked
+from leadflow.quarantine import masked
 
 FAILURE_CACHE_SECONDS = 15.0  # a down server: one timeout per rep per this long, at most
 ICS_TYPE = 'text/calendar; charset="utf-8"'
