@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+import warnings
 from datetime import timedelta
 from pathlib import Path
 
@@ -124,7 +125,12 @@ def start_worker(running, installed_package, folder: Path) -> Path:
     return home
 
 
-def arm(client, deployment_id, seconds: int = 20) -> None:
+# Ahead of the scheduler's next pass: in CI, on 2 loaded cores, 6 of 11 anchors 20 s ahead
+# were passed before the pass came (their first runs were tomorrow's).
+ANCHOR_SECONDS = 40
+
+
+def arm(client, deployment_id, seconds: int = ANCHOR_SECONDS) -> None:
     """Give the deployment one daily schedule anchored ``seconds`` from now (its one due run is
     made by the scheduler, not by us), its other schedules off, and resume it."""
     from datetime import UTC, datetime
@@ -191,6 +197,10 @@ def every_schedule_fires_and_completes(client, deployments: dict, running) -> No
         raise AssertionError(
             f"{exc}: {seen}, re-armed {rearmed}\n{running.log('worker')[-3000:]}"
         ) from None
+    if rearmed:  # in the run's warnings summary: how often the scheduler's pass came late
+        warnings.warn(
+            f"the scheduler missed a {ANCHOR_SECONDS} s anchor: re-armed {rearmed}", stacklevel=1
+        )
     for deployment_id in scheduled:
         until(paused(client, deployment_id), 60, f"{scheduled[deployment_id]} paused", 2)
 
