@@ -13,28 +13,17 @@ import logging
 from datetime import datetime
 
 import pandas as pd
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 
-from leadflow import tables as t
 from leadflow.booking import messages, tokens
 from leadflow.booking import rules as booking_rules
 from leadflow.booking import store as booking_store
 from leadflow.config import ConfigError
+from leadflow.nurture import plan as nurture_plan
+from leadflow.nurture import store as nurture_store
 from leadflow.routing.rules import RoutingRules
 
 log = logging.getLogger(__name__)
-
-
-def _unsubscribed(conn: Connection, lead_ids: list[int]) -> set[int]:
-    events = t.engagement_events
-    return {
-        int(i)
-        for i in conn.execute(
-            select(events.c.lead_id).where(
-                events.c.lead_id.in_(lead_ids), events.c.event_type == "unsubscribe"
-            )
-        ).scalars()
-    }
 
 
 def with_links(
@@ -85,7 +74,13 @@ def _invites(
 ) -> pd.DataFrame:
     reps = {rep.id: rep for rep in rules.reps}
     details = leads.drop_duplicates("id").set_index("id")
-    stopped = _unsubscribed(conn, [int(i) for i in notices["lead_id"]])
+    try:  # nurture's suppression: no lead it would never contact is invited either
+        stopped = nurture_store.suppressed(
+            conn, [int(i) for i in notices["lead_id"]], nurture_plan.load_context()
+        )
+    except ConfigError as exc:
+        log.error("no booking invitations (the suppression could not be read): %s", exc)
+        return pd.DataFrame(columns=list(notices.columns))
     rows = []
     for lead_id, payload in zip(notices["lead_id"], notices["payload"], strict=True):
         lead_id = int(lead_id)

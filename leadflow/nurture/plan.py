@@ -224,8 +224,11 @@ def quiet_now(zones: pd.Series, now: datetime, rules: CadenceRules) -> pd.Series
 
 
 def _truthy(values: pd.Series) -> np.ndarray:
+    """Yes-like text, or a number other than 0: a JSON ``true`` reads as ``'true'`` on
+    PostgreSQL and as ``1`` on SQLite, ``1.0`` once a lead without it makes the column float."""
     text = values.astype(object).where(values.notna(), "").astype(str).str.strip().str.lower()
-    return text.isin({"true", "yes", "y", "1", "t"}).to_numpy()
+    number = pd.to_numeric(values.astype(object), errors="coerce")
+    return (text.isin({"true", "yes", "y", "1", "t"}) | (number.notna() & (number != 0))).to_numpy()
 
 
 def suppression(leads: pd.DataFrame, signals: pd.DataFrame, context: NurtureContext) -> pd.Series:

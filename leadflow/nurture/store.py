@@ -36,6 +36,7 @@ from leadflow.nurture.plan import (
     Plan,
     departed_reason,
     moved_due,
+    suppression,
 )
 from leadflow.nurture.rules import EXIT_EVENTS
 from leadflow.outbox import store as outbox
@@ -144,6 +145,33 @@ def candidates(database_url: str, now: datetime) -> list[int]:
     )
     with store.get_engine(database_url).connect() as conn:
         return sorted(int(i) for i in conn.execute(union(due, idle)).scalars())
+
+
+def suppressed(conn: Connection, lead_ids: list[int], context: NurtureContext) -> dict[int, str]:
+    """Of ``lead_ids``, the leads that must never be contacted, with why: nurture's
+    suppression (``plan.suppression``: unsubscribed, bounced, do-not-email, the suppression
+    list), for any email leadflow sends a lead unasked (booking's invitation too)."""
+    if not lead_ids:
+        return {}
+    columns = [t.leads.c.id, t.leads.c.email]
+    field = t.lead_column(context.rules.do_not_email_field)
+    if field is not None:
+        columns.append(field)
+    leads = store.read_frame_by_ids(conn, columns, t.leads.c.id, lead_ids)
+    events = t.engagement_events
+    signals = store.read_frame_by_ids(
+        conn,
+        [events.c.lead_id, events.c.event_type.label("kind")],
+        events.c.lead_id,
+        lead_ids,
+        where=events.c.event_type.in_(("bounce", "unsubscribe")),
+    )
+    reasons = suppression(leads, signals, context)
+    return {
+        int(i): str(why)
+        for i, why in zip(leads["id"], reasons, strict=True)
+        if isinstance(why, str)
+    }
 
 
 # --------------------------------------------------------------------------- the hop's reads

@@ -183,6 +183,56 @@ def test_routing_mails_the_link_and_the_page_offers_the_owners_slots(database_ur
         assert booking_store.create_links(conn, [lead], NOW, RULES.link_life) == {lead: token}
 
 
+def test_no_invitation_for_a_lead_nurture_would_never_contact(
+    database_url, tmp_path, shipped_rules
+):
+    """The lead's booking invitation obeys nurture's suppression: unsubscribed, bounced,
+    do-not-email and the suppression list (of the rules folder in use). Their owners' notices
+    still carry the link."""
+    (shipped_rules / "lists" / "suppression.txt").write_text("kept.by@sales.example\n")
+    engine = store.get_engine(database_url)
+    ids = mqls(engine, ["US"] * 5, temperature="hot")
+    plain, do_not_email, listed, bounced, unsubscribed = ids
+    with engine.begin() as conn:
+        leads = t.leads
+        conn.execute(
+            update(leads)
+            .where(leads.c.id == do_not_email)
+            .values(attributes={"do_not_email": True})
+        )
+        conn.execute(
+            update(leads).where(leads.c.id == listed).values(email="kept.by@sales.example")
+        )
+        for lead, kind in ((bounced, "bounce"), (unsubscribed, "unsubscribe")):
+            conn.execute(
+                t.engagement_events.insert().values(
+                    lead_id=lead, event_type=kind, occurred_at=NOW, event_key=f"{kind}-{lead}"
+                )
+            )
+    route(database_url, tmp_path, ids)
+    with engine.connect() as conn:
+        rows = conn.execute(select(t.outbox.c.kind, t.outbox.c.lead_id, t.outbox.c.body)).all()
+    invited = {row.lead_id for row in rows if row.kind == "booking_invite"}
+    assert invited == {plain}
+    noticed = {
+        row.lead_id for row in rows if row.kind == "owner_notification" and "/book/" in row.body
+    }
+    assert noticed == set(ids)
+
+    # A cadences file that cannot be read sends no invitation (never one to a suppressed
+    # lead); routing and the owners' links go on.
+    (shipped_rules / "cadences.yaml").write_text("cadences: [\n")
+    more = mqls(engine, ["US"], temperature="hot")
+    route(database_url, tmp_path, more)
+    with engine.connect() as conn:
+        kinds = (
+            conn.execute(select(t.outbox.c.kind).where(t.outbox.c.lead_id == more[0]))
+            .scalars()
+            .all()
+        )
+    assert kinds == ["owner_notification"]
+
+
 def test_a_wrong_tampered_or_expired_token_opens_nothing(database_url, tmp_path):
     engine = store.get_engine(database_url)
     [lead] = routed(database_url, tmp_path)

@@ -149,6 +149,17 @@ def test_suppressed_leads_do_not_enrol(context) -> None:
     assert plan.checked.empty
 
 
+def test_do_not_email_as_each_database_reads_a_json_true(context) -> None:
+    """PostgreSQL reads a JSON ``true`` as ``'true'``, SQLite as ``1``, and as ``1.0`` once a
+    lead without the attribute makes the column float: each suppresses, 0 and "no" do not."""
+    for column in ([1.0, None, 0.0, 2.0], [True, "no", None, "TRUE"], ["1", "0", None, "t"]):
+        batch = leads(*({} for _ in column))
+        batch["attributes.do_not_email"] = pd.Series(column, dtype=None)
+        reasons = nurture.suppression(batch, inputs().signals, context)
+        found = [r if isinstance(r, str) else None for r in reasons]
+        assert found == ["do not email", None, None, "do not email"], column
+
+
 def test_active_leads_are_not_enrolled_twice_and_never_means_never(context) -> None:
     ended = enrolment(2, status="exited", due_at=pd.NaT, ended_at=pd.Timestamp(MONDAY - 90 * DAY))
     due_tomorrow = enrolment(1, due_at=pd.Timestamp(MONDAY + DAY))
