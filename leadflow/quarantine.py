@@ -25,6 +25,9 @@ from leadflow import tables as t
 
 # An address, or what is left of a broken one ("ann@", "ann@@x.com"): anything around an @.
 _EMAIL = re.compile(r"([^\s,;:\"'<>()\[\]]*)@+([^\s,;:\"'<>()\[\]@]*)")
+# An address in running text (``masked``): text on both sides of one @, a / ending it (an
+# address inside a URL's path, after the URL's own user@host, is masked too).
+_ADDRESS = re.compile(r"([^\s,;:\"'<>()\[\]@/]+)@([^\s,;:\"'<>()\[\]@/]+)")
 _PHONE = re.compile(r"\+?\d(?:[\s().-]*\d){6,}")
 # An address someone wrote out ("ann at acme.com"), which is no less personal.
 _SPELLED = re.compile(r"([\w.+-]+)\s+(?:at|AT)\s+([\w-]+(?:\.[\w-]+)+)")
@@ -43,8 +46,9 @@ def _mask_phone(match: re.Match[str]) -> str:
 
 def masked(text: Any) -> str:
     """Any text (an error, a URL) fit for a log line or a person's screen: each address as
-    ``a…@domain``, nothing else changed (the outbox, the CRMs, the calendars)."""
-    return _EMAIL.sub(lambda m: f"{m.group(1)[:1]}…@{m.group(2)}", str(text))
+    ``a…@domain``, nothing else changed (the outbox, the CRMs, the calendars). Stricter than
+    ``mask``: an @ without text on both sides (``@handle``, ``price @ 5``) stays as it is."""
+    return _ADDRESS.sub(lambda m: f"{m.group(1)[:1]}…@{m.group(2)}", str(text))
 
 
 def mask(text: str | None) -> str | None:
@@ -52,7 +56,7 @@ def mask(text: str | None) -> str | None:
     ``…12`` (last two digits), control characters as ``?``."""
     if text is None:
         return None
-    text = masked(text)
+    text = _EMAIL.sub(lambda m: f"{m.group(1)[:1]}…@{m.group(2)}", text)
     text = _SPELLED.sub(lambda m: f"{m.group(1)[:1]}… at {m.group(2)}", text)
     text = _PHONE.sub(_mask_phone, text)
     return _CONTROL.sub("?", text)

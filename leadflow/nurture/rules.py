@@ -260,7 +260,7 @@ def _check_templates(rules: CadenceRules, templates: Templates, origin: str) -> 
                     + (f" line {line}" if line else "")
                     + f": {exc}"
                 ) from None
-            texts.append(f"# {step.template}\n{path.read_text(encoding='utf-8')}")
+            texts.append(f"# {step.template}\n{config.read_text(path)}")
     return "\n".join(texts)
 
 
@@ -313,7 +313,7 @@ def load_suppression(path: Path | None) -> tuple[frozenset[str], frozenset[str]]
     if path is None or not path.exists():
         return frozenset(), frozenset()
     emails, domains = set(), set()
-    for raw in path.read_text(encoding="utf-8").splitlines():
+    for raw in config.read_text(path).splitlines():  # not UTF-8: a ConfigError
         entry = raw.split("#", 1)[0].strip().lower()
         if not entry:
             continue

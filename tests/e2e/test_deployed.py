@@ -176,11 +176,12 @@ def every_schedule_fires_and_completes(client, deployments: dict, running) -> No
                 raise AssertionError(f"{name}: {r.state_name}: {r.state.message}")
             if r.auto_scheduled and r.state and r.state.is_completed():
                 done.add(r.deployment_id)
-            if r.state and r.state.is_scheduled() and r.expected_start_time > later:
+            due = r.expected_start_time
+            if r.state and r.state.is_scheduled() and due is not None and due > later:
                 late.setdefault(r.deployment_id, []).append(r.id)
             else:  # due today: scheduled soon, pending, running or over
                 moving.add(r.deployment_id)
-            seen[name] = f"{r.state_name} at {r.expected_start_time:%d %H:%M:%S}"
+            seen[name] = f"{r.state_name} at {due:%d %H:%M:%S}" if due else r.state_name
         for deployment_id, ids in late.items():
             name = scheduled[deployment_id]
             if deployment_id in moving or rearmed.get(name, 0) >= 3:

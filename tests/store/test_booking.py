@@ -219,18 +219,26 @@ def test_no_invitation_for_a_lead_nurture_would_never_contact(
     }
     assert noticed == set(ids)
 
-    # A cadences file that cannot be read sends no invitation (never one to a suppressed
-    # lead); routing and the owners' links go on.
-    (shipped_rules / "cadences.yaml").write_text("cadences: [\n")
-    more = mqls(engine, ["US"], temperature="hot")
-    route(database_url, tmp_path, more)
-    with engine.connect() as conn:
-        kinds = (
-            conn.execute(select(t.outbox.c.kind).where(t.outbox.c.lead_id == more[0]))
-            .scalars()
-            .all()
-        )
-    assert kinds == ["owner_notification"]
+    # A cadences file or a suppression list that cannot be read (a spreadsheet's Latin-1
+    # export) sends no invitation (never one to a suppressed lead); routing and the owners'
+    # links go on.
+    listed = shipped_rules / "lists" / "suppression.txt"
+    good = (shipped_rules / "cadences.yaml").read_text()
+    for path, text in (
+        (shipped_rules / "cadences.yaml", b"cadences: [\n"),
+        (listed, "kept.by@caf\u00e9.example\n".encode("latin-1")),
+    ):
+        path.write_bytes(text)
+        more = mqls(engine, ["US"], temperature="hot")
+        route(database_url, tmp_path, more)
+        with engine.connect() as conn:
+            kinds = (
+                conn.execute(select(t.outbox.c.kind).where(t.outbox.c.lead_id == more[0]))
+                .scalars()
+                .all()
+            )
+        assert kinds == ["owner_notification"], path
+        (shipped_rules / "cadences.yaml").write_text(good)
 
 
 def test_a_wrong_tampered_or_expired_token_opens_nothing(database_url, tmp_path):

@@ -265,6 +265,7 @@ def test_a_server_that_does_not_answer_costs_one_timeout_per_rep_per_15_s(
             calendars.busy("ann-lee", at(20, 0), at(21, 0))
         assert len(accepted) == tried  # cached: no second timeout
     finally:
+        hung.shutdown(socket.SHUT_RDWR)  # wakes the thread in accept()
         hung.close()
         for conn in accepted:
             conn.close()

@@ -14,7 +14,7 @@ import pytest
 
 from app.cli import build_parser
 from app.cli.common import dumps
-from leadflow.quarantine import mask, mask_record
+from leadflow.quarantine import mask, mask_record, masked
 
 # Commands that open no database (they write files, or talk to the Prefect API only).
 NO_DATABASE = {"generate", "blocks", "automations"}
@@ -105,3 +105,17 @@ def test_held_records_show_no_email_or_phone_valid_or_not():
         assert "4155550100" not in text.replace(" ", "") and "555-0100" not in text
     assert "2024-01-31" in shown[1]  # a date is not a phone number
     assert json.loads(shown[0])["phone"] == "…00"
+
+
+def test_masked_hides_each_address_in_running_text_and_changes_nothing_else():
+    cases = {
+        "SMTP 550 <bob@x.com>: no such user": "SMTP 550 <b…@x.com>: no such user",
+        # a URL's own user@host, and an address in its path after it
+        "https://svc:pw@dav.example.com/ann@acme.com/": "https://svc:p…@dav.example.com/a…@acme.com/",
+        "http://127.0.0.1:5232/leadflow/ann-lee/": "http://127.0.0.1:5232/leadflow/ann-lee/",
+        "@handle, price @ 5": "@handle, price @ 5",
+        "to ann@acme.com and bo@b.io": "to a…@acme.com and b…@b.io",
+    }
+    for text, shown in cases.items():
+        assert masked(text) == shown, text
+    assert masked(ValueError("no ann@acme.com")) == "no a…@acme.com"
