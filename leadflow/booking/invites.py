@@ -76,7 +76,7 @@ def _invites(
     details = leads.drop_duplicates("id").set_index("id")
     try:  # nurture's suppression: no lead it would never contact is invited either
         stopped = nurture_store.suppressed(
-            conn, [int(i) for i in notices["lead_id"]], nurture_plan.load_context()
+            conn, [int(i) for i in notices["lead_id"]], nurture_plan.suppression_context()
         )
     except ConfigError as exc:
         log.error("no booking invitations (the suppression could not be read): %s", exc)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -139,6 +140,35 @@ def load_context(spec: str | None = None) -> NurtureContext:
         unsubscribe.secret(),
         unsubscribe.public_url(),
     )
+
+
+def _mtime(path: Path | None) -> float:
+    try:
+        return path.stat().st_mtime if path is not None else 0.0
+    except OSError:
+        return 0.0
+
+
+# cadences.yaml path -> (its mtime, the suppression list, the list's mtime, the context)
+_SUPPRESSION: dict[str, tuple[float, Path | None, float, NurtureContext]] = {}
+
+
+def suppression_context() -> NurtureContext:
+    """``load_context()``, read again only when ``cadences.yaml`` or its suppression list
+    changed (their mtimes): for code that checks suppression on every routing batch
+    (booking's invitations). Its templates may be older than the files: suppression only."""
+    from leadflow.settings import get_settings
+
+    path = get_settings().rules_dir / "cadences.yaml"
+    known = _SUPPRESSION.get(str(path))
+    if known is not None and known[0] == _mtime(path) and known[2] == _mtime(known[1]):
+        return known[3]
+    stamp = _mtime(path)
+    context = load_context()
+    listed = context.rules.suppression_list
+    listed_path = path.parent / listed if listed else None
+    _SUPPRESSION[str(path)] = (stamp, listed_path, _mtime(listed_path), context)
+    return context
 
 
 # --------------------------------------------------------------------------- time windows

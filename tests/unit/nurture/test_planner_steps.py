@@ -390,3 +390,27 @@ def test_summarise_adds_the_hops_counters_and_the_ticks() -> None:
     assert summary["deferred"] == 3 and summary["disqualified"] == 1
     assert summary["left_nurture"] == 4 and summary["suppressed"] == 0
     assert summary["notifications"] == {}
+
+
+def test_the_suppression_context_is_read_again_only_when_its_files_change(
+    tmp_path, monkeypatch
+) -> None:
+    import os
+    import shutil
+
+    from helpers import ROOT
+
+    folder = tmp_path / "rules"
+    shutil.copytree(ROOT / "rules", folder)
+    monkeypatch.setenv("LEADFLOW_RULES_DIR", str(folder))
+    monkeypatch.setenv("LEADFLOW_UNSUBSCRIBE_SECRET", "suppression-test-secret")
+    first = nurture.suppression_context()
+    assert nurture.suppression_context() is first  # unchanged files: no second read
+    listed = folder / "lists" / "suppression.txt"
+    listed.write_text("late@added.example\n")
+    os.utime(listed, (1, 1))  # a different mtime, however fast the write
+    second = nurture.suppression_context()
+    assert second is not first and "late@added.example" in second.emails
+    cadences = folder / "cadences.yaml"
+    os.utime(cadences, (2, 2))
+    assert nurture.suppression_context() is not second
